@@ -1,0 +1,157 @@
+"""Run configuration: dataclasses, presets (manifests/presets/*.yaml), YAML files and CLI overrides.
+
+A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `device`,
+`dtype`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
+The string `{toy}` in any value expands to the directory of the toy world's committed weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from augment.errors import UserError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "manifests" / "presets"
+PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
+
+
+@dataclass
+class LearnConfig:
+    """Token learning. Defaults are the paper's settings (Schwartz et al. 2023, §4)."""
+
+    init_word: str = "a"                     # word whose embedding initialises every S_c ...
+    init_words: dict[str, str] = field(default_factory=dict)  # ... unless the class name is listed here
+    batch_size: int = 5                      # images per class per step
+    max_classes_per_step: int = 8            # classes learned together in one UNet batch
+    lr: float | None = None                  # None → 0.00025 · batch_size (paper)
+    max_steps: int = 200
+    patience: int = 20                       # stop after this many steps without loss improvement ...
+    patience_min_accuracy: float = 0.5       # ... if at least this share of the batch is right
+    stop_window: int = 1                     # "all right" is judged over the last N steps' samples
+    grad_clip: float = 1.0
+    guidance_scale: float = 7.0
+    num_inference_steps: int = 50
+    height: int | None = None                # None → the generator's native size
+    width: int | None = None
+    prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class GenerateConfig:
+    """Mass generation into shards."""
+
+    images_per_class: int = 100
+    shard_size: int = 100
+    batch_size: int = 16
+    guidance_scale: float = 7.0
+    num_inference_steps: int = 50
+    height: int | None = None
+    width: int | None = None
+    prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
+    image_format: str = "jpg"
+    jpeg_quality: int = 95
+    seed: int = 0
+    refine: str | None = None                # None | "date"
+    refine_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    generator: str = "CompVis/stable-diffusion-v1-4"
+    guide: str = "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    eval_classifier: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    learn: LearnConfig = field(default_factory=LearnConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """A short stable hash of the named top-level keys (all when none named)."""
+        d = self.to_dict()
+        keys = sections or tuple(d)
+        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _expand(value: Any) -> Any:
+    from augment.toy import WEIGHTS_DIR
+
+    if isinstance(value, str):
+        return value.replace("{toy}", str(WEIGHTS_DIR))
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a YAML mapping")
+    return data
+
+
+def _section(cls, values: dict[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve defaults ← preset ← config file ← overrides ("learn.lr": 1e-3 or "guide": "timm:x")."""
+    merged: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if preset is not None:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
+        sources.append((str(path), _read_yaml(path)))
+    if config_file is not None:
+        sources.append((str(config_file), _read_yaml(Path(config_file))))
+    nested: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[name] = value
+    sources.append(("command line", nested))
+    for _, data in sources:
+        for key, value in data.items():
+            if key in ("learn", "generate") and isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged[key] = value
+    merged = _expand(merged)
+    top = {k: v for k, v in merged.items() if k not in ("learn", "generate")}
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"learn", "generate"}
+    unknown = sorted(set(top) - names)
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    learn = _section(LearnConfig, merged.get("learn", {}), "learn")
+    generate = _section(GenerateConfig, merged.get("generate", {}), "generate")
+    return RunConfig(**top, learn=learn, generate=generate)

@@ -1,0 +1,85 @@
+"""The text-to-image generator: any diffusers Stable Diffusion pipeline, from a hub id or a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from augment.errors import UserError
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise UserError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """A StableDiffusionPipeline from a hub id ("CompVis/stable-diffusion-v1-4") or a local directory.
+
+    No safety checker (we make training data, and the checker costs time per image). Missing weights with
+    no reachable hub give one clear UserError that says how to point at a local directory instead.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    local = Path(spec).expanduser()
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise UserError(f"{spec}: not a diffusers pipeline directory (no model_index.json)")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(local) if local.exists() else spec, torch_dtype=dt,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as e:
+        if local.exists():
+            raise UserError(f"{spec}: cannot load the pipeline ({str(e).splitlines()[0]})") from None
+        raise UserError(
+            f"generator {spec!r}: weights not found locally and the hub is unreachable or has no such model "
+            f"({type(e).__name__}). Download it where you have network (`huggingface-cli download {spec} "
+            f"--local-dir DIR`) and pass --generator DIR"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def text_encoder_fingerprint(pipe) -> str:
+    """A short hash of what a learned token depends on: the text encoder's shape and its embedding table.
+
+    Uses the sign of each of the first 512 rows' means, so the same model loaded in fp32, fp16 or bf16 gives
+    the same fingerprint, while another text encoder (SD 1.x CLIP-L vs SD 2.x OpenCLIP-H, or a toy) does not.
+    """
+    te = pipe.text_encoder.config
+    shape = json.dumps({"hidden": te.hidden_size, "layers": te.num_hidden_layers, "vocab": te.vocab_size})
+    rows = pipe.text_encoder.get_input_embeddings().weight[:512].detach().float().mean(dim=1)
+    signs = "".join("1" if v > 0 else "0" for v in rows.cpu().tolist())
+    return hashlib.sha256((shape + signs).encode()).hexdigest()[:16]
+
+
+def generator_source(pipe) -> str:
+    """Where the pipeline was loaded from (hub id or directory), for manifests."""
+    return str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "unknown"))
