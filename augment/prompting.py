@@ -1,0 +1,57 @@
+"""Prompts and the text encoder: placeholder tokens, prompt templates, prompt embeddings."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from augment.errors import UserError
+
+
+def format_prompt(template: str, token: str, name: str) -> str:
+    """Fill a template such as "A photo of {token} {name}"; an empty token (the plain baseline) leaves no gap."""
+    return re.sub(r"\s+", " ", template.format(token=token, name=name)).strip()
+
+
+def check_templates(templates: list[str]) -> None:
+    """Every template must be non-empty and mention {name}; unknown fields are a user error."""
+    if not templates:
+        raise UserError("at least one prompt template is needed")
+    for t in templates:
+        try:
+            t.format(token="", name="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
+        if "{name}" not in t:
+            raise UserError(f"prompt template {t!r} must contain {{name}}")
+
+
+def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tuple[list[int], list[torch.Tensor]]:
+    """Add new tokens to the tokenizer and embedding table, each row initialised from its word's embedding
+    (the mean of the word's sub-tokens when it has several). Returns the token ids and initial vectors."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    word_ids = []
+    for word in init_words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise UserError(f"init word {word!r} gives no tokens")
+        word_ids.append(ids)
+    tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    vectors = []
+    with torch.no_grad():
+        for tid, ids in zip(token_ids, word_ids):
+            vec = weight[ids].float().mean(0)
+            weight[tid] = vec.to(weight.dtype)
+            vectors.append(vec)
+    return token_ids, vectors
+
+
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Prompt embeddings as Stable Diffusion computes them (last hidden state, padded to max length)."""
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+    return pipe.text_encoder(ids)[0]

@@ -1,0 +1,77 @@
+"""Learned tokens on disk, in diffusers' textual-inversion format.
+
+OUT/tokens/<slug>/learned_embeds.safetensors  {"<token>": tensor[1, dim]}  (pipe.load_textual_inversion)
+OUT/tokens/<slug>/meta.json                   class, token, guide, generator, steps, loss/accuracy history
+A class directory is written under a temporary name and renamed, so it exists only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from augment.errors import UserError
+from augment.labels import LabelClass, LabelSet
+
+WEIGHTS = "learned_embeds.safetensors"
+
+
+def token_dir(out_dir: str | Path, cls: LabelClass) -> Path:
+    return Path(out_dir) / "tokens" / cls.slug
+
+
+def is_learned(out_dir: str | Path, cls: LabelClass) -> bool:
+    d = token_dir(out_dir, cls)
+    return (d / WEIGHTS).is_file() and (d / "meta.json").is_file()
+
+
+def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.Tensor, meta: dict) -> dict:
+    """Write one class's token atomically; returns the meta written."""
+    from safetensors.torch import save_file
+
+    final = token_dir(out_dir, cls)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return meta
+
+
+def read_meta(out_dir: str | Path, cls: LabelClass) -> dict:
+    return json.loads((token_dir(out_dir, cls) / "meta.json").read_text())
+
+
+def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: str | None = None) -> dict[int, str]:
+    """Load every class's learned token into `pipe` (load_textual_inversion); returns {position: token}.
+
+    `tokens_root` is a learn/build output directory (holding tokens/) or the tokens/ directory itself.
+    Refuses missing classes and tokens learned on another text encoder (by fingerprint)."""
+    root = Path(tokens_root)
+    if not root.is_dir():
+        raise UserError(f"tokens directory {root} does not exist")
+    if root.name == "tokens" and not (root / "tokens").is_dir():
+        root = root.parent
+    missing = [c.name for c in labels.classes if not is_learned(root, c)]
+    if missing:
+        raise UserError(f"{root}: no learned token for {len(missing)} class(es): "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    paths, tokens, out = [], [], {}
+    for c in labels.classes:
+        meta = read_meta(root, c)
+        if fingerprint is not None and meta.get("text_encoder") not in (None, fingerprint):
+            raise UserError(f"{token_dir(root, c)}: token learned with another generator "
+                            f"({meta.get('generator', '?')}); learn tokens for this one")
+        out[c.position] = meta["token"]
+        if meta["token"] in pipe.tokenizer.get_vocab():
+            continue  # already loaded in this pipeline
+        paths.append(str(token_dir(root, c) / WEIGHTS))
+        tokens.append(meta["token"])
+    if paths:
+        pipe.load_textual_inversion(paths, token=tokens)
+    return out

@@ -1,0 +1,141 @@
+"""The token learner on a tiny random pipeline and a colour classifier (CPU, seconds)."""
+
+import copy
+
+import pytest
+import torch
+
+from augment.config import LearnConfig
+from augment.labels import match_to_guide, read_label_set
+from augment.prompting import add_placeholder_tokens, encode_prompts, format_prompt
+from augment.tokens import TokenLearner
+from augment.tokens_io import load_tokens, read_meta
+from tests.tiny import COLOURS, colour_guide, tiny_pipeline
+
+STEPS = 2
+
+
+def learn_config(**kw) -> LearnConfig:
+    base = dict(init_word="a", batch_size=2, max_classes_per_step=3, lr=0.05, max_steps=8, patience=100,
+                stop_window=1000, guidance_scale=3.0, num_inference_steps=STEPS, prompts=["a photo of {token} {name}"])
+    return LearnConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def labels(tmp_path):
+    path = tmp_path / "colours.txt"
+    path.write_text("\n".join(COLOURS) + "\n")
+    return read_label_set(path)
+
+
+def target_probability(pipe, guide, labels, seeds=range(100, 116)) -> list[float]:
+    """Mean guide probability of each class on images generated with its token prompt (fixed seeds)."""
+    probs = []
+    for c in labels.classes:
+        prompt = format_prompt("a photo of {token} {name}", labels.token(c), c.name)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            images = pipe(prompt=[prompt] * len(gens), generator=gens, num_inference_steps=STEPS,
+                          guidance_scale=3.0, output_type="pt").images
+            probs.append(guide(images).softmax(1)[:, c.position].mean().item())
+    return probs
+
+
+def test_learning_raises_target_probability_for_every_class(tokenizer_dir, labels, tmp_path):
+    guide = colour_guide()
+    before_pipe = tiny_pipeline(tokenizer_dir)
+    add_placeholder_tokens(before_pipe, [labels.token(c) for c in labels.classes], ["a"] * len(labels))
+    before = target_probability(before_pipe, guide, labels)
+
+    pipe = tiny_pipeline(tokenizer_dir)
+    cfg = learn_config(batch_size=6, max_steps=12, lr=0.03)
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, tmp_path)
+    results = learner.run()
+    after = target_probability(pipe, guide, labels)
+
+    assert sorted(results) == [0, 1, 2]
+    for c, b, a in zip(COLOURS, before, after):
+        assert a > b + 0.015, f"{c}: target probability {b:.3f} → {a:.3f}"
+    for c in labels.classes:
+        history = read_meta(tmp_path, c)["history"]
+        assert len(history) == 12
+
+
+def test_only_the_new_rows_change_and_models_stay_frozen(tokenizer_dir, labels, tmp_path):
+    pipe = tiny_pipeline(tokenizer_dir)
+    emb_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    unet_before = copy.deepcopy(pipe.unet.state_dict())
+    guide = colour_guide()
+    TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(max_steps=3), tmp_path).run()
+    emb_after = pipe.text_encoder.get_input_embeddings().weight.detach()
+    n = emb_before.shape[0]
+    assert emb_after.shape[0] == n + 3
+    assert torch.equal(emb_after[:n], emb_before)          # bit-identical, not merely close
+    assert not torch.equal(emb_after[n:], emb_after[n:].mean(0).expand(3, -1))  # the new rows moved apart
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, unet_before[k]), k
+
+
+def test_saved_token_loads_with_load_textual_inversion_and_encodes_identically(tokenizer_dir, labels, tmp_path):
+    pipe = tiny_pipeline(tokenizer_dir)
+    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=3), tmp_path).run()
+    prompts = [format_prompt("a photo of {token} {name}", labels.token(c), c.name) for c in labels.classes]
+    with torch.no_grad():
+        learned = encode_prompts(pipe, prompts)
+
+    fresh = tiny_pipeline(tokenizer_dir)
+    tokens = load_tokens(fresh, tmp_path, labels)
+    assert tokens == {c.position: labels.token(c) for c in labels.classes}
+    with torch.no_grad():
+        loaded = encode_prompts(fresh, prompts)
+    assert torch.equal(loaded, learned)
+    # and the learned vectors really are in use: the init word gives another encoding
+    with torch.no_grad():
+        plain = encode_prompts(fresh, [p.replace(labels.token(c), "a") for p, c in zip(prompts, labels.classes)])
+    assert not torch.allclose(plain, loaded)
+
+
+def test_gradient_skipping_one_unet_call_with_grad_per_step(tokenizer_dir, labels, tmp_path):
+    pipe = tiny_pipeline(tokenizer_dir)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(torch.is_grad_enabled()))
+    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=2, num_inference_steps=4),
+                 tmp_path).run()
+    # 2 steps, all 3 classes in one batch: per step 4 conditional + 4 unconditional calls, one of them with grad
+    assert len(calls) == 2 * 2 * 4
+    assert sum(calls) == 2
+
+
+def test_rerun_skips_learned_classes(tokenizer_dir, labels, tmp_path):
+    pipe = tiny_pipeline(tokenizer_dir)
+    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=1), tmp_path).run()
+    calls = []
+    again = tiny_pipeline(tokenizer_dir)
+    again.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    assert TokenLearner(again, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=1), tmp_path).run() == {}
+    assert calls == []
+
+
+def test_a_class_learns_the_same_alone_or_batched_with_others(tokenizer_dir, labels, tmp_path):
+    """Noise is seeded per (class, step), and each class's loss is its own: batching changes nothing."""
+    cfg = learn_config(max_steps=3)
+    TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], cfg, tmp_path / "all").run()
+    TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], cfg, tmp_path / "one").run(
+        classes=[labels.classes[1]])
+    a = read_meta(tmp_path / "all", labels.classes[1])["history"]
+    b = read_meta(tmp_path / "one", labels.classes[1])["history"]
+    assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-3)
+
+
+def test_stopping_rules(tokenizer_dir, labels, tmp_path):
+    # every sample of "red" right at once with an easy guide → the paper's first rule fires at step 1
+    pipe = tiny_pipeline(tokenizer_dir)
+    guide = colour_guide()
+    guide.model.forward = lambda x: torch.tensor([[10.0, 0, 0]]).expand(len(x), 3) + 0 * x.mean()
+    res = TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(stop_window=1), tmp_path).run(
+        classes=[labels.classes[0]])
+    assert res[0]["stop_reason"] == "all correct" and res[0]["steps"] == 1
+    # never right → runs to max_steps
+    res = TokenLearner(tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2], learn_config(max_steps=4),
+                       tmp_path / "b").run(classes=[labels.classes[1]])
+    assert res[1]["stop_reason"] == "max steps" and res[1]["steps"] == 4
