@@ -1,0 +1,82 @@
+"""Options and steps shared by the subcommands: config resolution, output checks, workers, manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from augment.config import RunConfig, load_config
+from augment.errors import UserError
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", required=True, help="label set file (manifests/*.txt format)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--preset", help="preset name from manifests/presets (e.g. toy, sd14-imagenet)")
+    p.add_argument("--config", help="YAML config file (same keys as a preset)")
+    p.add_argument("--generator", help="diffusers Stable Diffusion pipeline: hub id or local directory")
+    p.add_argument("--guide", help="guide classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
+    p.add_argument("--worker-index", type=int, help="this worker's index (default: $RANK or $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--num-workers", type=int, help="number of workers (default: $WORLD_SIZE or $SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
+    overrides = {"generator": args.generator, "guide": args.guide, "device": args.device, "dtype": args.dtype}
+    return load_config(args.preset, args.config, {**overrides, **(extra or {})})
+
+
+def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
+    """(index, count) from the flags, else torchrun/accelerate's RANK/WORLD_SIZE, else a Slurm array."""
+    env = os.environ
+    if index is None and count is None:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            index, count = int(env["RANK"]), int(env["WORLD_SIZE"])
+        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    index, count = (index or 0), (count or 1)
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"worker index {index} is not in 0..{count - 1}")
+    return index, count
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output path that can't be a writable directory, before anything is written."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: {existing} is not writable")
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    from augment import __version__
+
+    return {"augment": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def update_manifest(out: Path, section: str, content: dict[str, Any]) -> Path:
+    """Merge one section into OUT/manifest.json (written atomically)."""
+    path = out / "manifest.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data["versions"] = versions()
+    tmp = path.with_name(f"manifest.json.{os.getpid()}.tmp")  # unique: workers may write at once
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+    return path

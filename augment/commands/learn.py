@@ -1,0 +1,94 @@
+"""Learn one discriminative token per class of a label set (tokens only; see `build` for learn + generate).
+
+Writes OUT/tokens/<slug>/{learned_embeds.safetensors,meta.json} and OUT/manifest.json. Classes already
+learned in OUT are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from augment.commands.common import add_config_arguments, check_out_dir, resolve_config, update_manifest, worker_slot
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--init-word", help="word that initialises every token (default: preset, else 'a')")
+    p.add_argument("--batch-size", type=int, help="images per class per step (paper: 5)")
+    p.add_argument("--classes-per-step", type=int, dest="max_classes_per_step",
+                   help="classes learned together in one UNet batch")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × batch size)")
+    p.add_argument("--max-steps", type=int, help="steps per class at most (paper: 200)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps per image (paper: 50)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (paper: 7)")
+    p.add_argument("--seed", type=int)
+
+
+LEARN_FLAGS = ("init_word", "batch_size", "max_classes_per_step", "lr", "max_steps", "num_inference_steps",
+               "guidance_scale", "seed")
+
+
+def learn(args: argparse.Namespace, cfg=None) -> dict:
+    """Validate everything cheap first, then load models and learn the pending classes of this worker."""
+    from augment.labels import match_to_guide, read_label_set
+    from augment.prompting import check_templates
+    from augment.tokens_io import is_learned
+
+    labels = read_label_set(args.labels)                               # 1. label set, before any model
+    cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
+    check_templates(cfg.learn.prompts)
+    for key in ("batch_size", "max_classes_per_step", "max_steps", "num_inference_steps"):
+        if getattr(cfg.learn, key) < 1:
+            raise_user(f"learn.{key} must be ≥ 1, got {getattr(cfg.learn, key)}")
+    index, count = worker_slot(args.worker_index, args.num_workers)
+    check_out_dir(args.out)
+    mine = list(labels.classes)[index::count]
+    pending = [c for c in mine if not is_learned(args.out, c)]
+    if not pending:
+        print(f"all {len(mine)} classes of this worker already learned in {args.out}")
+        return {"learned": 0, "seconds": 0.0}
+
+    from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
+    from augment.guide import load_guide
+    from augment.tokens import TokenLearner
+
+    device = resolve_device(cfg.device)
+    guide = load_guide(cfg.guide, device)                              # 2. guide: names and index range
+    guide_indices = match_to_guide(labels, guide.labels)
+    pipe = load_generator(cfg.generator, device, cfg.dtype)            # 3. generator
+    info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    update_manifest(args.out, "learn", {"labels": labels.names(), "label_file": str(args.labels),
+                                        "config": cfg.to_dict(), **info, "worker": [index, count]})
+    learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
+    t0 = time.time()
+    with progress_bar(len(pending), args.no_progress) as bar:
+        def report(p: dict) -> None:
+            bar.n = p["done"]
+            acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
+            bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
+        results = learner.run(pending, report)
+    seconds = time.time() - t0
+    accs = [m["final_accuracy"] for m in results.values()]
+    print(f"learned {len(results)} token(s) in {seconds:.1f} s ({seconds / max(len(results), 1):.1f} s/class); "
+          f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
+          f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%")
+    return {"learned": len(results), "seconds": seconds}
+
+
+def raise_user(msg: str):
+    from augment.errors import UserError
+
+    raise UserError(msg)
+
+
+def progress_bar(total: int, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="class", desc="learning tokens", disable=disable, dynamic_ncols=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    learn(args)
+    return 0
