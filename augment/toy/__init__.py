@@ -1,0 +1,15 @@
+"""The offline toy world: Fashion-MNIST, a small Stable Diffusion pipeline and two classifiers."""
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+GENERATOR_DIR = WEIGHTS_DIR / "generator"
+GUIDE_DIR = WEIGHTS_DIR / "guide"
+HELDOUT_DIR = WEIGHTS_DIR / "heldout"
+
+# Fine class names (label-set order) and the coarse word each one is captioned with most of the time.
+FINE_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+COARSE_WORD = {
+    "t-shirt": "top", "trouser": "trousers", "pullover": "top", "dress": "dress", "coat": "top",
+    "sandal": "shoe", "shirt": "top", "sneaker": "shoe", "bag": "bag", "ankle boot": "shoe",
+}

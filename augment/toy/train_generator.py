@@ -1,0 +1,212 @@
+"""Train the toy world's text-to-image model on Fashion-MNIST, on a CPU, into a diffusers pipeline directory.
+
+    python -m augment.toy.train_generator --out augment/toy/weights/generator --seed 0
+
+Stages: (1) an AutoencoderKL, 32×32 RGB → 4×8×8 latents; (2) all training images encoded once;
+(3) a CLIPTextModel over the real SD-1.x BPE vocabulary and a UNet2DConditionModel trained together with
+the DDPM loss; (4) saved as a StableDiffusionPipeline in fp16 safetensors, with a DDIM scheduler.
+
+Captions (the point of the toy world): "a photo of a {name}", where name is the fine class ("sneaker")
+for `fine_caption_p` of the images and the coarse word ("shoe") otherwise; `empty_caption_p` of captions are
+empty for classifier-free guidance. So the model knows coarse concepts well and fine classes poorly — as
+Stable Diffusion knows "bird" but not the species.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augment.toy import COARSE_WORD, FINE_NAMES
+from augment.toy.clip_tokenizer import write_clip_tokenizer_files
+from augment.toy.data import load, to_rgb32
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    vae_steps: int = 300
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 1800
+    lr: float = 5e-4
+    batch_size: int = 64
+    fine_caption_p: float = 0.25
+    empty_caption_p: float = 0.10
+    ema_decay: float = 0.999
+    text_hidden: int = 128
+    threads: int = 2
+    log_every: int = 50
+    max_images: int = 0          # 0 = all 60,000; a small number makes a quick smoke run
+
+
+def build_models(cfg: TrainConfig):
+    """The three networks with the toy world's sizes (random weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), norm_num_groups=32, mid_block_add_attention=False,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=cfg.text_hidden,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32,
+    )
+    return vae, text_encoder, unet
+
+
+def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for step in range(1, cfg.vae_steps + 1):
+        x = images[torch.randint(len(images), (cfg.batch_size,), generator=g)] * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=g)).sample
+        loss = F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.vae_steps:
+            log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        dist = vae.encode(images[i : i + batch] * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def caption_table(tokenizer) -> torch.Tensor:
+    """Token ids of every caption the toy world uses: row 0 empty, 1 + 2y fine name of y, 2 + 2y its coarse word."""
+    captions = [""]
+    for fine in FINE_NAMES:
+        captions += [f"a photo of a {fine}", f"a photo of a {COARSE_WORD[fine]}"]
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def draw_captions(labels: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """Row of `caption_table` per image: empty, fine name or coarse word, drawn independently."""
+    empty = rng.random(len(labels)) < cfg.empty_caption_p
+    fine = rng.random(len(labels)) < cfg.fine_caption_p
+    rows = np.where(empty, 0, np.where(fine, 1 + 2 * labels, 2 + 2 * labels))
+    return torch.from_numpy(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", default=None, help="directory with the Fashion-MNIST idx files")
+    for field, value in asdict(TrainConfig()).items():
+        p.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
+    args = p.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "train_log.txt", "w")
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    log(f"config {json.dumps(asdict(cfg))}")
+    images_u8, labels = load("train", args.data)
+    if cfg.max_images:
+        images_u8, labels = images_u8[: cfg.max_images], labels[: cfg.max_images]
+    images = torch.from_numpy(to_rgb32(images_u8))
+    tok_dir = out / "tokenizer"
+    write_clip_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    vae, text_encoder, unet = build_models(cfg)
+    log(f"params: vae {sum(p.numel() for p in vae.parameters())/1e6:.2f}M "
+        f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M "
+        f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M")
+
+    # (1) autoencoder
+    train_vae(vae, images, cfg, log)
+    vae.eval().requires_grad_(False)
+
+    # (2) latents of every training image, and the scale that gives them unit variance
+    means, stds = encode_all(vae, images)
+    scale = 1.0 / float(means.std())
+    vae.register_to_config(scaling_factor=scale)
+    log(f"latents encoded: std {means.std():.3f} → scaling_factor {scale:.4f}")
+
+    # (3) text encoder + UNet, DDPM loss
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    ema_params = list(ema_text.parameters()) + list(ema_unet.parameters())
+    captions = caption_table(tokenizer)
+    rng = np.random.default_rng(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    running = None
+    for step in range(1, cfg.unet_steps + 1):
+        lr = cfg.lr * min(1.0, step / 200) * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scale
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, 1000, (cfg.batch_size,), generator=g)
+        rows, inverse = torch.unique(draw_captions(labels[idx.numpy()], rng, cfg), return_inverse=True)
+        cond = text_encoder(captions[rows])[0][inverse]  # each distinct caption encoded once
+        pred = unet(noise_sched.add_noise(z, noise, t), t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % cfg.log_every == 0 or step == cfg.unet_steps:
+            log(f"unet step {step}/{cfg.unet_steps} loss {running:.4f} lr {lr:.2e}")
+
+    # (4) a standard Stable Diffusion pipeline directory, fp16 safetensors
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    log(f"saved pipeline to {out}")
+    log_file.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The toy world: its committed pipeline and classifiers load and work; its training scripts stay alive."""
+
+import numpy as np
+import pytest
+import torch
+
+from augment.guide import load_guide
+from augment.toy import FINE_NAMES, GENERATOR_DIR, GUIDE_DIR, HELDOUT_DIR
+from augment.toy.data import load, to_rgb32
+
+
+def test_committed_pipeline_loads_with_diffusers_and_generates():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(GENERATOR_DIR), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a photo of a trouser", num_inference_steps=4, guidance_scale=4.0, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    image = out.images[0]
+    assert image.shape == (32, 32, 3)
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05   # not a blank or saturated frame
+
+
+@pytest.mark.parametrize("path", [GUIDE_DIR, HELDOUT_DIR])
+def test_committed_classifiers_load_through_ckpt_and_classify_real_images(path):
+    guide = load_guide(f"ckpt:{path}")
+    assert guide.labels == FINE_NAMES
+    images, labels = load("test")
+    x = torch.from_numpy(to_rgb32(images[:300]))
+    with torch.no_grad():
+        pred = guide(x).argmax(1).numpy()
+    assert (pred == labels[:300]).mean() > 0.8
+
+
+def test_generator_training_script_runs_a_few_steps(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from augment.toy.train_generator import main
+
+    main(["--out", str(tmp_path), "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "8",
+          "--max-images", "64", "--threads", "1"])
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path))
+    assert pipe.tokenizer("a photo of a shoe").input_ids[:3] == [49406, 320, 1125]  # the real CLIP BPE
+    assert "unet step 2/2" in (tmp_path / "train_log.txt").read_text()
+
+
+def test_classifier_training_script_runs(tmp_path):
+    from augment.toy.train_classifiers import main
+
+    main(["--out", str(tmp_path), "--epochs", "1", "--max-images", "256", "--only", "heldout", "--threads", "1"])
+    guide = load_guide(f"ckpt:{tmp_path / 'heldout'}")
+    assert guide(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert np.isfinite(guide(torch.rand(1, 3, 32, 32)).detach().numpy()).all()
