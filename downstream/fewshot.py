@@ -1,0 +1,244 @@
+"""The few-shot grid of Schwartz et al. 2023, Table 2: {real only, + each synthetic set} × shots × trials.
+
+Cells share what should be shared: within a trial every set trains on the same real shots (picked by
+`sample_kshot`, nested across shot counts) from the same initial weights, so rows differ only by the synthetic
+images. Each finished cell is written atomically to OUT/cells/<id>.json with a hash of everything that determines
+it; a rerun skips finished cells, and refuses cells made under another configuration unless told to overwrite.
+A cell with 0 shots and no synthetic images has nothing to train on: it is recorded as 0% without training, the
+way the paper's table leaves the real-only 0-shot entry empty/zero, and the report marks it "—".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.errors import UserError
+from downstream.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
+from downstream.synthetic import SyntheticSet
+from downstream.train import TrainConfig, evaluate, num_steps, prepare, train_classifier
+
+REAL = "real"
+
+
+@dataclass
+class GridConfig:
+    shots: list[int]
+    trials: int = 3
+    seed: int = 0
+    overwrite: bool = False               # recompute cells made under another configuration
+    progress: bool = True
+    worker_index: int = 0                 # this process runs cells[worker_index::num_workers] not yet done ...
+    num_workers: int = 1                  # ... so N one-thread processes can share N cores
+
+
+@dataclass(frozen=True)
+class Cell:
+    set_name: str
+    shots: int
+    trial: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.set_name}__{self.shots:04d}shot__trial{self.trial}"
+
+
+def plan_cells(set_names: list[str], shots: list[int], trials: int) -> list[Cell]:
+    """Every cell, trial-major so that a partial run already has complete trials to look at."""
+    return [Cell(s, k, t) for t in range(trials) for k in shots for s in set_names]
+
+
+def cell_hash(dataset: LabelledDataset, synthetic: SyntheticSet | None, train: TrainConfig, seed: int) -> str:
+    """What determines a cell besides (set, shots, trial); devices and worker counts don't count."""
+    cfg = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("device", "workers", "eval_batch_size")}
+    payload = {"dataset": dataset.spec, "classes": dataset.classes, "seed": seed, "train": cfg,
+               "synthetic": None if synthetic is None else
+               {"dir": str(synthetic.directory.resolve()), "manifest_sha256": synthetic.manifest_sha256,
+                "images": len(synthetic.split)}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to path.tmp, then rename over path: readers never see half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")     # per process: grid workers share OUT
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def check_grid(dataset: LabelledDataset, grid: GridConfig, synthetic: list[SyntheticSet], train: TrainConfig,
+               out: Path) -> None:
+    """Everything that can be wrong with the inputs, before OUT is touched."""
+    if not grid.shots or any(k < 0 for k in grid.shots) or len(set(grid.shots)) != len(grid.shots):
+        raise UserError(f"--shots must be distinct non-negative integers, got {grid.shots}")
+    if grid.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {grid.trials}")
+    if not 0 <= grid.worker_index < grid.num_workers:
+        raise UserError(f"--worker-index {grid.worker_index} must be in 0..--num-workers-1 ({grid.num_workers})")
+    names = [s.name for s in synthetic]
+    if len(set(names)) != len(names):
+        raise UserError(f"--synthetic names must be distinct, got {names}")
+    counts = class_counts(dataset.train.labels, len(dataset.classes))
+    k = max(grid.shots)
+    if k > counts.min():
+        c = int(counts.argmin())
+        raise UserError(f"{k} shots asked for but class {dataset.classes[c]!r} has only {counts[c]} training "
+                        f"image(s) in {dataset.spec}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if not grid.overwrite:
+        hashes = {REAL: cell_hash(dataset, None, train, grid.seed)}
+        hashes.update({s.name: cell_hash(dataset, s, train, grid.seed) for s in synthetic})
+        for cell in plan_cells([REAL] + names, grid.shots, grid.trials):
+            done = _read_cell(out / "cells" / f"{cell.id}.json")
+            if done is not None and done.get("config_hash") != hashes[cell.set_name]:
+                raise UserError(f"{out}/cells/{cell.id}.json was made with another configuration; "
+                                "use a new --out or pass --overwrite")
+
+
+def _read_cell(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None                        # unreadable: recompute (atomic writes make this unlikely)
+
+
+def run_grid(dataset: LabelledDataset, synthetic: list[SyntheticSet], train: TrainConfig, grid: GridConfig,
+             out: Path) -> list[dict]:
+    """Run (or resume) every cell and write OUT/cells/*.json and the reports; returns the cell records."""
+    from tqdm import tqdm
+
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {s.name: s for s in synthetic}
+    sets = [REAL] + [s.name for s in synthetic]
+    hashes = {REAL: cell_hash(dataset, None, train, grid.seed)}
+    hashes.update({s.name: cell_hash(dataset, s, train, grid.seed) for s in synthetic})
+    cells = plan_cells(sets, grid.shots, grid.trials)
+    records = _collect(cells_dir, cells, hashes)
+    mine = set(cells[grid.worker_index :: grid.num_workers])   # by position in the plan: timing-independent
+    pending = [c for c in cells if c not in records and c in mine]
+    test = synthetic_data = None
+    bar = tqdm(total=len(cells), initial=len(records), desc="cells", disable=not grid.progress)
+    for cell in pending:
+        bar.set_postfix_str(cell.id)
+        if test is None:                   # decode once, and only if there is work to do
+            test = prepare(dataset.test, train)
+            synthetic_data = {s.name: prepare(s.split, train) for s in synthetic}
+        t0 = time.time()
+        real = dataset.train.subset(sample_kshot(dataset.train.labels, cell.shots, num_classes=len(dataset.classes),
+                                                 seed=grid.seed, trial=cell.trial, class_names=dataset.classes))
+        parts = [real] + ([synthetic_data[cell.set_name]] if cell.set_name != REAL else [])
+        n_synthetic = len(by_name[cell.set_name].split) if cell.set_name != REAL else 0
+        record = {"set": cell.set_name, "shots": cell.shots, "trial": cell.trial,
+                  "train_images": {"real": len(real), "synthetic": n_synthetic}}
+        if len(real) + n_synthetic == 0:
+            record.update(top1=0.0, top5=0.0, steps=0, trained=False,
+                          note="nothing to train on (0 shots, no synthetic images): recorded as 0")
+        else:
+            model = train_classifier(parts, len(dataset.classes), train, seed=trial_seed(grid.seed, cell.trial),
+                                     progress=grid.progress)
+            record.update(evaluate(model, test, train), steps=num_steps(train, len(real) + n_synthetic),
+                          trained=True)
+        record.update(seconds=round(time.time() - t0, 2), test_images=len(dataset.test),
+                      config_hash=hashes[cell.set_name])
+        write_json_atomic(cells_dir / f"{cell.id}.json", record)
+        bar.update(1)
+        bar.set_postfix_str(f"{cell.id} top1 {record['top1']:.1f}")
+        records = _collect(cells_dir, cells, hashes)             # other workers' cells too
+        write_results(out, [records[c] for c in cells if c in records], sets, grid.shots, plot=False)
+    bar.close()
+    records = _collect(cells_dir, cells, hashes)
+    ordered = [records[c] for c in cells if c in records]
+    write_results(out, ordered, sets, grid.shots, plot=True)
+    return ordered
+
+
+def _collect(cells_dir: Path, cells: list[Cell], hashes: dict[str, str]) -> dict[Cell, dict]:
+    """The finished cells on disk that were made under the current configuration."""
+    records = {}
+    for cell in cells:
+        done = _read_cell(cells_dir / f"{cell.id}.json")
+        if done is not None and done.get("config_hash") == hashes[cell.set_name]:
+            records[cell] = done
+    return records
+
+
+def summarise(records: list[dict], sets: list[str], shots: list[int]) -> dict[str, dict[str, dict]]:
+    """{set: {shots: {mean, std, n}}} of top-1 and top-5; std is the sample std over trials (0 for one)."""
+    summary: dict[str, dict[str, dict]] = {}
+    for s in sets:
+        summary[s] = {}
+        for k in shots:
+            rows = [r for r in records if r["set"] == s and r["shots"] == k]
+            if not rows:
+                continue
+            entry: dict[str, Any] = {"n": len(rows), "trained": any(r.get("trained", True) for r in rows)}
+            for metric in ("top1", "top5"):
+                v = np.array([r[metric] for r in rows], dtype=float)
+                entry[metric] = {"mean": round(float(v.mean()), 3),
+                                 "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 3)}
+            summary[s][str(k)] = entry
+    return summary
+
+
+def write_results(out: Path, records: list[dict], sets: list[str], shots: list[int], plot: bool = True) -> None:
+    """results.json (every cell + summary), results.md (the paper-style table) and results.png."""
+    summary = summarise(records, sets, shots)
+    write_json_atomic(out / "results.json", {"cells": records, "summary": summary, "sets": sets, "shots": shots})
+    lines = ["# Few-shot top-1 accuracy (%), mean ± std over trials", "",
+             "| set | " + " | ".join(f"{k} shots" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for s in sets:
+        row = []
+        for k in shots:
+            e = summary[s].get(str(k))
+            if e is None:
+                row.append("…")
+            elif not e["trained"]:
+                row.append("—")
+            else:
+                row.append(f"{e['top1']['mean']:.1f} ± {e['top1']['std']:.1f}")
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    trials = max((r["trial"] for r in records), default=-1) + 1
+    lines += ["", f"{len(records)} cells, up to {trials} trial(s) each. '—': nothing to train on (0 real shots "
+              "and no synthetic images), recorded as 0 in results.json. '…': not run yet.", ""]
+    tmp = out / f"results.md.{os.getpid()}.tmp"
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out / "results.md")
+    if plot:
+        _plot(out / "results.png", summary, sets, shots)
+
+
+def _plot(path: Path, summary: dict, sets: list[str], shots: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for s in sets:
+        ks = [k for k in shots if str(k) in summary[s] and summary[s][str(k)]["trained"]]
+        if ks:
+            mean = [summary[s][str(k)]["top1"]["mean"] for k in ks]
+            std = [summary[s][str(k)]["top1"]["std"] for k in ks]
+            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=s)
+    ax.set_xlabel("real images per class (shots)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_xticks(shots)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,130 @@
+"""Synthetic image sets written by `augment generate`: DIR/shards/*.tar WebDataset shards plus DIR/manifest.json.
+
+A sample has `__key__` (e.g. c0003_000042), an image under `jpg`/`jpeg`/`png`, `cls` (ASCII integer: position of
+the class in the label set used to generate) and `json` ({"class": name, ...}). DIR/manifest.json's "labels"
+(names in position order) maps `cls` to the label set used here, by name; without a manifest each sample's
+json "class" is used. Samples are read with `webdataset` without its decoders: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augment.errors import UserError
+from augment.labels import LabelSet, normalise_name
+from downstream.images import EncodedImages, Split
+
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESERVED = {"real"}
+
+
+@dataclass
+class SyntheticSet:
+    """One named synthetic set, relabelled to the label set's positions."""
+
+    name: str
+    directory: Path
+    split: Split
+    shards: list[str]
+    manifest_sha256: str | None
+
+
+def parse_synthetic_arg(text: str) -> tuple[str, Path]:
+    """('tokens', Path('runs/toy')) from 'tokens=runs/toy'; checks the syntax and that DIR exists."""
+    name, sep, directory = text.partition("=")
+    if not sep or not directory:
+        raise UserError(f"--synthetic {text!r}: expected NAME=DIR, e.g. tokens=runs/toy")
+    if not SET_NAME.fullmatch(name) or name in RESERVED:
+        raise UserError(f"--synthetic {text!r}: NAME must be letters, digits, '_', '.', '-' and not 'real'")
+    path = Path(directory)
+    if not path.is_dir():
+        raise UserError(f"--synthetic {text!r}: directory {directory} not found")
+    if not shard_paths(path):
+        raise UserError(f"--synthetic {text!r}: no shards in {path / 'shards'} (*.tar)")
+    return name, path
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    """Finished shards: DIR/shards/*.tar (else DIR/*.tar), sorted; `*.tmp` files are unfinished and ignored."""
+    found = sorted((directory / "shards").glob("*.tar")) if (directory / "shards").is_dir() else []
+    return found or sorted(directory.glob("*.tar"))
+
+
+def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        return None, None
+    data = path.read_bytes()
+    try:
+        manifest = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    labels = manifest.get("labels") if isinstance(manifest, dict) else None
+    if labels is not None:
+        if not isinstance(labels, list):
+            raise UserError(f"{path}: 'labels' is not a list")
+        labels = [x["name"] if isinstance(x, dict) else str(x) for x in labels]
+    return labels, hashlib.sha256(data).hexdigest()
+
+
+def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet:
+    """Read every sample of DIR's shards into memory (encoded bytes) with labels as positions in `labels`."""
+    import webdataset as wds
+
+    shards = shard_paths(directory)
+    if not shards:
+        raise UserError(f"synthetic set {name}: no shards in {directory / 'shards'}")
+    generated_names, manifest_sha = _manifest_labels(directory)
+    position = {normalise_name(n): i for i, n in enumerate(labels.names())}
+
+    def to_position(class_name: str, where: str) -> int:
+        p = position.get(normalise_name(class_name))
+        if p is None:
+            raise UserError(f"synthetic set {name} ({where}): class {class_name!r} is not in {labels.path}")
+        return p
+
+    cls_map = None
+    if generated_names is not None:
+        cls_map = [to_position(n, "manifest.json") for n in generated_names]
+
+    blobs, ys = [], []
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
+    for sample in dataset:
+        where = f"{Path(sample.get('__url__', '?')).name}:{sample.get('__key__')}"
+        image = next((sample[k] for k in ("jpg", "jpeg", "png") if k in sample), None)
+        if image is None or "cls" not in sample:
+            raise UserError(f"synthetic set {name} ({where}): sample has no jpg/png image or no cls")
+        try:
+            cls = int(bytes(sample["cls"]).decode("ascii").strip())
+            meta = json.loads(bytes(sample["json"]).decode("utf-8")) if "json" in sample else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"synthetic set {name} ({where}): unreadable cls/json ({e})") from None
+        if cls_map is not None:
+            if not 0 <= cls < len(cls_map):
+                raise UserError(f"synthetic set {name} ({where}): cls {cls} outside manifest.json's "
+                                f"{len(cls_map)} labels")
+            if isinstance(meta, dict) and "class" in meta and \
+                    normalise_name(str(meta["class"])) != normalise_name(generated_names[cls]):
+                raise UserError(f"synthetic set {name} ({where}): json class {meta['class']!r} but cls {cls} is "
+                                f"{generated_names[cls]!r} in manifest.json")
+            ys.append(cls_map[cls])
+        elif isinstance(meta, dict) and "class" in meta:
+            ys.append(to_position(str(meta["class"]), where))
+        else:
+            raise UserError(f"synthetic set {name}: no manifest.json labels and sample {where} has no json class")
+        blobs.append(bytes(image))
+    if not blobs:
+        raise UserError(f"synthetic set {name}: the shards in {directory} hold no samples")
+    ys_arr = np.array(ys, dtype=np.int64)
+    missing = [n for i, n in enumerate(labels.names()) if not (ys_arr == i).any()]
+    if missing:
+        raise UserError(f"synthetic set {name}: no images of {len(missing)} class(es) of {labels.path}, e.g. "
+                        f"{missing[0]!r}")
+    return SyntheticSet(name, directory, Split(EncodedImages(blobs), ys_arr), [str(s) for s in shards],
+                        manifest_sha)

@@ -1,0 +1,291 @@
+"""Train one timm ResNet on real shots plus synthetic images and score it on a whole test split.
+
+Two input paths, chosen by image size: small images (≤ 64 px, the toy world's 32×32 Fashion-MNIST) live in memory
+as uint8 tensors and are augmented with flip + shift; real-size images stream through a DataLoader with
+random-resized-crop + flip, and are evaluated with resize + centre crop (`crop_pct`), as the saved `ckpt:`
+classifier's preprocessing says. Training runs a fixed number of optimisation steps (unless `epochs` is set), so a
+cell with 0 shots + 1,000 synthetic images costs the same as one with 15 shots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augment.errors import UserError
+from downstream.images import Split, concat
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3   # as the toy world's classifiers
+
+
+@dataclass
+class TrainConfig:
+    """How one classifier is trained; `default_config(kind)` gives the defaults of a dataset kind."""
+
+    model: str = "resnet50"                    # a timm model name
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True                    # timm's ImageNet weights (needs the hub or its cache)
+    image_size: int = 224
+    steps: int = 2000                          # optimisation steps, whatever the amount of data ...
+    epochs: float | None = None                # ... unless set: steps = ceil(epochs · images / batch)
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    optimizer: str = "sgd"                     # "sgd" (momentum 0.9, Nesterov) or "adamw"
+    warmup: float = 0.05                       # share of steps with linear warm-up, then cosine decay to 0
+    label_smoothing: float = 0.1
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875                    # evaluation: resize to size/crop_pct, centre-crop to size
+    eval_batch_size: int = 256
+    workers: int = 2                           # DataLoader workers (real-size path only)
+    device: str = "auto"
+
+
+TOY_CONFIG = TrainConfig(
+    model="resnet18", model_kwargs={"channels": [32, 64, 128, 256], "stem_width": 32},  # half width: 2.8 M params
+    pretrained=False, image_size=32, steps=600, batch_size=64, lr=2e-3, weight_decay=0.05, optimizer="adamw",
+    mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, crop_pct=1.0, eval_batch_size=1000, workers=0)
+REAL_CONFIG = TrainConfig()
+
+
+def default_config(kind: str) -> TrainConfig:
+    """Defaults for a dataset kind: the small from-scratch toy ResNet for Fashion-MNIST, ResNet-50 otherwise."""
+    return replace(TOY_CONFIG if kind == "fashion-mnist" else REAL_CONFIG)
+
+
+def in_memory(config: TrainConfig) -> bool:
+    return config.image_size <= 64
+
+
+@dataclass
+class Tensors:
+    """Small images already in memory: x (N, 3, S, S) uint8, y (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+Data = Split | Tensors
+
+
+def prepare(split: Split, config: TrainConfig) -> Data:
+    """Decode a split once when the config trains in memory (re-used across cells); else leave it streaming."""
+    if not in_memory(config) or isinstance(split, Tensors):
+        return split
+    return Tensors(split.to_uint8(config.image_size), torch.from_numpy(split.labels.astype(np.int64)))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The timm model with a `num_classes` head; one-line UserError if unknown or its weights can't be fetched."""
+    import timm
+
+    if not timm.is_model(config.model):
+        raise UserError(f"unknown timm model {config.model!r}")
+    host = _hub_host()
+    online = not config.pretrained or _reachable(host)
+    try:
+        with contextlib.nullcontext() if online else _hub_offline():   # cache only: no minute of retries
+            return timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes,
+                                     **config.model_kwargs)
+    except TypeError as e:
+        raise UserError(f"model {config.model!r}: bad model kwargs {config.model_kwargs} ({e})") from None
+    except Exception as e:  # hub / network / cache errors come in many types
+        if not config.pretrained:
+            raise
+        why = "not in the Hugging Face cache and {} unreachable".format(host) if not online else \
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+        raise UserError(f"could not get pretrained weights for {config.model} ({why}); run once online to fill "
+                        "the cache, or pass --no-pretrained") from None
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:443 opens: offline machines fail here in seconds, not after retries."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """huggingface_hub's offline mode (cache only) for the duration of the block."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def num_steps(config: TrainConfig, num_images: int) -> int:
+    if config.epochs is not None:
+        return max(1, math.ceil(config.epochs * num_images / config.batch_size))
+    return config.steps
+
+
+def _index_batches(n: int, batch: int, steps: int, g: torch.Generator) -> list[torch.Tensor]:
+    """`steps` batches of exactly `batch` indices, walking through successive permutations of range(n)."""
+    need = steps * batch
+    perms = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(need / n))])
+    return list(perms[:need].view(steps, batch))
+
+
+def _augment_small(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to size/8 pixels (zero fill), per image."""
+    n, _, h, w = x.shape
+    p = max(1, h // 8)
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (p, p, p, p))
+    dx, dy = torch.randint(0, 2 * p + 1, (2, n), generator=g).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def _normalise(x: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    mean = torch.tensor(config.mean, device=device)[:, None, None]
+    std = torch.tensor(config.std, device=device)[:, None, None]
+    return (x.to(device, torch.float32) / 255.0 - mean) / std
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, split: Split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.split.images(int(i))), int(self.split.labels[i])
+
+
+def _transform(config: TrainConfig, train: bool):
+    from torchvision import transforms as T
+
+    size = config.image_size
+    head = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if train
+            else [T.Resize(round(size / config.crop_pct)), T.CenterCrop(size)])
+    return T.Compose(head + [T.ToTensor(), T.Normalize(config.mean, config.std)])
+
+
+def _optimiser(model: torch.nn.Module, config: TrainConfig, steps: int):
+    if config.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                              weight_decay=config.weight_decay)
+    else:
+        raise UserError(f"unknown optimizer {config.optimizer!r} (sgd or adamw)")
+    warm = max(1, round(config.warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *, seed: int,
+                     progress: bool = False) -> torch.nn.Module:
+    """A classifier trained from scratch (or from pretrained weights) on the union of `parts`.
+
+    Runs in its own RNG scope: the same seed gives the same model, and the global RNG is left as it was.
+    """
+    from tqdm import tqdm
+
+    parts = [p for p in parts if len(p)]
+    n = sum(len(p) for p in parts)
+    if n == 0:
+        raise UserError("nothing to train on: 0 real shots and no synthetic images")
+    device = resolve_device(config.device)
+    steps = num_steps(config, n)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        model = create_model(config, num_classes).to(device).train()
+        opt, sched = _optimiser(model, config, steps)
+        batches = _index_batches(n, config.batch_size, steps, g)
+        if in_memory(config):
+            data = [prepare(p, config) for p in parts]
+            x, y = torch.cat([d.x for d in data]), torch.cat([d.y for d in data])
+            stream = ((_augment_small(x[i], g), y[i]) for i in batches)
+        else:
+            dataset = _Transformed(concat([p for p in parts if isinstance(p, Split)]), _transform(config, True))
+            stream = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
+                                                 num_workers=config.workers, generator=g,
+                                                 persistent_workers=False)
+        for xb, yb in tqdm(stream, total=steps, desc="train", leave=False, disable=not progress):
+            if in_memory(config):
+                xb = _normalise(xb, config, device)
+            loss = F.cross_entropy(model(xb.to(device)), yb.to(device), label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, test: Data, config: TrainConfig) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) on every image of `test` (top-k with k ≤ number of classes)."""
+    device = next(model.parameters()).device
+    model.eval()
+    if in_memory(config):
+        test = prepare(test, config)
+        batches = ((_normalise(test.x[i : i + config.eval_batch_size], config, device),
+                    test.y[i : i + config.eval_batch_size]) for i in range(0, len(test), config.eval_batch_size))
+    else:
+        batches = torch.utils.data.DataLoader(_Transformed(test, _transform(config, False)),
+                                              batch_size=config.eval_batch_size, num_workers=config.workers)
+    correct1 = correct5 = total = 0
+    for xb, yb in batches:
+        logits = model(xb.to(device))
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices.cpu()
+        hit = top == yb[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        total += len(yb)
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+
+
+def save(model: torch.nn.Module, out_dir: str | Path, config: TrainConfig, classes: list[str],
+         trained: dict[str, Any]) -> Path:
+    """Write the classifier in the `ckpt:` format so `augment` can use it as a guide or held-out scorer."""
+    from augment.checkpoint import save_classifier
+
+    return save_classifier(model.cpu(), out_dir, architecture=f"timm:{config.model}", labels=list(classes),
+                           input_size=(3, config.image_size, config.image_size), mean=list(config.mean),
+                           std=list(config.std), model_kwargs=dict(config.model_kwargs), interpolation="bilinear",
+                           crop_pct=config.crop_pct, trained=trained)
