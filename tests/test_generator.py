@@ -1,0 +1,38 @@
+"""Generator loading: local directories, hub ids without network, device and dtype choices."""
+
+import pytest
+import torch
+
+from augment.errors import UserError
+from augment.generator import load_generator, resolve_dtype, text_encoder_fingerprint
+from tests.tiny import tiny_pipeline
+
+
+def test_a_saved_pipeline_loads_from_its_directory_with_the_same_fingerprint(tokenizer_dir, tmp_path):
+    pipe = tiny_pipeline(tokenizer_dir)
+    pipe.save_pretrained(tmp_path / "gen")
+    loaded = load_generator(str(tmp_path / "gen"), "cpu", "fp32")
+    assert loaded.safety_checker is None
+    assert text_encoder_fingerprint(loaded) == text_encoder_fingerprint(pipe)
+    half = load_generator(str(tmp_path / "gen"), "cpu", "fp16")     # the same model in another dtype
+    assert half.unet.dtype == torch.float16
+    assert text_encoder_fingerprint(half) == text_encoder_fingerprint(pipe)
+    assert text_encoder_fingerprint(tiny_pipeline(tokenizer_dir, seed=1)) != text_encoder_fingerprint(pipe)
+
+
+def test_a_directory_that_is_not_a_pipeline_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="model_index.json"):
+        load_generator(str(tmp_path), "cpu")
+
+
+def test_unreachable_hub_says_how_to_use_a_local_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="--generator DIR"):
+        load_generator("nobody/no-such-pipeline", "cpu")
+
+
+def test_dtype_rules():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UserError):
+        resolve_dtype("fp8", torch.device("cpu"))
