@@ -1,0 +1,54 @@
+"""`augment learn` end to end on a tiny saved pipeline and a tiny `ckpt:` guide."""
+
+import json
+
+import pytest
+import torch
+
+from augment.checkpoint import build_model, save_classifier
+from augment.cli import main
+from tests.tiny import COLOURS, tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("world")
+    tiny_pipeline(tokenizer_dir).save_pretrained(root / "generator")
+    torch.manual_seed(0)
+    save_classifier(build_model("timm:resnet10t", 3), root / "guide", architecture="timm:resnet10t",
+                    labels=COLOURS, input_size=(3, 16, 16), mean=[0.5] * 3, std=[0.5] * 3)
+    (root / "colours.txt").write_text("\n".join(COLOURS) + "\n")
+    return root
+
+
+def learn_argv(world, out, *extra):
+    return ["learn", "--labels", str(world / "colours.txt"), "--out", str(out), "--generator",
+            str(world / "generator"), "--guide", f"ckpt:{world / 'guide'}", "--steps", "2", "--max-steps", "2",
+            "--batch-size", "2", "--no-progress", *extra]
+
+
+def test_learn_writes_every_token_and_a_manifest_then_skips_on_rerun(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(learn_argv(world, out)) == 0
+    slugs = sorted(p.name for p in (out / "tokens").iterdir())
+    assert slugs == ["000-red", "001-green", "002-blue"]
+    meta = json.loads((out / "tokens" / "001-green" / "meta.json").read_text())
+    assert meta["token"] == "<colours-001>" and meta["steps"] == 2 and meta["guide_index"] == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["learn"]["labels"] == COLOURS and "torch" in manifest["versions"]
+    assert "learned 3 token(s)" in capsys.readouterr().out
+    assert main(learn_argv(world, out)) == 0
+    assert "already learned" in capsys.readouterr().out
+
+
+def test_workers_split_the_classes(world, tmp_path):
+    out = tmp_path / "run"
+    assert main(learn_argv(world, out, "--num-workers", "2", "--worker-index", "1")) == 0
+    assert sorted(p.name for p in (out / "tokens").iterdir()) == ["001-green"]
+    assert main(learn_argv(world, out, "--num-workers", "2", "--worker-index", "0")) == 0
+    assert sorted(p.name for p in (out / "tokens").iterdir()) == ["000-red", "001-green", "002-blue"]
+
+
+def test_worker_index_out_of_range_is_a_user_error(world, tmp_path, capsys):
+    assert main(learn_argv(world, tmp_path / "run", "--num-workers", "2", "--worker-index", "2")) == 2
+    assert "worker index" in capsys.readouterr().err
