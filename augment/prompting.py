@@ -38,7 +38,7 @@ def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tu
             raise UserError(f"init word {word!r} gives no tokens")
         word_ids.append(ids)
     tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
     weight = text_encoder.get_input_embeddings().weight
     token_ids = tokenizer.convert_tokens_to_ids(tokens)
     vectors = []

@@ -13,7 +13,6 @@ on the token-embedding layer, so every other row stays bit-identical.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import LearnConfig
-from augment.errors import UserError
 from augment.guide import Guide
 from augment.labels import LabelClass, LabelSet
 from augment.prompting import add_placeholder_tokens, encode_prompts, format_prompt
@@ -90,6 +88,7 @@ class TokenLearner:
         self.device = pipe.unet.device
         self.lr = cfg.lr if cfg.lr is not None else 0.00025 * cfg.batch_size
         self.injector: EmbeddingInjector | None = None
+        self.scheduler = learning_scheduler(pipe.scheduler)
 
     # ---------------------------------------------------------------- one optimisation step
     def step(self, active: list[ClassState]) -> None:
@@ -104,17 +103,18 @@ class TokenLearner:
             uncond = encode_prompts(pipe, [""]).expand_as(cond)
         # 2. fresh noise per class and step
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)
-        latents = latents * pipe.scheduler.init_noise_sigma
-        pipe.scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
-        timesteps = pipe.scheduler.timesteps
+        scheduler = self.scheduler
+        latents = latents * scheduler.init_noise_sigma
+        scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
+        timesteps = scheduler.timesteps
         # 3. all steps but the last without gradient ("gradient skipping")
         with torch.no_grad():
             for t in timesteps[:-1]:
-                latents = pipe.scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond),
-                                              t, latents).prev_sample
+                latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond),
+                                         t, latents).prev_sample
         # 4. the last step with gradient through the conditional UNet call
         t = timesteps[-1]
-        latents = pipe.scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
+        latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
         # 5. decode and classify
         images = decode_latents(pipe, latents)
         logits = self.guide(images)
@@ -140,7 +140,7 @@ class TokenLearner:
 
     def _cfg_noise(self, latents, t, cond, uncond):
         """Classifier-free guidance. The unconditional half never needs gradient, so it runs apart."""
-        x = self.pipe.scheduler.scale_model_input(latents, t)
+        x = self.scheduler.scale_model_input(latents, t)
         with torch.no_grad():
             eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
         eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
@@ -226,14 +226,18 @@ class TokenLearner:
         }
 
 
+def learning_scheduler(scheduler):
+    """The learner's own DDIM sampler, from the generator's scheduler config: DDIM's last step is a single
+    deterministic UNet call (multistep samplers such as SD 1.4's default PNDM mix in earlier calls).
+    clip_sample is forced off: a DDIM built from a DDPM/PNDM config would otherwise clip x0 to [-1, 1]."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+
+
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """VAE decode to images in [0, 1]. Clamped in the forward pass only: a straight-through gradient keeps
     saturated pixels from silencing the classifier's signal."""
     images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5
     return images + (images.clamp(0, 1) - images).detach()
 
-
-def check_init_word(pipe, word: str) -> None:
-    """An init word must tokenize to something (an empty string or only specials cannot initialise a token)."""
-    if not pipe.tokenizer(word, add_special_tokens=False).input_ids:
-        raise UserError(f"init word {word!r} gives no tokens")
