@@ -43,8 +43,13 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     No safety checker (we make training data, and the checker costs time per image). Missing weights with
     no reachable hub give one clear UserError that says how to point at a local directory instead.
     """
+    import diffusers
+    import transformers
     from diffusers import StableDiffusionPipeline
 
+    # library chatter (deprecations passed between diffusers and transformers) is not for our users
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     local = Path(spec).expanduser()
