@@ -2,7 +2,7 @@
 
     python -m augment.toy.train_classifiers --out augment/toy/weights
 
-guide   = timm resnet18, seed 0 — the classifier the token learner follows;
+guide   = timm resnet10t, seed 0 — the classifier the token learner follows;
 heldout = timm regnetx_002, seed 1 — another architecture and seed, used only to score generated images,
 so nobody grades their own homework. Both see 32×32 RGB in [0, 1], normalised with Fashion-MNIST's mean/std.
 """
@@ -23,7 +23,7 @@ from augment.toy import FINE_NAMES
 from augment.toy.data import load, to_rgb32
 
 MEAN, STD = [0.2860] * 3, [0.3530] * 3
-CLASSIFIERS = {"guide": ("timm:resnet18", 0), "heldout": ("timm:regnetx_002", 1)}
+CLASSIFIERS = {"guide": ("timm:resnet10t", 0), "heldout": ("timm:regnetx_002", 1)}
 
 
 def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
