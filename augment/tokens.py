@@ -152,7 +152,7 @@ class TokenLearner:
         s.step += 1
         acc = sum(correct) / len(correct)
         s.history.append({"step": s.step, "loss": round(loss, 5), "accuracy": acc, "target_prob": round(prob, 5),
-                          "grad_norm": round(grad_norm, 5), "token_norm": round(float(s.embedding.norm()), 5)})
+                          "grad_norm": round(grad_norm, 5), "token_norm": round(float(s.embedding.detach().norm()), 5)})
         s.recent_correct = (s.recent_correct + [correct])[-cfg.stop_window:]
         if loss < s.best_loss:
             s.best_loss, s.since_best = loss, 0

@@ -36,7 +36,7 @@ def tiny_pipeline(tokenizer_dir: Path, seed: int = 0):
                 param.mul_(30.0)
     # v-prediction keeps a random UNet's predicted x0 bounded (with ε-prediction it explodes at t≈T)
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, set_alpha_to_one=False,
-                              timestep_spacing="trailing", prediction_type="v_prediction")
+                              timestep_spacing="trailing", prediction_type="v_prediction", steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(tokenizer_dir),
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
