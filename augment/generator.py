@@ -50,6 +50,8 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     # library chatter (deprecations passed between diffusers and transformers) is not for our users
     diffusers.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()      # our own bar is the one that matters
+    transformers.utils.logging.disable_progress_bar()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     local = Path(spec).expanduser()
