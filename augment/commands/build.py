@@ -12,7 +12,7 @@ import argparse
 
 from augment.commands.common import add_config_arguments, resolve_config
 from augment.commands.generate import add_generate_arguments, generate
-from augment.commands.learn import learn
+from augment.commands.learn import add_learn_arguments, learn
 
 LEARN_ONLY = {"init_word": "init_word", "learn_batch_size": "batch_size", "max_classes_per_step":
               "max_classes_per_step", "lr": "lr", "max_steps": "max_steps"}
@@ -22,15 +22,7 @@ GENERATE_ONLY = ("images_per_class", "shard_size", "image_format", "batch_size")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
-    p.add_argument("--init-word", help="word that initialises every token (default: preset, else 'a')")
-    p.add_argument("--learn-batch-size", type=int, help="images per class per learning step (paper: 5)")
-    p.add_argument("--classes-per-step", type=int, dest="max_classes_per_step",
-                   help="classes learned together in one UNet batch")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × learn batch size)")
-    p.add_argument("--max-steps", type=int, help="learning steps per class at most (paper: 200)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps (learn and generate)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (learn and generate)")
-    p.add_argument("--seed", type=int, help="seed (learn and generate)")
+    add_learn_arguments(p, batch_flag="--learn-batch-size", shared_note=" (learn and generate)")
     p.add_argument("--batch-size", type=int, help="images per pipeline call when generating")
     add_generate_arguments(p)
 

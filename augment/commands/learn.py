@@ -14,15 +14,20 @@ from augment.commands.common import add_config_arguments, check_out_dir, resolve
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
+    add_learn_arguments(p)
+
+
+def add_learn_arguments(p: argparse.ArgumentParser, batch_flag: str = "--batch-size", shared_note: str = "") -> None:
+    """The learning options; `build` names the batch flag apart and marks the options generation shares."""
     p.add_argument("--init-word", help="word that initialises every token (default: preset, else 'a')")
-    p.add_argument("--batch-size", type=int, help="images per class per step (paper: 5)")
+    p.add_argument(batch_flag, type=int, help="images per class per learning step (paper: 5)")
     p.add_argument("--classes-per-step", type=int, dest="max_classes_per_step",
                    help="classes learned together in one UNet batch")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × batch size)")
-    p.add_argument("--max-steps", type=int, help="steps per class at most (paper: 200)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps per image (paper: 50)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (paper: 7)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × learning batch size)")
+    p.add_argument("--max-steps", type=int, help="learning steps per class at most (paper: 200)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help=f"denoising steps (paper: 50){shared_note}")
+    p.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance (paper: 7){shared_note}")
+    p.add_argument("--seed", type=int, help=f"seed{shared_note}")
 
 
 LEARN_FLAGS = ("init_word", "batch_size", "max_classes_per_step", "lr", "max_steps", "num_inference_steps",
