@@ -47,6 +47,9 @@ class LearnConfig:
     timestep_spacing: str | None = None      # learner's DDIM spacing; None → the generator's own
     steps_offset: int | None = None          # learner's DDIM offset; None → the generator's own. With "leading"
                                              # spacing the last (gradient-carrying) step is at t = steps_offset
+    objective: str = "final"                 # "final": cross-entropy on the final image (paper); "x0": mean
+                                             # cross-entropy on each of the last grad_steps steps' predicted
+                                             # clean image x̂0, each through that step's UNet call only
 
 
 @dataclass

@@ -3,7 +3,10 @@
 For each class c a new token is added to the text encoder, initialised from a word. Each step generates
 images from prompts like "A photo of S_c <name>", runs all denoising steps but the last without gradient
 ("gradient skipping"), the last UNet call, the VAE decode and the guide classifier with gradient, and
-minimises cross-entropy towards c, updating only S_c's embedding.
+minimises cross-entropy towards c, updating only S_c's embedding. Two options go beyond the paper where its
+recipe carries no signal (README "The toy world"): `grad_steps` lets the gradient run through the last k steps,
+and `objective: x0` classifies each of those steps' predicted clean image x̂0 instead of the final image, each
+step's gradient reaching the token through that step's UNet call only (DATE's per-step gradient, as a loss).
 
 Many classes are learned at once: every sample carries its own class's token, the UNet runs once per step
 for all of them, and a class leaves the batch when it stops (the paper's three rules), making room for the
@@ -40,6 +43,7 @@ class ClassState:
     init_word: str
     embedding: torch.nn.Parameter
     optimizer: torch.optim.Optimizer
+    token_id: int = -1
     step: int = 0
     best_loss: float = math.inf
     since_best: int = 0
@@ -94,19 +98,20 @@ class TokenLearner:
     def step(self, active: list[ClassState]) -> None:
         """One learner step for every active class (the paper's Algorithm, batched over classes)."""
         cfg = self.cfg
-        per_sample, correct, probs = self.losses(active)
-        # 6. each class's loss is the mean over its own samples; summing keeps the classes independent
-        per_sample.mean(1).sum().backward()
+        per_sample, correct, probs = self.losses(active, backward=True)   # 6. gradient into each token row
         for i, s in enumerate(active):
             grad_norm = float(torch.nn.utils.clip_grad_norm_([s.embedding], cfg.grad_clip))
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
-            self._record(s, float(per_sample[i].detach().mean()), correct[i].tolist(), float(probs[i]), grad_norm)
+            self._record(s, float(per_sample[i].mean()), correct[i].tolist(), float(probs[i]), grad_norm)
 
-    def losses(self, active: list[ClassState], grad_steps: int | None = None):
+    def losses(self, active: list[ClassState], grad_steps: int | None = None, backward: bool = False):
         """Steps 1-5 for the active classes: per-sample cross-entropy (classes × batch, with gradient to the
         token vectors), which samples the guide gets right, and each class's mean target probability.
-        `grad_steps` overrides the config's number of final denoising steps with gradient."""
+        `grad_steps` overrides the config's number of final denoising steps with gradient. With `backward`
+        the loss (each class's mean over its own samples, summed over classes: the classes stay independent)
+        is backpropagated here and the returned cross-entropy is detached; for the x0 objective each step's
+        part is backpropagated as soon as it exists, so only one step's graph is alive at a time."""
         pipe, cfg = self.pipe, self.cfg
         n = cfg.batch_size
         # 1. prompts: each class's samples alternate over the templates, each carries its own token
@@ -115,6 +120,7 @@ class TokenLearner:
         cond = encode_prompts(pipe, prompts)                       # depends on the token rows (grad)
         with torch.no_grad():
             uncond = encode_prompts(pipe, [""]).expand_as(cond)
+        targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.device)
         # 2. fresh noise per class and step
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)
         scheduler = self.scheduler
@@ -127,18 +133,37 @@ class TokenLearner:
             for t in timesteps[:-k]:
                 latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond),
                                          t, latents).prev_sample
-        # 4. the last step (the last k with grad_steps) with gradient through the conditional UNet call
-        for t in timesteps[-k:]:
-            latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
-        # 5. decode and classify
-        images = decode_latents(pipe, latents)
-        logits = self.guide(images)
-        targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=logits.device)
-        per_sample = F.cross_entropy(logits, targets, reduction="none").view(len(active), n)
+        # 4. the last step (the last k with grad_steps) with gradient through the conditional UNet call;
+        # 5. decode and classify: the final image, or ("x0") each step's predicted clean image
+        class_loss = lambda ce: ce.view(len(active), n).mean(1).sum()  # noqa: E731
+        if cfg.objective == "x0":
+            step_cond = cond.detach().requires_grad_(True) if backward else cond
+            per_step = []
+            for t in timesteps[-k:]:
+                out = scheduler.step(self._cfg_noise(latents, t, step_cond, uncond), t, latents)
+                logits = self.guide(decode_latents(pipe, out.pred_original_sample))
+                ce = F.cross_entropy(logits, targets.to(logits.device), reduction="none")
+                if backward:                                       # into step_cond.grad, then this graph goes
+                    (class_loss(ce) / k).backward()
+                    ce, logits = ce.detach(), logits.detach()
+                per_step.append(ce)
+                latents = out.prev_sample.detach()
+            if backward:                                           # once through the text encoder
+                cond.backward(step_cond.grad)
+            per_sample = torch.stack(per_step).mean(0)
+        else:
+            for t in timesteps[-k:]:
+                latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
+            logits = self.guide(decode_latents(pipe, latents))
+            per_sample = F.cross_entropy(logits, targets.to(logits.device), reduction="none")
+            if backward:
+                class_loss(per_sample).backward()
+                per_sample = per_sample.detach()
+        targets = targets.to(logits.device)
         correct = (logits.argmax(1) == targets).view(len(active), n)
         with torch.no_grad():
             probs = logits.float().softmax(1).gather(1, targets[:, None]).view(len(active), n).mean(1)
-        return per_sample, correct, probs
+        return per_sample.view(len(active), n), correct, probs
 
     def _noise(self, s: ClassState) -> torch.Tensor:
         pipe, cfg = self.pipe, self.cfg
@@ -183,35 +208,20 @@ class TokenLearner:
         pending = [c for c in classes if not is_learned(self.out_dir, c)]
         if not pending:
             return {}
-        cfg, pipe = self.cfg, self.pipe
-        tokens = [self.labels.token(c) for c in pending]
-        words = [cfg.init_words.get(c.name, cfg.init_word) for c in pending]
-        token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
-        for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
-            p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            pipe.unet.enable_gradient_checkpointing()
-            pipe.vae.enable_gradient_checkpointing()
-        self.injector = EmbeddingInjector(pipe.text_encoder)
-        queue = list(zip(pending, tokens, token_ids, words, init_vectors))
+        queue = self.prepare(pending)
         active: list[ClassState] = []
         results: dict[int, dict] = {}
         try:
             while queue or active:
-                while queue and len(active) < cfg.max_classes_per_step:
-                    c, tok, tid, word, vec = queue.pop(0)
-                    emb = torch.nn.Parameter(vec.detach().float().clone())
-                    opt = torch.optim.AdamW([emb], lr=self.lr, weight_decay=0.0)
-                    self.injector.vectors[tid] = emb
-                    active.append(ClassState(c, tok, self.guide_indices[c.position], word, emb, opt))
+                while queue and len(active) < self.cfg.max_classes_per_step:
+                    active.append(self.new_state(*queue.pop(0)))
                 self.step(active)
                 for s in [s for s in active if s.stop_reason]:
                     active.remove(s)
-                    tid = token_ids[tokens.index(s.token)]
-                    del self.injector.vectors[tid]
+                    del self.injector.vectors[s.token_id]
                     with torch.no_grad():  # the matrix row now holds the learned vector (for later use)
-                        pipe.text_encoder.get_input_embeddings().weight[tid] = s.embedding.to(
-                            pipe.text_encoder.dtype)
+                        self.pipe.text_encoder.get_input_embeddings().weight[s.token_id] = s.embedding.to(
+                            self.pipe.text_encoder.dtype)
                     results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, s.embedding.detach(),
                                                          self._meta(s))
                 if progress:
@@ -223,6 +233,28 @@ class TokenLearner:
         finally:
             self.injector.remove()
         return results
+
+    def prepare(self, classes: list[LabelClass]) -> list[tuple]:
+        """Add each class's placeholder token (its row initialised from its init word), freeze the three
+        models and hook the embedding layer. Returns (class, token, token id, init word, init vector) each."""
+        cfg, pipe = self.cfg, self.pipe
+        tokens = [self.labels.token(c) for c in classes]
+        words = [cfg.init_words.get(c.name, cfg.init_word) for c in classes]
+        token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
+        for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            pipe.vae.enable_gradient_checkpointing()
+        self.injector = EmbeddingInjector(pipe.text_encoder)
+        return list(zip(classes, tokens, token_ids, words, init_vectors))
+
+    def new_state(self, cls: LabelClass, token: str, token_id: int, word: str, vector: torch.Tensor) -> ClassState:
+        """A class entering the batch: a trainable copy of its initial vector, injected under its token id."""
+        emb = torch.nn.Parameter(vector.detach().float().clone())
+        self.injector.vectors[token_id] = emb
+        opt = torch.optim.AdamW([emb], lr=self.lr, weight_decay=0.0)
+        return ClassState(cls, token, self.guide_indices[cls.position], word, emb, opt, token_id)
 
     def _meta(self, s: ClassState) -> dict:
         return {

@@ -1,10 +1,13 @@
 """Is the last denoising step's gradient a good stand-in for the whole chain's? (gradient skipping, toy world)
 
 The paper backpropagates only through the last denoising step. For a few classes and several noise draws
-this computes, at the learner's initial token, the gradient of the learner's loss w.r.t. the token through
-the last step only (`grad_steps=1`) and through the whole sampling chain (`grad_steps=N`), on the same
-noise, and prints their cosine similarity and norms. A cosine near 1 means skipping loses nothing; near 0
-means the last step's gradient points elsewhere. Uses TokenLearner.losses, i.e. exactly the learner's code.
+this computes, at the learner's initial token, the gradient of the learner's loss w.r.t. the token three
+ways on the same noise: through the last step only (`grad_steps=1`, the paper), through the whole sampling
+chain (`grad_steps=N`), and the `objective: x0` loss (each step's predicted clean image classified, each
+step's gradient through its own UNet call). It prints each one's norm, its cosine with the whole chain's
+gradient on the same draw (near 1: it stands in for the chain; near 0: it points elsewhere) and the mean
+cosine between its gradients on different draws (how consistent a direction a 10-image batch gives).
+Uses TokenLearner.losses, i.e. exactly the learner's code.
 
     python benchmarks/probe_gradient.py                                  # the toy preset's learner sampler
     python benchmarks/probe_gradient.py --steps 5 --steps-offset 150     # another learning sampler
@@ -13,6 +16,8 @@ means the last step's gradient points elsewhere. Uses TokenLearner.losses, i.e. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -43,59 +48,54 @@ def main(argv: list[str] | None = None) -> dict:
     from augment.generator import load_generator
     from augment.guide import load_guide
     from augment.labels import match_to_guide, read_label_set
-    from augment.prompting import add_placeholder_tokens
-    from augment.tokens import ClassState, EmbeddingInjector, TokenLearner
+    from augment.tokens import TokenLearner
 
-    learn = {"grad_steps": 1}
+    learn = {}
     if args.steps:
         learn["num_inference_steps"] = args.steps
     if args.steps_offset is not None:
         learn["steps_offset"] = args.steps_offset
     cfg = toy_config(args, learn=learn)
+    n_steps = cfg.learn.num_inference_steps
+    modes = {"last step": {"objective": "final", "grad_steps": 1},
+             "whole chain": {"objective": "final", "grad_steps": n_steps},
+             "x0 every step": {"objective": "x0", "grad_steps": n_steps}}
     draws = 2 if args.quick else args.draws
     labels = read_label_set(args.labels)
     wanted = [n.strip() for n in args.classes.split(",")]
     classes = [c for c in labels.classes if c.name in wanted][: 1 if args.quick else None]
     pipe = load_generator(cfg.generator, cfg.device, "fp32")
     guide = load_guide(cfg.guide, pipe.device)
-    indices = match_to_guide(labels, guide.labels)
-    learner = TokenLearner(pipe, guide, labels, indices, cfg.learn, "/nonexistent")
-    tokens = [labels.token(c) for c in classes]
-    words = [cfg.learn.init_words.get(c.name, cfg.learn.init_word) for c in classes]
-    ids, vectors = add_placeholder_tokens(pipe, tokens, words)
-    for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
-        p.requires_grad_(False)
-    injector = EmbeddingInjector(pipe.text_encoder)
-    n_steps = cfg.learn.num_inference_steps
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg.learn, "/nonexistent")
     rows, results = [], []
-    for c, tok, tid, vec, word in zip(classes, tokens, ids, vectors, words):
-        emb = torch.nn.Parameter(vec.detach().float().clone())
-        injector.vectors = {tid: emb}
-        state = ClassState(c, tok, indices[c.position], word, emb, torch.optim.SGD([emb], lr=0.0))
-        cos, norms = [], {1: [], n_steps: []}
-        grads = {1: [], n_steps: []}
-        for draw in range(draws):
-            state.step = draw                                   # the learner's noise of step `draw`
-            for k in (1, n_steps):
-                per_sample, _, _ = learner.losses([state], grad_steps=k)
-                (g,) = torch.autograd.grad(per_sample.mean(), emb)
-                grads[k].append(g)
-                norms[k].append(float(g.norm()))
-            cos.append(float(F.cosine_similarity(grads[1][-1], grads[n_steps][-1], 0)))
-        mean_cos = float(F.cosine_similarity(torch.stack(grads[1]).mean(0), torch.stack(grads[n_steps]).mean(0), 0))
-        result = {"class": c.name, "cosine_mean": float(np.mean(cos)), "cosine_min": min(cos),
-                  "cosine_of_mean_gradients": mean_cos, "norm_last": float(np.mean(norms[1])),
-                  "norm_chain": float(np.mean(norms[n_steps]))}
-        results.append(result)
-        rows.append([c.name, result["cosine_mean"], result["cosine_min"], mean_cos, result["norm_last"],
-                     result["norm_chain"], result["norm_last"] / result["norm_chain"]])
-    injector.remove()
+    for entry in learner.prepare(classes):
+        state = learner.new_state(*entry)
+        learner.injector.vectors = {state.token_id: state.embedding}     # this class alone
+        grads: dict[str, list[torch.Tensor]] = {}
+        for name, mode in modes.items():
+            learner.cfg = dataclasses.replace(cfg.learn, **mode)
+            grads[name] = []
+            for draw in range(draws):
+                state.step = draw                                       # the learner's noise of step `draw`
+                per_sample, _, _ = learner.losses([state])
+                grads[name].append(torch.autograd.grad(per_sample.mean(), state.embedding)[0])
+        for name, gs in grads.items():
+            result = {"class": state.cls.name, "gradient": name,
+                      "norm": float(np.mean([float(g.norm()) for g in gs])),
+                      "cosine_with_chain": float(np.mean([float(F.cosine_similarity(g, c, 0))
+                                                          for g, c in zip(gs, grads["whole chain"])])),
+                      "cosine_across_draws": float(np.mean([float(F.cosine_similarity(a, b, 0))
+                                                            for a, b in itertools.combinations(gs, 2)]))}
+            results.append(result)
+            rows.append([state.cls.name, name, result["norm"], result["cosine_with_chain"],
+                         result["cosine_across_draws"]])
+    learner.injector.remove()
     learner.scheduler.set_timesteps(n_steps)
     ts = learner.scheduler.timesteps.tolist()
     print(f"learning sampler: DDIM {n_steps} steps, t = {ts[0]} … {ts[-1]}; {draws} noise draws × "
           f"{cfg.learn.batch_size} images per class")
-    print(markdown_table(["class", "cos (mean)", "cos (min)", "cos of mean grads", "‖g‖ last step",
-                          "‖g‖ whole chain", "ratio"], rows))
+    print(markdown_table(["class", "gradient", "‖g‖ (mean)", "cos with whole chain (same draw)",
+                          "cos across draws"], rows))
     out = {"environment": env, "timesteps": ts, "draws": draws, "classes": results}
     save_results(args.out, out)
     return out

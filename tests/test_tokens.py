@@ -41,14 +41,15 @@ def target_probability(pipe, guide, labels, seeds=range(100, 116)) -> list[float
     return probs
 
 
-def test_learning_raises_target_probability_for_every_class(tokenizer_dir, labels, tmp_path):
+@pytest.mark.parametrize("objective", ["final", "x0"])
+def test_learning_raises_target_probability_for_every_class(tokenizer_dir, labels, tmp_path, objective):
     guide = colour_guide()
     before_pipe = tiny_pipeline(tokenizer_dir)
     add_placeholder_tokens(before_pipe, [labels.token(c) for c in labels.classes], ["a"] * len(labels))
     before = target_probability(before_pipe, guide, labels)
 
     pipe = tiny_pipeline(tokenizer_dir)
-    cfg = learn_config(batch_size=6, max_steps=12, lr=0.03)
+    cfg = learn_config(batch_size=6, max_steps=12, lr=0.03, objective=objective, grad_steps=STEPS)
     learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, tmp_path)
     results = learner.run()
     after = target_probability(pipe, guide, labels)
@@ -118,6 +119,40 @@ def test_grad_steps_puts_gradient_through_the_last_k_conditional_calls(tokenizer
     assert timesteps == sorted(timesteps, reverse=True)
 
 
+@pytest.mark.parametrize("objective, chained", [("final", [False, False, True, True]), ("x0", [False] * 4)])
+def test_x0_objective_classifies_each_steps_prediction_without_backprop_through_the_chain(
+        tokenizer_dir, labels, tmp_path, objective, chained):
+    """With grad_steps 3 of 4: "final" classifies the last image once, and the gradient runs back through the
+    chain (later UNet inputs carry grad); "x0" classifies each of the 3 steps' x̂0, and every UNet input is a
+    detached latent, so each step's gradient reaches the token through that step's own call only."""
+    pipe, guide = tiny_pipeline(tokenizer_dir), colour_guide()
+    inputs, guide_calls = [], []
+    pipe.unet.register_forward_pre_hook(lambda module, args: inputs.append(args[0].requires_grad))
+    guide.model.register_forward_pre_hook(lambda module, args: guide_calls.append(len(args[0])))
+    TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(max_steps=1, num_inference_steps=4, grad_steps=3,
+                                                              objective=objective), tmp_path).run()
+    assert inputs[0::2] == chained                          # each step's UNet input (both CFG halves get it)
+    assert len(guide_calls) == (3 if objective == "x0" else 1) and set(guide_calls) == {3 * 2}
+
+
+@pytest.mark.parametrize("objective", ["final", "x0"])
+def test_backward_inside_losses_gives_the_same_gradient(tokenizer_dir, labels, tmp_path, objective):
+    """The learner backpropagates inside `losses` (x0: step by step, one graph alive at a time); the token
+    gradients equal those of one backward through the whole returned loss, class by class."""
+    learner = TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2],
+                           learn_config(num_inference_steps=3, grad_steps=3, objective=objective), tmp_path)
+    states = [learner.new_state(*entry) for entry in learner.prepare(list(labels.classes[:2]))]
+    per_sample, _, _ = learner.losses(states)
+    expected = torch.autograd.grad(per_sample.mean(1).sum(), [s.embedding for s in states])
+    detached, _, _ = learner.losses(states, backward=True)
+    assert not detached.requires_grad
+    assert torch.allclose(detached, per_sample.detach(), atol=1e-6)
+    for s, g in zip(states, expected):
+        assert g.norm() > 0 and torch.allclose(s.embedding.grad, g, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(expected[0], expected[1])           # each class gets its own gradient
+    learner.injector.remove()
+
+
 def test_steps_offset_sets_the_learners_last_timestep(tokenizer_dir, labels, tmp_path):
     pipe = tiny_pipeline(tokenizer_dir)
     seen = []
@@ -161,3 +196,4 @@ def test_stopping_rules(tokenizer_dir, labels, tmp_path):
     res = TokenLearner(tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2], learn_config(max_steps=4),
                        tmp_path / "b").run(classes=[labels.classes[1]])
     assert res[1]["stop_reason"] == "max steps" and res[1]["steps"] == 4
+

@@ -50,6 +50,8 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
         raise_user(f"learn.timestep_spacing must be leading, trailing or linspace, got {cfg.learn.timestep_spacing!r}")
     if cfg.learn.steps_offset is not None and cfg.learn.steps_offset < 0:
         raise_user(f"learn.steps_offset must be ≥ 0, got {cfg.learn.steps_offset}")
+    if cfg.learn.objective not in ("final", "x0"):
+        raise_user(f"learn.objective must be final or x0, got {cfg.learn.objective!r}")
     index, count = worker_slot(args.worker_index, args.num_workers)
     check_out_dir(args.out)
     mine = list(labels.classes)[index::count]
