@@ -4,7 +4,9 @@ reference image set in some feature space.
 Accuracy is over all of the classifier's classes (right: the class's matched classifier index is the argmax,
 or among the top 5); macro = mean over classes, micro = mean over images. FID and KID are torchmetrics' own,
 fed features we extract once per image: InceptionV3 pool features (torch-fidelity) or the penultimate layer of
-any classifier spec. Shards are read as raw bytes and decoded here (PIL, int): nothing is ever unpickled.
+any classifier spec. In the same features, per class: precision (fidelity: the share of generated images
+inside the real images' k-NN manifold) and recall (diversity: the share of real images inside the generated
+ones'), Kynkäänniemi et al. 2019, k = 5. Shards are read as raw bytes and decoded here (PIL, int): nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from augment.guide import Guide
 from augment.labels import LabelClass, LabelSet, match_to_guide, read_label_set
 
 TOPK = 5
+PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc
 INCEPTION = "inception"
 
 
@@ -91,14 +94,14 @@ def _pick(total: int, limit: int | None) -> set[int] | None:
 
 
 def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> tuple[int, Iterable]:
-    """(count, PIL images) of a reference set: a shards directory, or a dataset spec
-    (`downstream.datasets`) with an optional ':test' (default) or ':train' split suffix."""
+    """(count, (PIL image, label-set position) pairs) of a reference set: a shards directory, or a dataset
+    spec (`downstream.datasets`) with an optional ':test' (default) or ':train' split suffix."""
     if Path(spec).is_dir():
         total = shard_count(spec)
         if total == 0:
             raise UserError(f"reference {spec}: no .tar shards with samples")
         keep = _pick(total, limit)
-        return (len(keep) if keep else total), (image for image, _ in iter_shards(spec, keep))
+        return (len(keep) if keep else total), iter_shards(spec, keep)
     from downstream.datasets import load_dataset
 
     base, _, split = spec.rpartition(":")
@@ -107,7 +110,7 @@ def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> t
     data = getattr(load_dataset(base, labels), split)
     keep = _pick(len(data), limit)
     order = sorted(keep) if keep else range(len(data))
-    return len(order), (data.images(int(i)) for i in order)
+    return len(order), ((data.images(int(i)), int(data.labels[i])) for i in order)
 
 
 def chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -216,6 +219,7 @@ class Evaluation:
     classes: list[ClassScore]
     topk: int                                         # 5, or the classifier's class count when smaller
     features: list[torch.Tensor] = field(default_factory=list, repr=False)
+    feature_classes: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def images(self) -> int:
@@ -250,6 +254,8 @@ def score_shards(directory: str | Path, classifier: Guide, labels: LabelSet, *, 
         if not all(0 <= c < len(labels) for c in positions):
             raise UserError(f"{directory}: a sample's cls is outside the label set's 0..{len(labels) - 1}")
         x, cls = to_batch(list(images)).to(device), torch.tensor(positions, device=device)
+        if features is not None:
+            result.feature_classes.append(cls.cpu())
         if both is not None:
             logits, feats = both(x)
             result.features.append(feats.double().cpu())
@@ -273,16 +279,44 @@ def score_shards(directory: str | Path, classifier: Guide, labels: LabelSet, *, 
 
 @torch.no_grad()
 def extract_features(images: Iterable, extractor: nn.Module, device, batch_size: int = 64,
-                     on_images: Callable[[int], None] | None = None) -> torch.Tensor:
-    """(N, D) float64 features of PIL images; `extractor` is a Guide (penultimate layer) or a module."""
+                     on_images: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float64 features and (N,) classes of (PIL image, class) pairs; `extractor` is a Guide
+    (penultimate layer) or a module."""
     features = feature_function(extractor)
-    out = []
+    out, classes = [], []
     for chunk in chunks(images, batch_size):
-        x = to_batch(chunk)
+        x = to_batch([image for image, _ in chunk])
         out.append(features(x.to(device)).double().cpu())
+        classes += [c for _, c in chunk]
         if on_images:
             on_images(len(x))
-    return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.float64)
+    if not out:
+        return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    return torch.cat(out), torch.tensor(classes, dtype=torch.long)
+
+
+def precision_recall(generated: torch.Tensor, reference: torch.Tensor, k: int = PR_K) -> dict[str, float] | None:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of two (N, D) feature sets: each set's
+    manifold is the union of balls reaching each of its points' k-th nearest neighbour in the set. Precision =
+    share of generated points inside the reference manifold, recall = share of reference points inside the
+    generated one. None when a set has k points or fewer."""
+    if len(generated) <= k or len(reference) <= k:
+        return None
+
+    def radii(x: torch.Tensor) -> torch.Tensor:            # distance to the k-th neighbour, self excluded
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values
+
+    d = torch.cdist(generated, reference)                   # (generated, reference)
+    precision = (d <= radii(reference)[None, :]).any(1).double().mean()
+    recall = (d <= radii(generated)[:, None]).any(0).double().mean()
+    return {"precision": 100.0 * float(precision), "recall": 100.0 * float(recall)}
+
+
+def per_class_precision_recall(generated: torch.Tensor, generated_classes: torch.Tensor, reference: torch.Tensor,
+                               reference_classes: torch.Tensor, classes: int, k: int = PR_K) -> list[dict | None]:
+    """precision_recall within each class (percent), None for a class with ≤ k images on either side."""
+    return [precision_recall(generated[generated_classes == c], reference[reference_classes == c], k)
+            for c in range(classes)]
 
 
 def fid_kid(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, seed: int = 0) -> dict[str, float]:

@@ -10,7 +10,8 @@ import torch
 
 from augment import shards
 from augment.cli import main
-from augment.evaluate import fid_kid, reference_images, extract_features, score_shards, shard_label_set
+from augment.evaluate import (extract_features, fid_kid, per_class_precision_recall, precision_recall,
+                              reference_images, score_shards, shard_label_set)
 from augment.guide import load_guide
 
 CLASSIFIER_LABELS = [f"kind {i}" for i in range(8)]
@@ -92,19 +93,50 @@ def test_accuracy_matches_hand_count(world):
 def test_fid_kid_in_classifier_features(world):
     guide = load_guide(world["spec"])
     labels = shard_label_set(world["a"])
-    a = torch.cat(score_shards(world["a"], guide, labels, features=guide).features)
+    scored = score_shards(world["a"], guide, labels, features=guide)
+    a, a_classes = torch.cat(scored.features), torch.cat(scored.feature_classes)
     assert a.shape == (sum(PER_CLASS), 16)                      # resnet's pooled 16 channels
     count, images = reference_images(str(world["a"]), labels)
-    a_again = extract_features(images, guide, "cpu", batch_size=5)
+    a_again, again_classes = extract_features(images, guide, "cpu", batch_size=5)
     assert count == len(a_again) and torch.allclose(a, a_again, atol=1e-5)
+    assert a_classes.tolist() == again_classes.tolist() == [c for c, n in enumerate(PER_CLASS) for _ in range(n)]
     same = fid_kid(a, a_again)
     count, images = reference_images(str(world["b"]), labels)
-    other = fid_kid(a, extract_features(images, guide, "cpu"))
+    other = fid_kid(a, extract_features(images, guide, "cpu")[0])
     scale = a.var(0).sum().item()                                # FID is in squared feature units
     assert abs(same["fid"]) < 1e-6 * scale + 1e-6
     assert abs(same["kid"]) < other["kid"] / 3                  # unbiased MMD²: ≈ 0, may be slightly negative
     assert other["fid"] > 0.1 * scale and other["kid"] > 0
     assert same["kid_subset_size"] == sum(PER_CLASS)           # capped by the smaller set
+
+
+def test_precision_recall_separates_fidelity_from_diversity():
+    """Reference: a 2-d blob. A generated set collapsed onto a small part of it is faithful but not diverse
+    (precision high, recall low); one spread far outside it is the reverse; a fresh draw of the same blob
+    scores high on both."""
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    same = precision_recall(torch.randn(400, 2, generator=g, dtype=torch.float64), reference)
+    collapsed = precision_recall(0.1 * torch.randn(400, 2, generator=g, dtype=torch.float64), reference)
+    scattered = precision_recall(4.0 * torch.randn(400, 2, generator=g, dtype=torch.float64), reference)
+    assert same["precision"] > 85 and same["recall"] > 85
+    assert collapsed["precision"] > 95 and collapsed["recall"] < 20
+    assert scattered["precision"] < 50 and scattered["recall"] > 90
+    assert precision_recall(reference[:5], reference) is None          # k = 5 needs more than 5 points
+
+
+def test_precision_recall_is_per_class():
+    """Class 0 generated from its own reference blob, class 1 collapsed: only class 1's recall drops; a class
+    with too few images is None."""
+    g = torch.Generator().manual_seed(1)
+    blob = lambda n, centre, scale=1.0: centre + scale * torch.randn(n, 2, generator=g, dtype=torch.float64)  # noqa: E731
+    reference = torch.cat([blob(200, 0.0), blob(200, 20.0), blob(3, -20.0)])
+    reference_classes = torch.tensor([0] * 200 + [1] * 200 + [2] * 3)
+    generated = torch.cat([blob(200, 0.0), blob(200, 20.0, 0.1), blob(10, -20.0)])
+    generated_classes = torch.tensor([0] * 200 + [1] * 200 + [2] * 10)
+    pr = per_class_precision_recall(generated, generated_classes, reference, reference_classes, 3)
+    assert pr[0]["recall"] > 85 and pr[1]["recall"] < 20 and pr[1]["precision"] > 95
+    assert pr[2] is None
 
 
 def test_reference_limit_is_a_subset(world):
@@ -121,11 +153,14 @@ def test_cli_writes_json_with_feature_name(world, capsys):
     assert report["features"]["name"].startswith(world["spec"]) and "penultimate" in report["features"]["name"]
     assert report["classifier"] == world["spec"] and report["images"] == sum(PER_CLASS)
     assert [c["n"] for c in report["classes"]] == PER_CLASS and report["fid"] > 0
+    pr = report["precision_recall"]                              # classes with > 5 images on both sides: 0, 2
+    assert pr["k"] == 5 and pr["classes"] == 2 and 0 <= pr["precision"] <= 100 and 0 <= pr["recall"] <= 100
+    assert [c["recall"] is None for c in report["classes"]] == [False, True, False, True]
     per_class, micro1, _, _ = hand_count(world["a"], world["spec"])
     assert report["micro"]["top1"] == pytest.approx(micro1)
     assert "--reference" in report["command"] and "torch" in report["versions"]
     printed = capsys.readouterr().out
-    assert "kind 7" in printed and "features:" in printed and "FID" in printed
+    assert "kind 7" in printed and "features:" in printed and "FID" in printed and "recall" in printed
     assert not list(world["root"].glob("*.tmp"))
 
 
