@@ -49,6 +49,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--real-fraction", type=float, metavar="F",
+                   help="share of each batch drawn from the real shots when there are synthetic images too "
+                        "(default: none, uniform over all images)")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adamw"])
     t.add_argument("--loader-workers", type=int, dest="workers", help="DataLoader workers (real-size images)")
@@ -91,8 +94,8 @@ def _train_config(args: argparse.Namespace, kind: str):
         if not isinstance(args.model_kwargs, dict):
             raise UserError("--model-kwargs must be a JSON object")
         config.model_kwargs = args.model_kwargs
-    for name in ("pretrained", "image_size", "steps", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
-                 "workers", "device"):
+    for name in ("pretrained", "image_size", "steps", "epochs", "batch_size", "lr", "real_fraction", "weight_decay",
+                 "optimizer", "workers", "device"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     for name in ("image_size", "steps", "batch_size"):
@@ -100,6 +103,8 @@ def _train_config(args: argparse.Namespace, kind: str):
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if config.epochs is not None and config.epochs <= 0:
         raise UserError("--epochs must be > 0")
+    if config.real_fraction is not None and not 0 <= config.real_fraction <= 1:
+        raise UserError(f"--real-fraction must be between 0 and 1, got {config.real_fraction}")
     return config
 
 

@@ -38,6 +38,8 @@ class TrainConfig:
     epochs: float | None = None                # ... unless set: steps = ceil(epochs · images / batch)
     batch_size: int = 32
     lr: float = 0.01
+    real_fraction: float | None = None         # share of each batch drawn from the real shots when synthetic
+                                               # images are there too; None: uniform over all training images
     weight_decay: float = 1e-4
     optimizer: str = "sgd"                     # "sgd" (momentum 0.9, Nesterov) or "adamw"
     warmup: float = 0.05                       # share of steps with linear warm-up, then cosine decay to 0
@@ -161,6 +163,18 @@ def _index_batches(n: int, batch: int, steps: int, g: torch.Generator) -> list[t
     return list(perms[:need].view(steps, batch))
 
 
+def _mixed_batches(n_real: int, n: int, batch: int, steps: int, real_fraction: float,
+                   g: torch.Generator) -> list[torch.Tensor]:
+    """`steps` batches of `batch` indices into range(n), round(real_fraction · batch) of them from the real images
+    range(n_real) and the rest from the synthetic range(n_real, n), each walking its own permutations."""
+    k = min(batch, max(0, round(real_fraction * batch)))
+    real = _index_batches(n_real, k, steps, g) if k else []
+    synthetic = _index_batches(n - n_real, batch - k, steps, g) if k < batch else []
+    return [torch.cat([real[i] if k else torch.zeros(0, dtype=torch.long),
+                       synthetic[i] + n_real if k < batch else torch.zeros(0, dtype=torch.long)])
+            for i in range(steps)]
+
+
 def _augment_small(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to size/8 pixels (zero fill), per image."""
     n, _, h, w = x.shape
@@ -218,12 +232,14 @@ def _optimiser(model: torch.nn.Module, config: TrainConfig, steps: int):
 
 def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *, seed: int,
                      progress: bool = False) -> torch.nn.Module:
-    """A classifier trained from scratch (or from pretrained weights) on the union of `parts`.
+    """A classifier trained from scratch (or from pretrained weights) on the union of `parts`; parts[0] is the
+    real images, the rest synthetic (`config.real_fraction` fixes the real share of each batch).
 
     Runs in its own RNG scope: the same seed gives the same model, and the global RNG is left as it was.
     """
     from tqdm import tqdm
 
+    n_real = len(parts[0]) if parts else 0
     parts = [p for p in parts if len(p)]
     n = sum(len(p) for p in parts)
     if n == 0:
@@ -235,7 +251,10 @@ def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *
         g = torch.Generator().manual_seed(seed)
         model = create_model(config, num_classes).to(device).train()
         opt, sched = _optimiser(model, config, steps)
-        batches = _index_batches(n, config.batch_size, steps, g)
+        if config.real_fraction is not None and 0 < n_real < n:
+            batches = _mixed_batches(n_real, n, config.batch_size, steps, config.real_fraction, g)
+        else:
+            batches = _index_batches(n, config.batch_size, steps, g)
         if in_memory(config):
             data = [prepare(p, config) for p in parts]
             x, y = torch.cat([d.x for d in data]), torch.cat([d.y for d in data])

@@ -288,3 +288,17 @@ def test_saved_classifier_loads_with_same_logits(tmp_path):
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x), atol=1e-6)
+
+
+def test_real_fraction_fixes_the_real_share_of_every_batch():
+    from downstream.train import _mixed_batches
+
+    g = torch.Generator().manual_seed(0)
+    batches = _mixed_batches(n_real=6, n=106, batch=8, steps=30, real_fraction=0.25, g=g)
+    assert len(batches) == 30 and all(len(b) == 8 for b in batches)
+    real = torch.cat([b[b < 6] for b in batches])
+    assert all(int((b < 6).sum()) == 2 for b in batches)            # round(0.25 · 8) real images per batch
+    assert torch.bincount(real, minlength=6).tolist() == [10] * 6      # 60 draws walk whole permutations
+    assert int(torch.cat(batches).max()) < 106
+    everything = _mixed_batches(6, 106, 8, 3, 1.0, torch.Generator().manual_seed(0))
+    assert all(bool((b < 6).all()) for b in everything)

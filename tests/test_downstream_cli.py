@@ -105,6 +105,7 @@ def test_train_saves_a_classifier_that_scores_the_same(inputs, tmp_path, capsys)
     ({"--synthetic": "tokens=/no/such/dir"}, "not found"),
     ({"--labels": "/no/such/labels.txt"}, "label file not found"),
     ({"--steps": "zero"}, "invalid int value"),
+    ({"--real-fraction": "1.5"}, "--real-fraction must be between 0 and 1"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(inputs, tmp_path, capsys, change, message):
     args = {"--dataset": f"cub:{inputs['cub']}", "--labels": str(inputs["labels"]),
