@@ -41,13 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per class per step (default: the preset's; --quick: 2)")
     p.add_argument("--steps", type=int, help="learner denoising steps (default: the preset's; --quick: 2)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="learn with gradient checkpointing")
+    p.add_argument("--objective", choices=["final", "x0"], help="learner objective (default: the preset's)")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: measure this one size, print JSON
     return p.parse_args(argv)
 
 
 def learn_overrides(args: argparse.Namespace, size: int) -> dict:
     quick = {"batch_size": 2, "num_inference_steps": 2} if args.quick else {}
-    given = {"batch_size": args.batch_size, "num_inference_steps": args.steps}
+    given = {"batch_size": args.batch_size, "num_inference_steps": args.steps, "objective": args.objective}
     return {**quick, **{k: v for k, v in given.items() if v}, "max_classes_per_step": size, "max_steps": 2,
             "gradient_checkpointing": args.gradient_checkpointing, "patience": 3, "stop_window": 3}
 
@@ -105,7 +106,7 @@ def run_worker(args: argparse.Namespace, size: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--threads", str(args.threads),
            "--device", args.device, "--preset", args.preset, "--labels", str(args.labels)]
     cmd += ["--quick"] * args.quick + ["--gradient-checkpointing"] * args.gradient_checkpointing
-    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--objective", args.objective)):
         if value:
             cmd += [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = toy_config(args, learn=learn_overrides(args, 1))
     print_environment(env)
     print(f"one learner step: {cfg.learn.batch_size} images per class, {cfg.learn.num_inference_steps} denoising "
-          f"steps, gradient checkpointing {'on' if cfg.learn.gradient_checkpointing else 'off'}")
+          f"steps ({cfg.learn.grad_steps} with gradient, objective {cfg.learn.objective}), gradient checkpointing "
+          f"{'on' if cfg.learn.gradient_checkpointing else 'off'}")
     rows_data = []
     for size in sizes:
         rows_data.append(run_worker(args, size))

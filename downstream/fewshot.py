@@ -59,8 +59,8 @@ def plan_cells(set_names: list[str], shots: list[int], trials: int) -> list[Cell
 def cell_hash(dataset: LabelledDataset, synthetic: SyntheticSet | None, train: TrainConfig, seed: int) -> str:
     """What determines a cell besides (set, shots, trial); devices and worker counts don't count."""
     cfg = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("device", "workers", "eval_batch_size")}
-    if cfg.get("real_fraction") is None:      # cells made before the option existed keep their hash
-        cfg.pop("real_fraction", None)
+    if cfg.get("real_fraction") is None or synthetic is None:   # no effect there: cells made before the
+        cfg.pop("real_fraction", None)                           # option existed keep their hash
     payload = {"dataset": dataset.spec, "classes": dataset.classes, "seed": seed, "train": cfg,
                "synthetic": None if synthetic is None else
                {"dir": str(synthetic.directory.resolve()), "manifest_sha256": synthetic.manifest_sha256,
