@@ -24,7 +24,7 @@ from torch import nn
 
 from augment.errors import UserError
 from augment.guide import Guide
-from augment.labels import LabelClass, LabelSet, match_to_guide, read_label_set
+from augment.labels import LabelClass, LabelSet, match_to_guide, normalise_name, read_label_set
 
 TOPK = 5
 PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc
@@ -94,14 +94,18 @@ def _pick(total: int, limit: int | None) -> set[int] | None:
 
 
 def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> tuple[int, Iterable]:
-    """(count, (PIL image, label-set position) pairs) of a reference set: a shards directory, or a dataset
-    spec (`downstream.datasets`) with an optional ':test' (default) or ':train' split suffix."""
+    """(count, (PIL image, position in `labels`) pairs) of a reference set: a shards directory (its classes
+    matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`downstream.datasets`)
+    with an optional ':test' (default) or ':train' split suffix."""
     if Path(spec).is_dir():
         total = shard_count(spec)
         if total == 0:
             raise UserError(f"reference {spec}: no .tar shards with samples")
         keep = _pick(total, limit)
-        return (len(keep) if keep else total), iter_shards(spec, keep)
+        own = {normalise_name(n): i for i, n in enumerate(labels.names())}
+        to_labels = [own.get(normalise_name(n), -1) for n in shard_label_set(spec).names()]
+        return (len(keep) if keep else total), ((image, to_labels[c] if 0 <= c < len(to_labels) else -1)
+                                                for image, c in iter_shards(spec, keep))
     from downstream.datasets import load_dataset
 
     base, _, split = spec.rpartition(":")

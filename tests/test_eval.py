@@ -139,6 +139,18 @@ def test_precision_recall_is_per_class():
     assert pr[2] is None
 
 
+def test_reference_shards_classes_are_matched_by_name(world, tmp_path):
+    """A reference set made from another label file (other order, one class the scored set lacks) yields
+    positions in the scored set's label set, -1 for the missing class."""
+    other = make_shards(tmp_path / "other", seed=3)
+    order = ["kind 0", "kind 7", "Kind 2", "kind 6"]           # its cls 0..3; names matched case-insensitively
+    (other / "manifest.json").write_text(json.dumps({"generate": {"labels": order}}))
+    count, pairs = reference_images(str(other), shard_label_set(world["a"]))
+    positions = [p for _, p in pairs]
+    expected = {0: 3, 1: 2, 2: 1, 3: -1}                       # SET_LABELS = kind 5, kind 2, kind 7, kind 0
+    assert count == sum(PER_CLASS) and positions == [expected[c] for c, n in enumerate(PER_CLASS) for _ in range(n)]
+
+
 def test_reference_limit_is_a_subset(world):
     count, images = reference_images(str(world["b"]), shard_label_set(world["b"]), limit=5)
     assert count == 5 and len(list(images)) == 5
