@@ -63,7 +63,8 @@ def test_bad_options_exit_2(argv, needle, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("line, needle", [("grad_steps: 0", "grad_steps"), ("timestep_spacing: sideways", "timestep_spacing"),
-                                         ("steps_offset: -1", "steps_offset"), ("objective: x1", "objective")])
+                                         ("steps_offset: -1", "steps_offset"), ("objective: x1", "objective"),
+                                         ('prompts: ["a photo of {name}"]', "{token}")])
 def test_bad_learner_sampler_settings_exit_2(line, needle, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"learn:\n  {line}\n")
