@@ -120,7 +120,7 @@ class TokenLearner:
         cond = encode_prompts(pipe, prompts)                       # depends on the token rows (grad)
         with torch.no_grad():
             uncond = encode_prompts(pipe, [""]).expand_as(cond)
-        targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.device)
+        targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
         # 2. fresh noise per class and step
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)
         scheduler = self.scheduler
@@ -142,7 +142,7 @@ class TokenLearner:
             for t in timesteps[-k:]:
                 out = scheduler.step(self._cfg_noise(latents, t, step_cond, uncond), t, latents)
                 logits = self.guide(decode_latents(pipe, out.pred_original_sample))
-                ce = F.cross_entropy(logits, targets.to(logits.device), reduction="none")
+                ce = F.cross_entropy(logits, targets, reduction="none")
                 if backward:                                       # into step_cond.grad, then this graph goes
                     (class_loss(ce) / k).backward()
                     ce, logits = ce.detach(), logits.detach()
@@ -155,11 +155,10 @@ class TokenLearner:
             for t in timesteps[-k:]:
                 latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
             logits = self.guide(decode_latents(pipe, latents))
-            per_sample = F.cross_entropy(logits, targets.to(logits.device), reduction="none")
+            per_sample = F.cross_entropy(logits, targets, reduction="none")
             if backward:
                 class_loss(per_sample).backward()
                 per_sample = per_sample.detach()
-        targets = targets.to(logits.device)
         correct = (logits.argmax(1) == targets).view(len(active), n)
         with torch.no_grad():
             probs = logits.float().softmax(1).gather(1, targets[:, None]).view(len(active), n).mean(1)
