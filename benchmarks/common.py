@@ -102,6 +102,21 @@ def read_labels(path: Path, count: int | None = None):
     return LabelSet(labels.path, labels.name, labels.classes[:count])
 
 
+def probe_setup(cfg, args: argparse.Namespace):
+    """For the probes: the label set, its classes named in `args.classes` (comma-separated; only the first with
+    --quick), the preset's generator in fp32, its guide, and every class's guide index."""
+    from augment.generator import load_generator
+    from augment.guide import load_guide
+    from augment.labels import match_to_guide, read_label_set
+
+    labels = read_label_set(args.labels)
+    wanted = [n.strip() for n in args.classes.split(",")]
+    classes = [c for c in labels.classes if c.name in wanted][: 1 if args.quick else None]
+    pipe = load_generator(cfg.generator, cfg.device, "fp32")
+    guide = load_guide(cfg.guide, pipe.device)
+    return labels, classes, pipe, guide, match_to_guide(labels, guide.labels)
+
+
 def top1(classifier, images: np.ndarray, targets: list[int], batch: int = 100) -> float:
     """Top-1 accuracy in % of `classifier` (an augment Guide) on N×H×W×3 images in [0, 1], as quantised in
     shards (8 bits)."""

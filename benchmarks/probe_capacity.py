@@ -10,7 +10,7 @@ token has too little say over the images (the generator's limit, not the optimis
 guide's top-1 on both.
 
     python benchmarks/probe_capacity.py --quick
-    python benchmarks/probe_capacity.py --out results/capacity.json      # ≈ 6 min on 2 idle cores
+    python benchmarks/probe_capacity.py --out results/capacity.json      # 4 classes: ≈ 10 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, save_results, setup,
-                               toy_config, top1)
+from benchmarks.common import (add_common_arguments, markdown_table, print_environment, probe_setup, save_results,
+                               setup, toy_config, top1)
 
 FRESH_SEED = 2_000_003
 
@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     import tempfile
 
     from augment.generate import generate_images
-    from augment.generator import load_generator
-    from augment.guide import load_guide
-    from augment.labels import match_to_guide, read_label_set
     from augment.prompting import format_prompt
     from augment.tokens import TokenLearner
 
@@ -59,12 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.lr is not None:
         learn["lr"] = args.lr
     cfg = toy_config(args, learn=learn)
-    labels = read_label_set(args.labels)
-    wanted = [n.strip() for n in args.classes.split(",")]
-    classes = [c for c in labels.classes if c.name in wanted][: 1 if args.quick else None]
-    pipe = load_generator(cfg.generator, cfg.device, "fp32")
-    guide = load_guide(cfg.guide, pipe.device)
-    indices = match_to_guide(labels, guide.labels)
+    labels, classes, pipe, guide, indices = probe_setup(cfg, args)
 
     class FixedNoiseLearner(TokenLearner):
         def _noise(self, s):                     # every step draws the noise of step 0

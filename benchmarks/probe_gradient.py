@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import add_common_arguments, markdown_table, print_environment, save_results, setup, toy_config
+from benchmarks.common import (add_common_arguments, markdown_table, print_environment, probe_setup, save_results,
+                               setup, toy_config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,9 +46,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     env = setup(args)
     print_environment(env)
-    from augment.generator import load_generator
-    from augment.guide import load_guide
-    from augment.labels import match_to_guide, read_label_set
     from augment.tokens import TokenLearner
 
     learn = {}
@@ -61,12 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
              "whole chain": {"objective": "final", "grad_steps": n_steps},
              "x0 every step": {"objective": "x0", "grad_steps": n_steps}}
     draws = 2 if args.quick else args.draws
-    labels = read_label_set(args.labels)
-    wanted = [n.strip() for n in args.classes.split(",")]
-    classes = [c for c in labels.classes if c.name in wanted][: 1 if args.quick else None]
-    pipe = load_generator(cfg.generator, cfg.device, "fp32")
-    guide = load_guide(cfg.guide, pipe.device)
-    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg.learn, "/nonexistent")
+    labels, classes, pipe, guide, indices = probe_setup(cfg, args)
+    learner = TokenLearner(pipe, guide, labels, indices, cfg.learn, "/nonexistent")
     rows, results = [], []
     for entry in learner.prepare(classes):
         state = learner.new_state(*entry)
