@@ -51,3 +51,39 @@ def test_classifier_training_script_runs(tmp_path):
     guide = load_guide(f"ckpt:{tmp_path / 'heldout'}")
     assert guide(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert np.isfinite(guide(torch.rand(1, 3, 32, 32)).detach().numpy()).all()
+
+
+def test_caption_scheme_draws_fine_name_synonym_and_coarse_word_at_the_configured_rates():
+    from transformers import CLIPTokenizer
+
+    from augment.toy import COARSE_WORD, SYNONYM
+    from augment.toy.train_generator import TrainConfig, caption_table, draw_captions
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(GENERATOR_DIR / "tokenizer"))
+    table = caption_table(tokenizer)
+    cfg = TrainConfig(fine_caption_p=0.1, synonym_caption_p=0.45, empty_caption_p=0.1)
+    labels = np.repeat(np.arange(10), 4000)
+    rows = draw_captions(labels, np.random.default_rng(0), cfg).numpy()
+    norm = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")  # "t - shirt"
+    assert norm(table[0]) == ""
+    for y, fine in enumerate(FINE_NAMES):
+        words = {"fine": fine, "coarse": COARSE_WORD[fine], "synonym": SYNONYM[fine]}
+        shares = {0: 0.1, 1 + 3 * y: 0.9 * 0.1, 2 + 3 * y: 0.9 * 0.45, 3 + 3 * y: 0.9 * 0.45}
+        for row, (kind, word) in zip(list(shares)[1:], words.items()):
+            assert norm(table[row]) == ("aphotoofa" + word).replace(" ", ""), (fine, kind)
+        drawn = rows[labels == y]
+        for row, share in shares.items():
+            assert abs((drawn == row).mean() - share) < 0.03, (fine, row)
+
+
+def test_default_captions_draw_exactly_as_for_the_committed_weights():
+    """Defaults (no synonyms) must reproduce the draws the committed generator was trained with."""
+    from augment.toy.train_generator import TrainConfig, draw_captions
+
+    labels = np.random.default_rng(1).integers(0, 10, 5000)
+    rows = draw_captions(labels, np.random.default_rng(0), TrainConfig()).numpy()
+    old = np.random.default_rng(0)   # the committed weights' scheme: rows 0 / 1 + 2y (fine) / 2 + 2y (coarse)
+    empty, fine = old.random(5000) < 0.10, old.random(5000) < 0.25
+    old_kind = np.where(empty, -1, np.where(fine, 0, 1))
+    kind = np.where(rows == 0, -1, (rows - 1) % 3)
+    assert (kind == old_kind).all() and ((rows == 0) | ((rows - 1) // 3 == labels)).all()

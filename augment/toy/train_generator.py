@@ -9,7 +9,9 @@ the DDPM loss; (4) saved as a StableDiffusionPipeline in fp16 safetensors, with 
 Captions (the point of the toy world): "a photo of a {name}", where name is the fine class ("sneaker")
 for `fine_caption_p` of the images and the coarse word ("shoe") otherwise; `empty_caption_p` of captions are
 empty for classifier-free guidance. So the model knows coarse concepts well and fine classes poorly — as
-Stable Diffusion knows "bird" but not the species.
+Stable Diffusion knows "bird" but not the species. Optionally (`synonym_caption_p`, 0 for the committed
+weights) a share of captions names the class by another word (`SYNONYM`: "trainer" for "sneaker"), so that
+the label set's own name can be made rare while the class stays drawable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augment.toy import COARSE_WORD, FINE_NAMES
+from augment.toy import COARSE_WORD, FINE_NAMES, SYNONYM
 from augment.toy.clip_tokenizer import write_clip_tokenizer_files
 from augment.toy.data import load, to_rgb32
 
@@ -41,6 +43,7 @@ class TrainConfig:
     lr: float = 5e-4
     batch_size: int = 64
     fine_caption_p: float = 0.25
+    synonym_caption_p: float = 0.0   # 0 for the committed weights; see the README for the 0.45 run
     empty_caption_p: float = 0.10
     ema_decay: float = 0.999
     text_hidden: int = 128
@@ -99,19 +102,21 @@ def encode_all(vae, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tens
 
 
 def caption_table(tokenizer) -> torch.Tensor:
-    """Token ids of every caption the toy world uses: row 0 empty, 1 + 2y fine name of y, 2 + 2y its coarse word."""
+    """Token ids of every caption the toy world uses: row 0 empty, then for class y: 1 + 3y its fine name,
+    2 + 3y its coarse word, 3 + 3y its caption word (synonym)."""
     captions = [""]
     for fine in FINE_NAMES:
-        captions += [f"a photo of a {fine}", f"a photo of a {COARSE_WORD[fine]}"]
+        captions += [f"a photo of a {fine}", f"a photo of a {COARSE_WORD[fine]}", f"a photo of a {SYNONYM[fine]}"]
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
 
 
 def draw_captions(labels: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) -> torch.Tensor:
-    """Row of `caption_table` per image: empty, fine name or coarse word, drawn independently."""
+    """Row of `caption_table` per image: empty, fine name, synonym or coarse word, drawn independently."""
     empty = rng.random(len(labels)) < cfg.empty_caption_p
-    fine = rng.random(len(labels)) < cfg.fine_caption_p
-    rows = np.where(empty, 0, np.where(fine, 1 + 2 * labels, 2 + 2 * labels))
+    u = rng.random(len(labels))
+    kind = np.where(u < cfg.fine_caption_p, 0, np.where(u < cfg.fine_caption_p + cfg.synonym_caption_p, 2, 1))
+    rows = np.where(empty, 0, 1 + 3 * labels + kind)
     return torch.from_numpy(rows)
 
 
