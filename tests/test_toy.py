@@ -87,3 +87,12 @@ def test_default_captions_draw_exactly_as_for_the_committed_weights():
     old_kind = np.where(empty, -1, np.where(fine, 0, 1))
     kind = np.where(rows == 0, -1, (rows - 1) % 3)
     assert (kind == old_kind).all() and ((rows == 0) | ((rows - 1) // 3 == labels)).all()
+
+
+def test_generator_training_rejects_caption_shares_over_one(tmp_path, capsys):
+    from augment.toy.train_generator import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "g"), "--fine-caption-p", "0.6", "--synonym-caption-p", "0.6"])
+    assert e.value.code == 2 and not (tmp_path / "g").exists()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
     args = p.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    if not (0 <= cfg.fine_caption_p and 0 <= cfg.synonym_caption_p and cfg.fine_caption_p + cfg.synonym_caption_p <= 1):
+        print("train_generator: --fine-caption-p and --synonym-caption-p must be ≥ 0 and sum to at most 1",
+              file=sys.stderr)
+        sys.exit(2)
 
     from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
