@@ -20,53 +20,47 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import torch
 
-from benchmarks.common import markdown_table, print_environment, environment, save_results, top1
+from benchmarks.common import (add_common_arguments, markdown_table, print_environment, save_results, setup,
+                               toy_config, top1)
 
 SEED = 1000
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
+    from augment.generate import generate_images
+    from augment.generator import load_generator
     from augment.guide import load_guide
-    from augment.toy import COARSE_WORD, FINE_NAMES, GENERATOR_DIR, HELDOUT_DIR, SYNONYM
+    from augment.toy import COARSE_WORD, FINE_NAMES, SYNONYM
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--generator", default=str(GENERATOR_DIR), help="toy pipeline directory")
-    p.add_argument("--images-per-class", type=int, default=30)
-    p.add_argument("--steps", type=int, default=10, help="DDIM steps, as the toy preset generates")
-    p.add_argument("--guidance-scale", type=float, default=4.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="3 images per class (a smoke run)")
-    p.add_argument("--out", type=Path, default=None)
+    add_common_arguments(p)
+    p.add_argument("--generator", help="toy pipeline directory (default: the preset's)")
+    p.add_argument("--images-per-class", type=int, default=30, help="default 30; --quick: 3")
     args = p.parse_args(argv)
     n = 3 if args.quick else args.images_per_class
-    torch.set_num_threads(args.threads)
-    env = environment("cpu")
+    env = setup(args)
     print_environment(env)
-
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(args.generator, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    heldout = load_guide(f"ckpt:{HELDOUT_DIR}")
+    cfg = toy_config(args)
+    generator = args.generator or cfg.generator
+    pipe = load_generator(generator, cfg.device, "fp32")
+    heldout = load_guide(cfg.eval_classifier, pipe.device)
+    seeds = list(range(SEED, SEED + n))
     words = {"label name": lambda f: f, "synonym": SYNONYM.get, "coarse word": COARSE_WORD.get}
     acc: dict[str, list[float]] = {}
     for kind, word in words.items():
         acc[kind] = []
         for y, fine in enumerate(FINE_NAMES):
-            gens = [torch.Generator().manual_seed(SEED + i) for i in range(n)]
-            with torch.no_grad():
-                images = pipe([f"a photo of a {word(fine)}"] * n, generator=gens, output_type="np",
-                              num_inference_steps=args.steps, guidance_scale=args.guidance_scale).images
+            images = generate_images(pipe, [f"a photo of a {word(fine)}"] * n, seeds, cfg.generate)
             acc[kind].append(top1(heldout, images, [y] * n))
         print(f"{kind}: mean {np.mean(acc[kind]):.1f}%", flush=True)
     rows = [[fine] + [acc[k][y] for k in words] for y, fine in enumerate(FINE_NAMES)]
     rows.append(["**mean**"] + [float(np.mean(acc[k])) for k in words])
     print(markdown_table(["class"] + [f"{k} (held-out top-1 %)" for k in words], rows))
-    save_results(args.out, {"environment": env, "generator": args.generator, "images_per_class": n,
-                            "seed": SEED, "top1": acc, "words": {k: [w(f) for f in FINE_NAMES]
-                                                                 for k, w in words.items()}})
+    out = {"environment": env, "generator": generator, "classifier": cfg.eval_classifier, "images_per_class": n,
+           "seed": SEED, "top1": acc, "words": {k: [w(f) for f in FINE_NAMES] for k, w in words.items()}}
+    save_results(args.out, out)
+    return out
 
 
 if __name__ == "__main__":
