@@ -14,8 +14,9 @@ def format_prompt(template: str, token: str, name: str) -> str:
     return re.sub(r"\s+", " ", template.format(token=token, name=name)).strip()
 
 
-def check_templates(templates: list[str]) -> None:
-    """Every template must be non-empty and mention {name}; unknown fields are a user error."""
+def check_templates(templates: list[str], need_token: bool = False) -> None:
+    """Every template must be non-empty and mention {name} (and {token} with `need_token`: learning prompts,
+    where the token is what learning changes); unknown fields are a user error."""
     if not templates:
         raise UserError("at least one prompt template is needed")
     for t in templates:
@@ -25,6 +26,8 @@ def check_templates(templates: list[str]) -> None:
             raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
         if "{name}" not in t:
             raise UserError(f"prompt template {t!r} must contain {{name}}")
+        if need_token and "{token}" not in t:
+            raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
 
 
 def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tuple[list[int], list[torch.Tensor]]:

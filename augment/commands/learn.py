@@ -42,9 +42,7 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
 
     labels = read_label_set(args.labels)                               # 1. label set, before any model
     cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
-    check_templates(cfg.learn.prompts)
-    if missing := [t for t in cfg.learn.prompts if "{token}" not in t]:
-        raise_user(f"learn.prompts: template {missing[0]!r} must contain {{token}}: it is what learning changes")
+    check_templates(cfg.learn.prompts, need_token=True)
     for key in ("batch_size", "max_classes_per_step", "max_steps", "num_inference_steps", "grad_steps"):
         if getattr(cfg.learn, key) < 1:
             raise_user(f"learn.{key} must be ≥ 1, got {getattr(cfg.learn, key)}")
