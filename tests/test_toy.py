@@ -1,5 +1,7 @@
 """The toy world: its committed pipeline and classifiers load and work; its training scripts stay alive."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -76,13 +78,26 @@ def test_caption_scheme_draws_fine_name_synonym_and_coarse_word_at_the_configure
             assert abs((drawn == row).mean() - share) < 0.03, (fine, row)
 
 
-def test_default_captions_draw_exactly_as_for_the_committed_weights():
-    """Defaults (no synonyms) must reproduce the draws the committed generator was trained with."""
+def test_training_defaults_are_the_committed_generators_settings():
+    """`python -m augment.toy.train_generator --out DIR --seed 0` must retrain the committed weights' recipe."""
+    import json
+
+    from augment.toy.train_generator import TrainConfig
+
+    committed = json.loads((GENERATOR_DIR / "train_config.json").read_text())
+    defaults = asdict(TrainConfig())
+    assert {k: defaults[k] for k in committed} == committed
+    assert set(defaults) - set(committed) <= {"max_images"}
+
+
+def test_v1_caption_settings_draw_exactly_as_the_first_generators_code():
+    """The first generator (25% fine names, no synonyms) is still reproducible from its settings."""
     from augment.toy.train_generator import TrainConfig, draw_captions
 
     labels = np.random.default_rng(1).integers(0, 10, 5000)
-    rows = draw_captions(labels, np.random.default_rng(0), TrainConfig()).numpy()
-    old = np.random.default_rng(0)   # the committed weights' scheme: rows 0 / 1 + 2y (fine) / 2 + 2y (coarse)
+    v1 = TrainConfig(fine_caption_p=0.25, synonym_caption_p=0.0, unet_steps=1800)
+    rows = draw_captions(labels, np.random.default_rng(0), v1).numpy()
+    old = np.random.default_rng(0)   # v1's scheme: rows 0 / 1 + 2y (fine) / 2 + 2y (coarse)
     empty, fine = old.random(5000) < 0.10, old.random(5000) < 0.25
     old_kind = np.where(empty, -1, np.where(fine, 0, 1))
     kind = np.where(rows == 0, -1, (rows - 1) % 3)

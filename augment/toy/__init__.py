@@ -13,8 +13,9 @@ COARSE_WORD = {
     "t-shirt": "top", "trouser": "trousers", "pullover": "top", "dress": "dress", "coat": "top",
     "sandal": "shoe", "shirt": "top", "sneaker": "shoe", "bag": "bag", "ankle boot": "shoe",
 }
-# Another word for each fine class, used by train_generator only with --synonym-caption-p > 0: label sets name
-# classes their own way ("pullover", "ankle boot") while captions may say "sweater", "bootie".
+# Another word for each fine class, in half of the generator's training captions (train_generator
+# --synonym-caption-p): label sets name classes their own way ("pullover", "ankle boot") while the captions a
+# model learnt from may say "sweater", "bootie".
 SYNONYM = {
     "t-shirt": "tee", "trouser": "pants", "pullover": "sweater", "dress": "gown", "coat": "jacket",
     "sandal": "flip-flop", "shirt": "blouse", "sneaker": "trainer", "bag": "handbag", "ankle boot": "bootie",

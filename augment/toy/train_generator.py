@@ -6,12 +6,13 @@ Stages: (1) an AutoencoderKL, 32×32 RGB → 4×8×8 latents; (2) all training i
 (3) a CLIPTextModel over the real SD-1.x BPE vocabulary and a UNet2DConditionModel trained together with
 the DDPM loss; (4) saved as a StableDiffusionPipeline in fp16 safetensors, with a DDIM scheduler.
 
-Captions (the point of the toy world): "a photo of a {name}", where name is the fine class ("sneaker")
-for `fine_caption_p` of the images and the coarse word ("shoe") otherwise; `empty_caption_p` of captions are
-empty for classifier-free guidance. So the model knows coarse concepts well and fine classes poorly — as
-Stable Diffusion knows "bird" but not the species. Optionally (`synonym_caption_p`, 0 for the committed
-weights) a share of captions names the class by another word (`SYNONYM`: "trainer" for "sneaker"), so that
-the label set's own name can be made rare while the class stays drawable.
+Captions (the point of the toy world): "a photo of a {name}", where name is the label set's fine class name
+("sneaker") for `fine_caption_p` of the images (2%: rare, as a dataset's species name is to Stable Diffusion),
+another word for the same class (`SYNONYM`: "trainer") for `synonym_caption_p` (50%), and the coarse word
+("shoe") otherwise; `empty_caption_p` of captions are empty for classifier-free guidance. So the model can
+draw each fine class, but the label set's own name reaches it less well than the word the captions used —
+there is something for a learned token to find. (The first committed generator used 25% fine names, no
+synonyms and 1,800 UNet steps: `--fine-caption-p 0.25 --synonym-caption-p 0 --unet-steps 1800`.)
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ class TrainConfig:
     vae_steps: int = 300
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 1800
+    unet_steps: int = 3000
     lr: float = 5e-4
     batch_size: int = 64
-    fine_caption_p: float = 0.25
-    synonym_caption_p: float = 0.0   # 0 for the committed weights; see the README for the 0.45 run
+    fine_caption_p: float = 0.02
+    synonym_caption_p: float = 0.50
     empty_caption_p: float = 0.10
     ema_decay: float = 0.999
     text_hidden: int = 128
