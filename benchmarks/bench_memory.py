@@ -106,7 +106,8 @@ def run_worker(args: argparse.Namespace, size: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--threads", str(args.threads),
            "--device", args.device, "--preset", args.preset, "--labels", str(args.labels)]
     cmd += ["--quick"] * args.quick + ["--gradient-checkpointing"] * args.gradient_checkpointing
-    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--objective", args.objective)):
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--objective", args.objective),
+                        ("--dtype", args.dtype)):
         if value:
             cmd += [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -28,6 +28,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch CPU threads (default: all cores, %(default)s here)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--dtype", help="fp32, bf16, fp16 (default: the preset's; auto = fp32 on CPU, bf16 or fp16 on CUDA)")
     p.add_argument("--preset", default="toy", help="augment preset (default: toy)")
     p.add_argument("--labels", type=Path, default=TOY_LABELS, help="label set (default: Fashion-MNIST)")
 
@@ -35,19 +36,20 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Apply --threads and return the environment record printed and saved with every result."""
     torch.set_num_threads(args.threads)
-    return environment(args.device)
+    return environment(args.device, toy_config(args).dtype)
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, dtype: str = "auto") -> dict[str, Any]:
     import diffusers
     import transformers
 
-    from augment.generator import resolve_device
+    from augment.generator import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "device": str(dev), "device_name": name,
+            "dtype": str(resolve_dtype(dtype, dev)).removeprefix("torch."),
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -56,7 +58,7 @@ def environment(device: str) -> dict[str, Any]:
 def print_environment(env: dict[str, Any]) -> None:
     load = f"; load average {env['load_average'][0]:.2f}" if env.get("load_average") else ""
     print(f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}; "
-          f"device {env['device']} ({env['device_name']}), {env['threads']} threads of {env['cpu_count']} cores"
+          f"device {env['device']} ({env['device_name']}), {env.get('dtype', '?')}, {env['threads']} threads of {env['cpu_count']} cores"
           + load)
 
 
@@ -85,7 +87,7 @@ def toy_config(args: argparse.Namespace, learn: dict[str, Any] | None = None,
     """The preset's RunConfig with the device forced to --device and some learn/generate fields replaced."""
     from augment.config import load_config
 
-    cfg = load_config(args.preset, None, {"device": args.device})
+    cfg = load_config(args.preset, None, {"device": args.device, **({"dtype": args.dtype} if args.dtype else {})})
     return replace(cfg, learn=replace(cfg.learn, **(learn or {})),
                    generate=replace(cfg.generate, **(generate or {})))
 
