@@ -58,7 +58,8 @@ def environment(device: str, dtype: str = "auto") -> dict[str, Any]:
 def print_environment(env: dict[str, Any]) -> None:
     load = f"; load average {env['load_average'][0]:.2f}" if env.get("load_average") else ""
     print(f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}; "
-          f"device {env['device']} ({env['device_name']}), {env.get('dtype', '?')}, {env['threads']} threads of {env['cpu_count']} cores"
+          f"device {env['device']} ({env['device_name']}), {env.get('dtype', '?')}, "
+          f"{env['threads']} threads of {env['cpu_count']} cores"
           + load)
 
 
@@ -102,6 +103,21 @@ def read_labels(path: Path, count: int | None = None):
     if not 1 <= count <= len(labels):
         raise SystemExit(f"--classes must be in 1..{len(labels)}")
     return LabelSet(labels.path, labels.name, labels.classes[:count])
+
+
+def heldout_probe_setup(args: argparse.Namespace):
+    """For the probes that score a toy pipeline with the held-out classifier: applies --threads, prints the
+    environment, and returns (environment, config, generator spec: --generator or the preset's, the pipeline
+    in fp32, the held-out classifier)."""
+    from augment.generator import load_generator
+    from augment.guide import load_guide
+
+    env = setup(args)
+    print_environment(env)
+    cfg = toy_config(args)
+    generator = args.generator or cfg.generator
+    pipe = load_generator(generator, cfg.device, "fp32")
+    return env, cfg, generator, pipe, load_guide(cfg.eval_classifier, pipe.device)
 
 
 def probe_setup(cfg, args: argparse.Namespace):

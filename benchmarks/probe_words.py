@@ -21,16 +21,13 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, save_results, setup,
-                               toy_config, top1)
+from benchmarks.common import add_common_arguments, heldout_probe_setup, markdown_table, save_results, top1
 
 SEED = 1000
 
 
 def main(argv: list[str] | None = None) -> dict:
     from augment.generate import generate_images
-    from augment.generator import load_generator
-    from augment.guide import load_guide
     from augment.toy import COARSE_WORD, FINE_NAMES, SYNONYM
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,12 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images-per-class", type=int, default=30, help="default 30; --quick: 3")
     args = p.parse_args(argv)
     n = 3 if args.quick else args.images_per_class
-    env = setup(args)
-    print_environment(env)
-    cfg = toy_config(args)
-    generator = args.generator or cfg.generator
-    pipe = load_generator(generator, cfg.device, "fp32")
-    heldout = load_guide(cfg.eval_classifier, pipe.device)
+    env, cfg, generator, pipe, heldout = heldout_probe_setup(args)
     seeds = list(range(SEED, SEED + n))
     words = {"label name": lambda f: f, "synonym": SYNONYM.get, "coarse word": COARSE_WORD.get}
     acc: dict[str, list[float]] = {}
