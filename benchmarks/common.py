@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,9 +35,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
-    """Apply --threads and return the environment record printed and saved with every result."""
+    """Apply --threads and return the environment record printed and saved with every result. A bad
+    --preset, --device or --dtype ends the script with one line on stderr and exit code 2."""
+    from augment.errors import UserError
+
     torch.set_num_threads(args.threads)
-    return environment(args.device, toy_config(args).dtype)
+    try:
+        return environment(args.device, toy_config(args).dtype)
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def environment(device: str, dtype: str = "auto") -> dict[str, Any]:
