@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     vae_steps: int = 300
     vae_lr: float = 1e-3
+    vae_schedule: str = "constant"  # or "cosine": 50 warm-up steps, then cosine decay of vae_lr to 0
     kl_weight: float = 1e-6
     unet_steps: int = 3000
     lr: float = 5e-4
@@ -82,6 +83,9 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     g = torch.Generator().manual_seed(cfg.seed)
     for step in range(1, cfg.vae_steps + 1):
+        if cfg.vae_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = cfg.vae_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
         x = images[torch.randint(len(images), (cfg.batch_size,), generator=g)] * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
@@ -133,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (0 <= cfg.fine_caption_p and 0 <= cfg.synonym_caption_p and cfg.fine_caption_p + cfg.synonym_caption_p <= 1):
         print("train_generator: --fine-caption-p and --synonym-caption-p must be ≥ 0 and sum to at most 1",
               file=sys.stderr)
+        sys.exit(2)
+    if cfg.vae_schedule not in ("constant", "cosine"):
+        print(f"train_generator: --vae-schedule must be constant or cosine, not {cfg.vae_schedule!r}", file=sys.stderr)
         sys.exit(2)
 
     from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
