@@ -92,6 +92,17 @@ def test_training_defaults_are_the_committed_generators_settings():
     assert set(defaults) - set(committed) <= {"max_images"}
 
 
+def test_vae_schedule_cosine_warms_up_then_decays_to_zero_and_constant_stays():
+    from augment.toy.train_generator import TrainConfig, vae_lr
+
+    cos = TrainConfig(vae_steps=700, vae_lr=2e-3, vae_schedule="cosine")
+    lrs = [vae_lr(cos, s) for s in range(1, 701)]
+    assert lrs[0] < lrs[24] < lrs[49] and lrs[49] == pytest.approx(2e-3, rel=2e-2)
+    assert all(a >= b for a, b in zip(lrs[49:], lrs[50:])) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    const = TrainConfig(vae_steps=700, vae_lr=1e-3)
+    assert {vae_lr(const, s) for s in (1, 350, 700)} == {1e-3}
+
+
 def test_v1_caption_settings_draw_exactly_as_the_first_generators_code():
     """The first generator (25% fine names, no synonyms) is still reproducible from its settings."""
     from augment.toy.train_generator import TrainConfig, draw_captions

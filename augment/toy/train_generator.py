@@ -79,13 +79,19 @@ def build_models(cfg: TrainConfig):
     return vae, text_encoder, unet
 
 
+def vae_lr(cfg: TrainConfig, step: int) -> float:
+    """The autoencoder's learning rate at `step` (1-based): constant, or 50 warm-up steps and a cosine decay to 0."""
+    if cfg.vae_schedule == "constant":
+        return cfg.vae_lr
+    return cfg.vae_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+
+
 def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     g = torch.Generator().manual_seed(cfg.seed)
     for step in range(1, cfg.vae_steps + 1):
-        if cfg.vae_schedule == "cosine":
-            for group in opt.param_groups:
-                group["lr"] = cfg.vae_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        for group in opt.param_groups:
+            group["lr"] = vae_lr(cfg, step)
         x = images[torch.randint(len(images), (cfg.batch_size,), generator=g)] * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
