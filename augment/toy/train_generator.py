@@ -79,11 +79,16 @@ def build_models(cfg: TrainConfig):
     return vae, text_encoder, unet
 
 
+def warmup_cosine(base: float, step: int, total: int, warmup: int) -> float:
+    """`base` after a linear warm-up over `warmup` steps, times a cosine decay that reaches 0 at step `total`."""
+    return base * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def vae_lr(cfg: TrainConfig, step: int) -> float:
     """The autoencoder's learning rate at `step` (1-based): constant, or 50 warm-up steps and a cosine decay to 0."""
     if cfg.vae_schedule == "constant":
         return cfg.vae_lr
-    return cfg.vae_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+    return warmup_cosine(cfg.vae_lr, step, cfg.vae_steps, warmup=50)
 
 
 def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log) -> None:
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(cfg.seed + 1)
     running = None
     for step in range(1, cfg.unet_steps + 1):
-        lr = cfg.lr * min(1.0, step / 200) * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
+        lr = warmup_cosine(cfg.lr, step, cfg.unet_steps, warmup=200)
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
