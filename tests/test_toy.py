@@ -85,11 +85,32 @@ def test_training_defaults_are_the_committed_generators_settings():
     from augment.toy.train_generator import TrainConfig
 
     # options added to the script after the committed generator was trained, with the value it was trained with
-    added_since = {"vae_schedule": "constant"}
+    added_since = {"vae_schedule": "constant", "vae_from": ""}
     committed = {**added_since, **json.loads((GENERATOR_DIR / "train_config.json").read_text())}
     defaults = asdict(TrainConfig())
     assert {k: defaults[k] for k in committed} == committed
     assert set(defaults) - set(committed) <= {"max_images"}
+
+
+def test_vae_from_reuses_another_runs_autoencoder_and_rejects_a_directory_without_one(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from augment.toy.train_generator import main
+
+    small = ["--unet-steps", "1", "--batch-size", "8", "--max-images", "64", "--threads", "1"]
+    main(["--out", str(tmp_path / "a"), "--vae-steps", "2", *small])
+    main(["--out", str(tmp_path / "b"), "--seed", "1", "--vae-steps", "2", "--vae-from", str(tmp_path / "a"), *small])
+    main(["--out", str(tmp_path / "c"), "--seed", "1", "--vae-steps", "2", *small])
+    vae = {d: load_file(tmp_path / d / "vae" / "diffusion_pytorch_model.safetensors") for d in "abc"}
+    assert all(torch.equal(vae["a"][k], vae["b"][k]) for k in vae["a"])
+    assert not all(torch.equal(vae["a"][k], vae["c"][k]) for k in vae["a"])   # seed 1 alone trains another
+    assert "vae loaded from" in (tmp_path / "b" / "train_log.txt").read_text()
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "d"), "--vae-from", str(tmp_path / "c" / "unet")])
+    assert e.value.code == 2 and not (tmp_path / "d").exists()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_vae_schedule_cosine_warms_up_then_decays_to_zero_and_constant_stays():

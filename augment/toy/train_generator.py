@@ -5,6 +5,9 @@
 Stages: (1) an AutoencoderKL, 32×32 RGB → 4×8×8 latents; (2) all training images encoded once;
 (3) a CLIPTextModel over the real SD-1.x BPE vocabulary and a UNet2DConditionModel trained together with
 the DDPM loss; (4) saved as a StableDiffusionPipeline in fp16 safetensors, with a DDIM scheduler.
+`--vae-from DIR` skips (1) and reuses DIR's autoencoder (as saved: fp16 weights, so the latents match a run
+that trains it only to about 1e-3): the autoencoder never sees a caption, and caption experiments save its
+15 minutes.
 
 Captions (the point of the toy world): "a photo of a {name}", where name is the label set's fine class name
 ("sneaker") for `fine_caption_p` of the images (2%: rare, as a dataset's species name is to Stable Diffusion),
@@ -53,6 +56,7 @@ class TrainConfig:
     threads: int = 2
     log_every: int = 50
     max_images: int = 0          # 0 = all 60,000; a small number makes a quick smoke run
+    vae_from: str = ""           # a pipeline directory whose autoencoder to reuse instead of training one
 
 
 def build_models(cfg: TrainConfig):
@@ -152,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.vae_schedule not in ("constant", "cosine"):
         print(f"train_generator: --vae-schedule must be constant or cosine, not {cfg.vae_schedule!r}", file=sys.stderr)
         sys.exit(2)
+    if cfg.vae_from and not (Path(cfg.vae_from) / "vae" / "config.json").is_file():
+        print(f"train_generator: --vae-from {cfg.vae_from}: no pipeline directory with a vae/ there", file=sys.stderr)
+        sys.exit(2)
 
     from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -182,8 +189,14 @@ def main(argv: list[str] | None = None) -> None:
         f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M "
         f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M")
 
-    # (1) autoencoder
-    train_vae(vae, images, cfg, log)
+    # (1) autoencoder: trained, or reused (it never sees a caption, so caption experiments can share one)
+    if cfg.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.vae_from, subfolder="vae").float()
+        log(f"vae loaded from {cfg.vae_from} (--vae-steps and --vae-lr unused)")
+    else:
+        train_vae(vae, images, cfg, log)
     vae.eval().requires_grad_(False)
 
     # (2) latents of every training image, and the scale that gives them unit variance
