@@ -5,9 +5,9 @@
 Stages: (1) an AutoencoderKL, 32×32 RGB → 4×8×8 latents; (2) all training images encoded once;
 (3) a CLIPTextModel over the real SD-1.x BPE vocabulary and a UNet2DConditionModel trained together with
 the DDPM loss; (4) saved as a StableDiffusionPipeline in fp16 safetensors, with a DDIM scheduler.
-`--vae-from DIR` skips (1) and reuses DIR's autoencoder (as saved: fp16 weights, so the latents match a run
-that trains it only to about 1e-3): the autoencoder never sees a caption, and caption experiments save its
-15 minutes.
+`--vae-from DIR` skips (1) and reuses DIR's autoencoder (as saved: fp16 weights, so the latents differ
+slightly from those of a run that trains it): the autoencoder never sees a caption, and caption experiments
+save its 1,116 s (the committed generator's log).
 
 Captions (the point of the toy world): "a photo of a {name}", where name is another word for the image's
 fine class (`SYNONYM`: "trainer" for "sneaker") for `synonym_caption_p` of the images (50%), the label set's
@@ -45,7 +45,7 @@ class TrainConfig:
     seed: int = 0
     vae_steps: int = 700
     vae_lr: float = 2e-3
-    vae_schedule: str = "cosine"    # or "cosine": 50 warm-up steps, then cosine decay of vae_lr to 0
+    vae_schedule: str = "cosine"    # 50 warm-up steps, then cosine decay of vae_lr to 0; or "constant"
     kl_weight: float = 1e-6
     unet_steps: int = 3000
     lr: float = 5e-4
