@@ -9,3 +9,19 @@ def tokenizer_dir(tmp_path_factory):
     from augment.toy.clip_tokenizer import write_clip_tokenizer_files
 
     return write_clip_tokenizer_files(tmp_path_factory.mktemp("clip-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def sd14_dir(tmp_path_factory):
+    """Stable Diffusion v1.4's full architecture with random weights, saved once per session (fp16 on disk)."""
+    from augment.testing import save_random_pipeline
+
+    return save_random_pipeline("sd14", tmp_path_factory.mktemp("sd14") / "stable-diffusion-v1-4")
+
+
+@pytest.fixture(scope="session")
+def cub_guide_dir(tmp_path_factory):
+    """A random classifier with vesteinn/vit-mae-cub's layout and labels, in a directory of that name."""
+    from tests.full_size import save_vit_mae_cub
+
+    return save_vit_mae_cub(tmp_path_factory.mktemp("guides") / "vit-mae-cub")
