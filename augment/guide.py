@@ -102,11 +102,63 @@ def _torchvision(name: str, spec: str) -> Guide:
     return Guide(model, list(weights.meta["categories"]), pre, spec)
 
 
+# hf: models whose head reads the mean of the patch tokens, taken before the final layer norm, not the CLS
+# token. The paper's code loads them with its own CustomViTForImageClassification (idansc/
+# discriminative_class_tokens, vitmae.py); transformers loads the same weights as ViTForImageClassification
+# without a warning and classifies CLS, which gives other logits. Matched on the hub id or on the last part
+# of a local directory's path (`huggingface-cli download vesteinn/vit-mae-cub --local-dir .../vit-mae-cub`);
+# any other copy needs `?pool=mean` in the spec.
+MEAN_POOLED = ("vesteinn/vit-mae-cub", "vesteinn/vit-mae-inat21")
+POOLINGS = ("cls", "mean")
+
+
+def parse_hf_spec(name: str, spec: str) -> tuple[str, str, float | None]:
+    """'ID_OR_DIR[?pool=cls|mean][&crop_pct=F]' → (ID_OR_DIR, pooling, crop_pct or None). The known
+    mean-pooled models default to mean; crop_pct (resize to size/crop_pct, centre-crop to size) overrides
+    the image processor's."""
+    path, _, query = name.partition("?")
+    options = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
+    unknown = sorted(set(options) - {"pool", "crop_pct"})
+    if unknown:
+        raise UserError(f"guide {spec!r}: unknown option(s) {', '.join(unknown)}; known: pool, crop_pct")
+    known = any(path.rstrip("/") == m or Path(path).name == m.split("/")[1] for m in MEAN_POOLED)
+    pool = options.get("pool", "mean" if known else "cls")
+    if pool not in POOLINGS:
+        raise UserError(f"guide {spec!r}: pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
+    crop_pct = None
+    if "crop_pct" in options:
+        try:
+            crop_pct = float(options["crop_pct"])
+        except ValueError:
+            crop_pct = -1.0
+        if not 0 < crop_pct <= 1:
+            raise UserError(f"guide {spec!r}: crop_pct must be a number in (0, 1], got {options['crop_pct']!r}")
+    return path, pool, crop_pct
+
+
+def mean_pool_before_layernorm(model) -> None:
+    """Make a transformers ViTForImageClassification classify as ViT-MAE's fine-tuning code does: the mean
+    of the last layer's patch tokens (CLS excluded), then the final layer norm, then the head. A forward
+    hook on the final layer norm puts that pooled vector where the head reads (token 0), so it holds for
+    any transformers version's ViT internals."""
+    norm = model.vit.layernorm
+
+    def pooled(module, args, output):
+        hidden = args[0]
+        if hidden.dim() != 3:        # already pooled
+            return output
+        return F.layer_norm(hidden[:, 1:, :].mean(dim=1, keepdim=True), module.normalized_shape,
+                            module.weight, module.bias, module.eps)
+
+    norm.register_forward_hook(pooled)
+
+
 def _hf(name: str, spec: str) -> Guide:
     """transformers image classification. ViT-MAE checkpoints with a classification head (e.g. the
-    paper's vesteinn/vit-mae-cub) load through AutoModelForImageClassification as ViT classifiers."""
+    paper's vesteinn/vit-mae-cub) load as ViT classifiers; `pool` (above) says which token the head reads."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    name, pool, crop_override = parse_hf_spec(name, spec)
     try:
         model = AutoModelForImageClassification.from_pretrained(name)
         proc = AutoImageProcessor.from_pretrained(name)
@@ -120,8 +172,14 @@ def _hf(name: str, spec: str) -> Guide:
     if getattr(proc, "do_center_crop", False) and crop:
         crop_hw = (crop["height"], crop["width"])
         crop_pct, hw = crop_hw[0] / hw[0], crop_hw
+    if crop_override is not None:
+        crop_pct = crop_override
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     pre = Preprocess(tuple(hw), tuple(proc.image_mean), tuple(proc.image_std), crop_pct, "bicubic")
+    if pool == "mean":
+        if not (hasattr(model, "vit") and hasattr(model.vit, "layernorm")):
+            raise UserError(f"guide {spec!r}: pool=mean needs a ViT classifier, got {type(model).__name__}")
+        mean_pool_before_layernorm(model)
     return Guide(model, labels, pre, spec, logits_of=lambda out: out.logits)
 
 
@@ -137,10 +195,11 @@ def _ckpt(path: str, spec: str) -> Guide:
 
 
 def load_guide(spec: str, device: str | torch.device = "cpu") -> Guide:
-    """The classifier named by `spec` ('timm:resnet50', 'torchvision:resnet50', 'hf:DIR', 'ckpt:DIR'),
-    in eval mode, frozen, fp32 on `device` (guides are small next to the UNet; fp32 keeps gradients clean)."""
+    """The classifier named by `spec` ('timm:resnet50', 'torchvision:resnet50', 'hf:DIR[?pool=mean]',
+    'ckpt:DIR'), in eval mode, frozen, fp32 on `device` whatever dtype its checkpoint was saved in (guides are
+    small next to the UNet; fp32 keeps gradients clean; transformers 5 would keep an fp16 checkpoint fp16)."""
     backend, sep, name = spec.partition(":")
     if not sep or backend not in BACKENDS or not name:
         raise UserError(f"guide spec {spec!r}: expected one of {', '.join(b + ':NAME' for b in BACKENDS)}")
     loader = {"timm": _timm, "torchvision": _torchvision, "hf": _hf, "ckpt": _ckpt}[backend]
-    return loader(name, spec).to(device)
+    return loader(name, spec).to(device=device, dtype=torch.float32)
