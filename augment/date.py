@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from augment.errors import UserError
+from augment.sampling import predicted_x0  # noqa: F401  (re-exported: DATE's x̂0)
 
 METHODS = ("date",)
 
@@ -39,6 +40,9 @@ class DateOptions:
     stop: float = 1.0
     prior_weight: float = 0.0    # pull towards the prompt's own embedding, inside the loss (--weight_prior)
     from_original: bool = False  # each update starts from c_orig instead of accumulating (--init_org)
+    batch: int = 0               # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
+                                 # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
+    checkpointing: bool = False  # UNet and VAE gradient checkpointing during the updates
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> "DateOptions":
@@ -59,8 +63,8 @@ class DateOptions:
         opts = cls(**values)
         if opts.step_size < 0 or opts.prior_weight < 0:
             raise UserError("generate.refine_options: step_size and prior_weight must be ≥ 0")
-        if opts.updates < 0 or opts.every < 1:
-            raise UserError("generate.refine_options: updates must be ≥ 0 and every ≥ 1")
+        if opts.updates < 0 or opts.every < 1 or opts.batch < 0:
+            raise UserError("generate.refine_options: updates and batch must be ≥ 0 and every ≥ 1")
         if not 0.0 <= opts.start <= opts.stop <= 1.0:
             raise UserError(f"generate.refine_options: need 0 ≤ start ≤ stop ≤ 1, got {opts.start}, {opts.stop}")
         return opts
@@ -82,31 +86,6 @@ def refine_options(method: str | None, options: dict[str, Any]) -> DateOptions |
     if not isinstance(options, dict):
         raise UserError(f"generate.refine_options must be a mapping, got {options!r}")
     return DateOptions.parse(options)
-
-
-def predicted_x0(scheduler, sample: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor:
-    """Tweedie's x̂0 from x_t and the model output, without touching the scheduler's state.
-
-    VP schedulers (DDIM, PNDM, DPM-Solver...): x_t = √ᾱ x0 + √(1−ᾱ) ε. Sigma schedulers (Euler...,
-    init_noise_sigma > 1): x_t = x0 + σ ε, `sample` being the unscaled latents."""
-    kind = scheduler.config.prediction_type
-    if float(scheduler.init_noise_sigma) > 1.0:
-        idx = scheduler.step_index if getattr(scheduler, "step_index", None) is not None \
-            else scheduler.index_for_timestep(t)
-        s = scheduler.sigmas[idx].to(sample.device, sample.dtype)
-        if kind == "epsilon":
-            return sample - s * model_output
-        if kind == "v_prediction":
-            return model_output * (-s / (s**2 + 1) ** 0.5) + sample / (s**2 + 1)
-    else:
-        a = scheduler.alphas_cumprod.to(sample.device)[int(t)].to(sample.dtype)
-        if kind == "epsilon":
-            return (sample - (1 - a).sqrt() * model_output) / a.sqrt()
-        if kind == "v_prediction":
-            return a.sqrt() * sample - (1 - a).sqrt() * model_output
-        if kind == "sample":
-            return model_output
-    raise UserError(f"DATE: unsupported scheduler {type(scheduler).__name__} with prediction_type {kind!r}")
 
 
 @contextlib.contextmanager
@@ -133,20 +112,46 @@ def class_log_prob(pipe, guide, x0: torch.Tensor, targets: torch.Tensor) -> torc
 def date_update(pipe, guide, targets: torch.Tensor, latents: torch.Tensor, model_input: torch.Tensor, t,
                 cond: torch.Tensor, original: torch.Tensor, noise_uncond: torch.Tensor | None,
                 guidance_scale: float, opts: DateOptions) -> torch.Tensor:
-    """One DATE update of the conditional text embedding (module docstring); returns the new c, detached."""
-    with torch.enable_grad():
-        c = cond.detach().requires_grad_(True)
-        noise_cond = pipe.unet(model_input, t, encoder_hidden_states=c, return_dict=False)[0]
-        noise = noise_cond if noise_uncond is None else noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-        x0 = predicted_x0(pipe.scheduler, latents, noise, t)
-        loss = -class_log_prob(pipe, guide, x0, targets)
-        if opts.prior_weight:
-            loss = loss + opts.prior_weight * (c - original).float().pow(2).mean(dim=(1, 2))
-        (grad,) = torch.autograd.grad(loss.sum(), c)
-    grad = grad.float()
+    """One DATE update of the conditional text embedding (module docstring); returns the new c, detached.
+    Images are independent here, so the gradient is taken `opts.batch` images at a time (bounded memory)."""
+    n = len(cond)
+    size = opts.batch or n
+    grads = []
+    for lo in range(0, n, size):
+        sl = slice(lo, lo + size)
+        with torch.enable_grad():
+            c = cond[sl].detach().requires_grad_(True)
+            noise_cond = pipe.unet(model_input[sl], t, encoder_hidden_states=c, return_dict=False)[0]
+            noise = noise_cond if noise_uncond is None else \
+                noise_uncond[sl] + guidance_scale * (noise_cond - noise_uncond[sl])
+            x0 = predicted_x0(pipe.scheduler, latents[sl], noise, t)
+            loss = -class_log_prob(pipe, guide, x0, targets[sl])
+            if opts.prior_weight:
+                loss = loss + opts.prior_weight * (c - original[sl]).float().pow(2).mean(dim=(1, 2))
+            (grad,) = torch.autograd.grad(loss.sum(), c)
+        grads.append(grad)
+    grad = torch.cat(grads).float()
     grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     base = original if opts.from_original else cond
     return (base.float() - opts.step_size * grad).to(cond.dtype).detach()
+
+
+@contextlib.contextmanager
+def _checkpointing(on: bool, *modules: torch.nn.Module):
+    """Gradient checkpointing on the diffusers models inside (restored after)."""
+    if not on:
+        yield
+        return
+    models = [m for m in modules if hasattr(m, "enable_gradient_checkpointing")]
+    before = [m.is_gradient_checkpointing for m in models]
+    for m in models:
+        m.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        for m, flag in zip(models, before):
+            if not flag:
+                m.disable_gradient_checkpointing()
 
 
 @torch.no_grad()
@@ -171,7 +176,8 @@ def sample_date(pipe, prompts: list[str], generators: list[torch.Generator], num
     refined = set(opts.refined_steps(len(timesteps)))
     target = torch.tensor(targets, device=next(guide.parameters()).device) if refined else None
     # 3. Denoising loop: at refined steps, update c on the reward of x̂0, then step with the new c
-    with _frozen(pipe.unet, pipe.vae, pipe.text_encoder, guide):
+    with _frozen(pipe.unet, pipe.vae, pipe.text_encoder, guide), \
+            _checkpointing(opts.checkpointing, pipe.unet, pipe.vae):
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)

@@ -12,6 +12,12 @@ Many classes are learned at once: every sample carries its own class's token, th
 for all of them, and a class leaves the batch when it stops (the paper's three rules), making room for the
 next. The embedding matrix is never written while learning: learned vectors are injected by a forward hook
 on the token-embedding layer, so every other row stays bit-identical.
+
+Memory stays bounded at Stable Diffusion size: the UNet calls with gradient run on the whole batch, but the
+VAE decode, the guide and their backward run `decode_batch` images at a time, the gradient reaching the
+latents and then flowing once through the UNet calls. The token rows and their optimisers are fp32 whatever
+the models' dtype; with fp16 models the loss is scaled dynamically (as torch.amp.GradScaler does) so small
+gradients do not vanish in fp16.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from augment.config import LearnConfig
 from augment.guide import Guide
 from augment.labels import LabelClass, LabelSet
 from augment.prompting import add_placeholder_tokens, encode_prompts, format_prompt
+from augment.sampling import make_scheduler, predicted_x0
 from augment.tokens_io import is_learned, save_token
 
 
@@ -75,6 +82,38 @@ class EmbeddingInjector:
         self._handle.remove()
 
 
+class LossScaler:
+    """Dynamic loss scaling for fp16 models, as torch.amp.GradScaler does it, for the learner's retry loop:
+    the loss is multiplied by `scale` before backward; `unscale` divides the token gradients back and says
+    whether they are finite. An overflowed step is retried on the same noise with half the scale; after
+    `growth_interval` finite steps in a row the scale doubles. Disabled (scale 1) for fp32 and bf16."""
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.enabled = enabled
+        self.scale = init_scale if enabled else 1.0
+        self.growth_interval = growth_interval
+        self._good = 0
+
+    def unscale(self, params: list[torch.Tensor]) -> bool:
+        if not self.enabled:
+            return True
+        finite = True
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(self.scale)
+                finite &= bool(torch.isfinite(p.grad).all())
+        if not finite:
+            self.scale /= 2
+            self._good = 0
+            if self.scale < 1.0:
+                raise FloatingPointError("fp16 token gradient is not finite even without loss scaling")
+        else:
+            self._good += 1
+            if self._good >= self.growth_interval:
+                self.scale, self._good = self.scale * 2, 0
+        return finite
+
+
 def class_noise_seed(seed: int, position: int, step: int) -> int:
     """Noise of class `position` at learning step `step`: independent of which classes share the batch."""
     return int(np.random.SeedSequence([seed, position, step]).generate_state(1)[0])
@@ -92,13 +131,24 @@ class TokenLearner:
         self.device = pipe.unet.device
         self.lr = cfg.lr if cfg.lr is not None else 0.00025 * cfg.batch_size
         self.injector: EmbeddingInjector | None = None
-        self.scheduler = learning_scheduler(pipe.scheduler, cfg.timestep_spacing, cfg.steps_offset)
+        self.scheduler = make_scheduler(pipe.scheduler, cfg.scheduler, cfg.timestep_spacing, cfg.steps_offset)
+        self.scaler = LossScaler(pipe.unet.dtype == torch.float16)
+        self.classes_per_step = cfg.max_classes_per_step
+        if self.classes_per_step == "auto":
+            from augment.memory import auto_classes_per_step
+
+            self.classes_per_step = auto_classes_per_step(pipe, guide, cfg)
 
     # ---------------------------------------------------------------- one optimisation step
     def step(self, active: list[ClassState]) -> None:
         """One learner step for every active class (the paper's Algorithm, batched over classes)."""
         cfg = self.cfg
-        per_sample, correct, probs = self.losses(active, backward=True)   # 6. gradient into each token row
+        while True:                                                       # 6. gradient into each token row
+            per_sample, correct, probs = self.losses(active, backward=True)
+            if self.scaler.unscale([s.embedding for s in active]):
+                break
+            for s in active:                                              # fp16 overflow: same noise, half scale
+                s.optimizer.zero_grad(set_to_none=True)
         for i, s in enumerate(active):
             grad_norm = float(torch.nn.utils.clip_grad_norm_([s.embedding], cfg.grad_clip))
             s.optimizer.step()
@@ -108,10 +158,11 @@ class TokenLearner:
     def losses(self, active: list[ClassState], grad_steps: int | None = None, backward: bool = False):
         """Steps 1-5 for the active classes: per-sample cross-entropy (classes × batch, with gradient to the
         token vectors), which samples the guide gets right, and each class's mean target probability.
-        `grad_steps` overrides the config's number of final denoising steps with gradient. With `backward`
-        the loss (each class's mean over its own samples, summed over classes: the classes stay independent)
-        is backpropagated here and the returned cross-entropy is detached; for the x0 objective each step's
-        part is backpropagated as soon as it exists, so only one step's graph is alive at a time."""
+        `grad_steps` overrides the config's number of final UNet calls with gradient. With `backward` the loss
+        (each class's mean over its own samples, summed over classes: the classes stay independent), times
+        the loss scale, is backpropagated here and the returned cross-entropy is detached: decode, guide and
+        their backward run `decode_batch` images at a time, then the gradient flows once through the UNet
+        calls; for the x0 objective each step's part is backpropagated as soon as it exists."""
         pipe, cfg = self.pipe, self.cfg
         n = cfg.batch_size
         # 1. prompts: each class's samples alternate over the templates, each carries its own token
@@ -121,54 +172,68 @@ class TokenLearner:
         with torch.no_grad():
             uncond = encode_prompts(pipe, [""]).expand_as(cond)
         targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
-        # 2. fresh noise per class and step
+        # 2. fresh noise per class and step (or the same noise every step: `noise: fixed`)
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)
         scheduler = self.scheduler
-        latents = latents * scheduler.init_noise_sigma
         scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
-        timesteps = scheduler.timesteps
-        # 3. all steps but the last without gradient ("gradient skipping")
+        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps                            # one entry = one UNet call
+        # 3. all calls but the last k without gradient ("gradient skipping")
         k = min(max(grad_steps or cfg.grad_steps, 1), len(timesteps))
         with torch.no_grad():
             for t in timesteps[:-k]:
                 latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond),
                                          t, latents).prev_sample
-        # 4. the last step (the last k with grad_steps) with gradient through the conditional UNet call;
-        # 5. decode and classify: the final image, or ("x0") each step's predicted clean image
-        class_loss = lambda ce: ce.view(len(active), n).mean(1).sum()  # noqa: E731
+        # 4. the last k calls with gradient through the conditional UNet call;
+        # 5. decode and classify: the final image, or ("x0") each call's predicted clean image
+        weight = self.scaler.scale / n                             # each class: mean over its own samples
         if cfg.objective == "x0":
             step_cond = cond.detach().requires_grad_(True) if backward else cond
             per_step = []
             for t in timesteps[-k:]:
-                out = scheduler.step(self._cfg_noise(latents, t, step_cond, uncond), t, latents)
-                logits = self.guide(decode_latents(pipe, out.pred_original_sample))
-                ce = F.cross_entropy(logits, targets, reduction="none")
-                if backward:                                       # into step_cond.grad, then this graph goes
-                    (class_loss(ce) / k).backward()
-                    ce, logits = ce.detach(), logits.detach()
+                noise = self._cfg_noise(latents, t, step_cond, uncond)
+                x0 = predicted_x0(scheduler, latents, noise, t)
+                ce, logits = self._classify(x0, targets, backward, weight / k)
                 per_step.append(ce)
-                latents = out.prev_sample.detach()
+                latents = scheduler.step(noise.detach() if backward else noise, t, latents).prev_sample.detach()
             if backward:                                           # once through the text encoder
                 cond.backward(step_cond.grad)
             per_sample = torch.stack(per_step).mean(0)
         else:
             for t in timesteps[-k:]:
                 latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
-            logits = self.guide(decode_latents(pipe, latents))
-            per_sample = F.cross_entropy(logits, targets, reduction="none")
-            if backward:
-                class_loss(per_sample).backward()
-                per_sample = per_sample.detach()
+            per_sample, logits = self._classify(latents, targets, backward, weight)
         correct = (logits.argmax(1) == targets).view(len(active), n)
         with torch.no_grad():
             probs = logits.float().softmax(1).gather(1, targets[:, None]).view(len(active), n).mean(1)
         return per_sample.view(len(active), n), correct, probs
 
+    def _classify(self, latents: torch.Tensor, targets: torch.Tensor, backward: bool, weight: float):
+        """Decode, classify and cross-entropy, `decode_batch` images at a time. With `backward` each chunk's
+        weighted loss is backpropagated into the latents at once (its decode graph freed), then the
+        accumulated gradient goes once through whatever produced `latents`; returns detached (ce, logits)."""
+        if not backward:
+            logits = self.guide(decode_latents(self.pipe, latents))
+            return F.cross_entropy(logits, targets, reduction="none"), logits
+        leaf = latents.detach().requires_grad_(True)
+        ces, all_logits = [], []
+        for lo in range(0, len(leaf), max(self.cfg.decode_batch, 1)):
+            hi = lo + max(self.cfg.decode_batch, 1)
+            logits = self.guide(decode_latents(self.pipe, leaf[lo:hi]))
+            ce = F.cross_entropy(logits, targets[lo:hi], reduction="none")
+            (ce.sum() * weight).backward()
+            ces.append(ce.detach())
+            all_logits.append(logits.detach())
+        if latents.requires_grad:
+            latents.backward(leaf.grad)
+        return torch.cat(ces), torch.cat(all_logits)
+
     def _noise(self, s: ClassState) -> torch.Tensor:
         pipe, cfg = self.pipe, self.cfg
         h = (cfg.height or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
         w = (cfg.width or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-        g = torch.Generator().manual_seed(class_noise_seed(cfg.seed, s.cls.position, s.step))
+        step = 0 if cfg.noise == "fixed" else s.step
+        g = torch.Generator().manual_seed(class_noise_seed(cfg.seed, s.cls.position, step))
         return torch.randn((cfg.batch_size, pipe.unet.config.in_channels, h, w), generator=g)
 
     def _cfg_noise(self, latents, t, cond, uncond):
@@ -192,8 +257,8 @@ class TokenLearner:
         else:
             s.since_best += 1
         window = [c for step in s.recent_correct for c in step]
-        if len(s.recent_correct) == cfg.stop_window and all(window):
-            s.stop_reason = "all correct"
+        if len(s.recent_correct) == cfg.stop_window and sum(window) >= cfg.stop_accuracy * len(window):
+            s.stop_reason = "all correct" if all(window) else f"at least {cfg.stop_accuracy:.0%} correct"
         elif s.since_best >= cfg.patience and acc >= cfg.patience_min_accuracy:
             s.stop_reason = f"no loss improvement for {cfg.patience} steps"
         elif s.step >= cfg.max_steps:
@@ -212,7 +277,7 @@ class TokenLearner:
         results: dict[int, dict] = {}
         try:
             while queue or active:
-                while queue and len(active) < self.cfg.max_classes_per_step:
+                while queue and len(active) < self.classes_per_step:
                     active.append(self.new_state(*queue.pop(0)))
                 self.step(active)
                 for s in [s for s in active if s.stop_reason]:
@@ -252,7 +317,7 @@ class TokenLearner:
         """A class entering the batch: a trainable copy of its initial vector, injected under its token id."""
         emb = torch.nn.Parameter(vector.detach().float().clone())
         self.injector.vectors[token_id] = emb
-        opt = torch.optim.AdamW([emb], lr=self.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW([emb], lr=self.lr, weight_decay=self.cfg.weight_decay)
         return ClassState(cls, token, self.guide_indices[cls.position], word, emb, opt, token_id)
 
     def _meta(self, s: ClassState) -> dict:
@@ -261,24 +326,10 @@ class TokenLearner:
             "guide": self.guide.spec, "guide_index": s.guide_index, **self.generator_info,
             "steps": s.step, "stop_reason": s.stop_reason,
             "final_loss": s.history[-1]["loss"], "final_accuracy": s.history[-1]["accuracy"],
-            "seconds": round(time.time() - s.started, 2), "lr": self.lr, "config": asdict(self.cfg),
+            "seconds": round(time.time() - s.started, 2), "lr": self.lr, "classes_per_step": self.classes_per_step,
+            "config": asdict(self.cfg),
             "history": s.history,
         }
-
-
-def learning_scheduler(scheduler, timestep_spacing: str | None = None, steps_offset: int | None = None):
-    """The learner's own DDIM sampler, from the generator's scheduler config: DDIM's last step is a single
-    deterministic UNet call (multistep samplers such as SD 1.4's default PNDM mix in earlier calls).
-    clip_sample is forced off: a DDIM built from a DDPM/PNDM config would otherwise clip x0 to [-1, 1].
-    `timestep_spacing` and `steps_offset` override the config's. With "leading" spacing the last step is at
-    t = steps_offset (SD: 1, where x0 barely depends on the UNet's output, so its gradient carries little);
-    a larger offset moves the gradient-carrying step to a noisier t where the token still shapes the image."""
-    from diffusers import DDIMScheduler
-
-    extra = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
-    if steps_offset is not None:
-        extra["steps_offset"] = steps_offset
-    return DDIMScheduler.from_config(scheduler.config, clip_sample=False, **extra)
 
 
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:

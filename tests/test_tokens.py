@@ -17,7 +17,8 @@ STEPS = 2
 
 def learn_config(**kw) -> LearnConfig:
     base = dict(init_word="a", batch_size=2, max_classes_per_step=3, lr=0.05, max_steps=8, patience=100,
-                stop_window=1000, guidance_scale=3.0, num_inference_steps=STEPS, prompts=["a photo of {token} {name}"])
+                stop_window=1000, guidance_scale=3.0, num_inference_steps=STEPS, prompts=["a photo of {token} {name}"],
+                decode_batch=100)
     return LearnConfig(**{**base, **kw})
 
 
@@ -197,3 +198,129 @@ def test_stopping_rules(tokenizer_dir, labels, tmp_path):
                        tmp_path / "b").run(classes=[labels.classes[1]])
     assert res[1]["stop_reason"] == "max steps" and res[1]["steps"] == 4
 
+
+
+def token_gradients(learner, classes) -> torch.Tensor:
+    """One backward of the learner's loss for `classes` (first step's noise): the unscaled token gradients."""
+    states = [learner.new_state(*entry) for entry in learner.prepare(list(classes))]
+    learner.losses(states, backward=True)
+    assert learner.scaler.unscale([s.embedding for s in states])
+    learner.injector.remove()
+    return torch.cat([s.embedding.grad.flatten() for s in states])
+
+
+def test_fp16_loss_scaling_keeps_small_token_gradients(tokenizer_dir, labels, tmp_path):
+    """With fp16 models, gradients of the size Stable Diffusion's are at 512 px underflow in fp16 (here: a
+    guide with small weights); the dynamic loss scale keeps them. The token rows stay fp32."""
+    from augment.tokens import LossScaler
+
+    def grads(dtype, scaled):
+        guide = colour_guide()
+        guide.model.weight.data *= 1e-4
+        learner = TokenLearner(tiny_pipeline(tokenizer_dir).to(dtype=dtype), guide, labels, [0, 1, 2],
+                               learn_config(num_inference_steps=3, grad_steps=2), tmp_path)
+        if not scaled:
+            learner.scaler = LossScaler(False)
+        assert learner.scaler.enabled == (scaled and dtype == torch.float16)
+        g = token_gradients(learner, labels.classes)
+        assert g.dtype == torch.float32
+        return g
+
+    reference = grads(torch.float32, True)
+    cos = lambda g: float(torch.nn.functional.cosine_similarity(g, reference, dim=0))  # noqa: E731
+    assert cos(grads(torch.float16, True)) >= 0.999
+    assert cos(grads(torch.float16, False)) < 0.99        # what fp16 gave before loss scaling
+
+
+def test_fp16_overflow_retries_the_step_with_half_the_scale(tokenizer_dir, labels, tmp_path):
+    """A scaled loss that overflows fp16 is retried on the same noise with a smaller scale: the step that
+    lands equals the fp32 step's direction and no class loses or repeats a step."""
+    def one_step(dtype):
+        learner = TokenLearner(tiny_pipeline(tokenizer_dir).to(dtype=dtype), colour_guide(), labels, [0, 1, 2],
+                               learn_config(num_inference_steps=3, grad_steps=2, max_steps=1), tmp_path / str(dtype))
+        states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
+        before = torch.stack([s.embedding.detach().clone() for s in states])
+        learner.step(states)
+        learner.injector.remove()
+        return learner, states, torch.stack([s.embedding.detach() for s in states]) - before
+
+    l16, states, d16 = one_step(torch.float16)
+    _, _, d32 = one_step(torch.float32)
+    assert l16.scaler.scale < 2.0**16                        # it overflowed (the full-size logits are large)
+    assert all(s.step == 1 for s in states) and torch.isfinite(d16).all()
+    assert float(torch.nn.functional.cosine_similarity(d16.flatten(), d32.flatten(), dim=0)) > 0.99
+
+
+def test_decode_batch_changes_memory_not_gradients(tokenizer_dir, labels, tmp_path):
+    """Decode + guide + backward in chunks of 1 image give the gradient of the whole batch at once."""
+    guide_calls = []
+
+    def grads(decode_batch):
+        guide = colour_guide()
+        guide.model.register_forward_pre_hook(lambda m, a: guide_calls.append(len(a[0])))
+        learner = TokenLearner(tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2],
+                               learn_config(num_inference_steps=3, grad_steps=2, decode_batch=decode_batch), tmp_path)
+        return token_gradients(learner, labels.classes)
+
+    whole = grads(100)
+    assert guide_calls == [6]
+    guide_calls.clear()
+    chunked = grads(1)
+    assert guide_calls == [1] * 6
+    assert torch.allclose(chunked, whole, rtol=1e-4, atol=1e-7) and whole.norm() > 0
+
+
+def test_pipeline_sampler_counts_grad_steps_in_unet_calls_like_the_original_code(tokenizer_dir, labels, tmp_path):
+    """Under SD's PNDM (`scheduler: pipeline`), N steps make N+1 UNet calls (its warm-up repeats a
+    timestep); grad_steps 2 puts the gradient through the last two, t = 34 and t = 1 at 30 steps, where
+    idansc/discriminative_class_tokens' `i >= N - 1` puts it."""
+    from diffusers import PNDMScheduler
+
+    pipe = tiny_pipeline(tokenizer_dir)
+    pipe.scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+                                   prediction_type="v_prediction")
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda m, a: calls.append((int(a[1]), torch.is_grad_enabled())))
+    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2],
+                 learn_config(max_steps=1, num_inference_steps=30, grad_steps=2, scheduler="pipeline"), tmp_path).run()
+    cond = calls[1::2]                                          # the conditional half of each call
+    assert len(cond) == 31
+    assert [t for t, g in cond if g] == [34, 1]
+    ddim = []
+    pipe2 = tiny_pipeline(tokenizer_dir)
+    pipe2.scheduler = pipe.scheduler
+    pipe2.unet.register_forward_pre_hook(lambda m, a: ddim.append(int(a[1])))
+    TokenLearner(pipe2, colour_guide(), labels, [0, 1, 2],
+                 learn_config(max_steps=1, num_inference_steps=30, scheduler="ddim"), tmp_path / "ddim").run()
+    assert len(ddim) == 2 * 30                                  # the learner's own DDIM stays one flag away
+
+
+def test_original_codes_stopping_rules_and_fixed_noise(tokenizer_dir, labels, tmp_path):
+    """stop_accuracy 0.8 stops a class at 4 of 5 right (the original code's `> 0.7`); patience stops a class
+    whose loss stops improving; `noise: fixed` draws the same noise at every step."""
+    pipe = tiny_pipeline(tokenizer_dir)
+    guide = colour_guide()
+    right = iter([True] * 4 + [False] + [True] * 100)
+    guide.model.forward = lambda x: torch.stack(  # noqa: E731
+        [torch.tensor([10.0, 0, 0]) if next(right) else torch.tensor([0, 10.0, 0]) for _ in range(len(x))]) + 0 * x.mean()
+    res = TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(batch_size=5, stop_accuracy=0.8, stop_window=1),
+                       tmp_path / "a").run(classes=[labels.classes[0]])
+    assert res[0]["steps"] == 1 and res[0]["stop_reason"] == "at least 80% correct"
+
+    flat = colour_guide()
+    flat.model.forward = lambda x: torch.tensor([[0.0, 5.0, 0]]).expand(len(x), 3) + 0 * x.mean()  # noqa: E731
+    res = TokenLearner(tiny_pipeline(tokenizer_dir), flat, labels, [0, 1, 2],
+                       learn_config(patience=3, patience_min_accuracy=0.0, max_steps=50), tmp_path / "b").run(
+        classes=[labels.classes[0]])
+    assert res[0]["stop_reason"] == "no loss improvement for 3 steps" and res[0]["steps"] == 4
+
+    learner = TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2],
+                           learn_config(noise="fixed"), tmp_path / "c")
+    state = learner.new_state(*learner.prepare([labels.classes[0]])[0])
+    first = learner._noise(state)
+    state.step = 7
+    assert torch.equal(learner._noise(state), first)
+    learner.cfg.noise = "fresh"
+    assert not torch.equal(learner._noise(state), first)
+    learner.injector.remove()

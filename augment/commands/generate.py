@@ -107,6 +107,9 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
             raise UserError(f"generate.{key} must be ≥ 1, got {getattr(g, key)}")
     if g.image_format not in ("jpg", "png"):
         raise UserError(f"generate.image_format must be jpg or png, got {g.image_format!r}")
+    from augment.sampling import check_scheduler
+
+    check_scheduler(g.scheduler, "generate.scheduler")
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size)
     root = None if getattr(args, "no_tokens", False) else _tokens_root(Path(tokens or args.tokens), labels)
     index, count = worker_slot(args.worker_index, args.num_workers)
@@ -141,6 +144,9 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
         guide = load_guide(cfg.guide, device)
         guide_indices = match_to_guide(labels, guide.labels)
     pipe = load_generator(cfg.generator, device, cfg.dtype)
+    from augment.sampling import make_scheduler
+
+    pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
     token_map = None
     if root is not None:
         from augment.tokens_io import load_tokens

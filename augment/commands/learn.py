@@ -21,13 +21,17 @@ def add_learn_arguments(p: argparse.ArgumentParser, batch_flag: str = "--batch-s
     """The learning options; `build` names the batch flag apart and marks the options generation shares."""
     p.add_argument("--init-word", help="word that initialises every token (default: preset, else 'a')")
     p.add_argument(batch_flag, type=int, help="images per class per learning step (paper: 5)")
-    p.add_argument("--classes-per-step", type=int, dest="max_classes_per_step",
-                   help="classes learned together in one UNet batch")
+    p.add_argument("--classes-per-step", type=classes_per_step, dest="max_classes_per_step",
+                   help="classes learned together in one UNet batch, or auto (as many as fit in memory)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × learning batch size)")
     p.add_argument("--max-steps", type=int, help="learning steps per class at most (paper: 200)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help=f"denoising steps (paper: 50){shared_note}")
     p.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance (paper: 7){shared_note}")
     p.add_argument("--seed", type=int, help=f"seed{shared_note}")
+
+
+def classes_per_step(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 LEARN_FLAGS = ("init_word", "batch_size", "max_classes_per_step", "lr", "max_steps", "num_inference_steps",
@@ -43,15 +47,7 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     labels = read_label_set(args.labels)                               # 1. label set, before any model
     cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
     check_templates(cfg.learn.prompts, need_token=True)
-    for key in ("batch_size", "max_classes_per_step", "max_steps", "num_inference_steps", "grad_steps"):
-        if getattr(cfg.learn, key) < 1:
-            raise_user(f"learn.{key} must be ≥ 1, got {getattr(cfg.learn, key)}")
-    if cfg.learn.timestep_spacing not in (None, "leading", "trailing", "linspace"):
-        raise_user(f"learn.timestep_spacing must be leading, trailing or linspace, got {cfg.learn.timestep_spacing!r}")
-    if cfg.learn.steps_offset is not None and cfg.learn.steps_offset < 0:
-        raise_user(f"learn.steps_offset must be ≥ 0, got {cfg.learn.steps_offset}")
-    if cfg.learn.objective not in ("final", "x0"):
-        raise_user(f"learn.objective must be final or x0, got {cfg.learn.objective!r}")
+    check_learn_config(cfg.learn)
     index, count = worker_slot(args.worker_index, args.num_workers)
     check_out_dir(args.out)
     mine = list(labels.classes)[index::count]
@@ -86,6 +82,32 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
           f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
           f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%")
     return {"learned": len(results), "seconds": seconds}
+
+
+def check_learn_config(c) -> None:
+    """Every LearnConfig value a run could trip on later, checked before any model is loaded (UserError)."""
+    from augment.sampling import check_scheduler
+
+    mcs = c.max_classes_per_step
+    if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
+        raise_user(f"learn.max_classes_per_step must be a whole number or auto, got {mcs!r}")
+    for key in ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch") + \
+            (("max_classes_per_step",) if mcs != "auto" else ()):
+        if getattr(c, key) < 1:
+            raise_user(f"learn.{key} must be ≥ 1, got {getattr(c, key)}")
+    if c.timestep_spacing not in (None, "leading", "trailing", "linspace"):
+        raise_user(f"learn.timestep_spacing must be leading, trailing or linspace, got {c.timestep_spacing!r}")
+    if c.steps_offset is not None and c.steps_offset < 0:
+        raise_user(f"learn.steps_offset must be ≥ 0, got {c.steps_offset}")
+    if c.objective not in ("final", "x0"):
+        raise_user(f"learn.objective must be final or x0, got {c.objective!r}")
+    if c.noise not in ("fresh", "fixed"):
+        raise_user(f"learn.noise must be fresh or fixed, got {c.noise!r}")
+    if not 0 < c.stop_accuracy <= 1:
+        raise_user(f"learn.stop_accuracy must be in (0, 1], got {c.stop_accuracy}")
+    if c.weight_decay < 0:
+        raise_user(f"learn.weight_decay must be ≥ 0, got {c.weight_decay}")
+    check_scheduler(c.scheduler, "learn.scheduler")
 
 
 def raise_user(msg: str):

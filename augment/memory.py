@@ -1,0 +1,61 @@
+"""How many classes fit in one learner step: `learn.max_classes_per_step: auto`.
+
+The learner's gradient path holds, per image, the activations of `grad_steps` conditional UNet calls; the
+VAE decode and the guide run `decode_batch` images at a time (augment.tokens), and with gradient
+checkpointing the backward pass recomputes one block at a time. Bytes per 512×512 image in fp32, measured
+on the SD-1.4 architecture with saved-tensor hooks (`python benchmarks/bench_sd_memory.py --size 512`,
+benchmarks/README.md); they scale with the pixel count and the dtype's size (the guide stays fp32). They
+are SD-1.x/2.x-sized UNets' and VAEs' figures: for other generators set an integer instead of auto.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+GIB = 1024**3
+REFERENCE_PIXELS = 512 * 512
+# bytes per 512×512 image, fp32; key: gradient checkpointing on
+UNET_CALL = {False: 1.372 * GIB, True: 0.278 * GIB}
+VAE_DECODE = {False: 5.555 * GIB, True: 0.797 * GIB}
+GUIDE = 0.069 * GIB                                   # ViT-B/16 at 224 px, any image size
+UNET_RECOMPUTE = 0.500 * GIB                          # the largest checkpointed UNet block, held in backward
+DECODE_RECOMPUTE = 2.625 * GIB                        # the largest checkpointed VAE decoder block
+HEADROOM = 0.8                                        # share of the free memory planned for
+MAX_AUTO = 64
+
+
+def step_bytes(classes: int, batch_size: int, grad_steps: int, decode_batch: int, height: int, width: int,
+               dtype: torch.dtype, checkpointing: bool) -> float:
+    """Estimated activation bytes of one learner step with `classes` classes (weights not included)."""
+    scale = height * width / REFERENCE_PIXELS
+    size = torch.empty((), dtype=dtype).element_size() / 4
+    unet = classes * batch_size * grad_steps * UNET_CALL[checkpointing] * scale * size
+    decode = decode_batch * (VAE_DECODE[checkpointing] * scale * size + GUIDE)
+    recompute = (UNET_RECOMPUTE + DECODE_RECOMPUTE) * scale * size if checkpointing else 0.0
+    return unet + decode + recompute
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory on `device`: CUDA's free memory, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 * GIB
+
+
+def auto_classes_per_step(pipe, guide, cfg, free: int | None = None) -> int:
+    """The most classes whose step fits in HEADROOM of the free memory (at least 1, at most MAX_AUTO)."""
+    device = pipe.unet.device
+    free = free_bytes(device) if free is None else free
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    h, w = cfg.height or native, cfg.width or native
+    decode_batch = min(cfg.decode_batch, cfg.batch_size)
+    args = (cfg.batch_size, cfg.grad_steps, decode_batch, h, w, pipe.unet.dtype, cfg.gradient_checkpointing)
+    classes = 1
+    while classes < MAX_AUTO and step_bytes(classes + 1, *args) <= HEADROOM * free:
+        classes += 1
+    return classes

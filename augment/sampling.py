@@ -1,0 +1,76 @@
+"""Samplers: diffusers schedulers by name, built from the generator's own scheduler config.
+
+`make_scheduler(pipe.scheduler, "dpmsolver++")` keeps the generator's betas, timestep offset and prediction
+type (ε or v), and changes only the integration rule. "pipeline" is the generator's own scheduler class (SD 1.x
+and 2.1-base: PNDM, the sampler behind the paper's numbers). One entry of `scheduler.timesteps` is one UNet
+call for every sampler here (PNDM repeats a timestep for its warm-up call), which is how the learner counts
+`grad_steps`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from augment.errors import UserError
+
+SCHEDULERS = {
+    "pipeline": None,
+    "ddim": ("DDIMScheduler", {"clip_sample": False}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+
+
+def check_scheduler(name: str, key: str) -> None:
+    if name not in SCHEDULERS:
+        raise UserError(f"{key} must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+
+
+def make_scheduler(base, name: str = "pipeline", timestep_spacing: str | None = None,
+                   steps_offset: int | None = None):
+    """A fresh scheduler of kind `name` from `base`'s config (never `base` itself: schedulers hold state).
+
+    `timestep_spacing` and `steps_offset` override the config's. DDIM is built with clip_sample off: from a
+    DDPM/PNDM config it would otherwise clip x0 to [-1, 1], which Stable Diffusion's latents exceed."""
+    import diffusers
+
+    check_scheduler(name, "scheduler")
+    extra: dict = {}
+    if timestep_spacing:
+        extra["timestep_spacing"] = timestep_spacing
+    if steps_offset is not None:
+        extra["steps_offset"] = steps_offset
+    entry = SCHEDULERS[name]
+    if entry is None:
+        cls = type(base)
+    else:
+        cls, defaults = getattr(diffusers, entry[0]), entry[1]
+        extra = {**defaults, **extra}
+    return cls.from_config(base.config, **extra)
+
+
+def predicted_x0(scheduler, sample: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor:
+    """Tweedie's x̂0 from x_t and the model output, without touching the scheduler's state.
+
+    VP schedulers (DDIM, PNDM, DPM-Solver...): x_t = √ᾱ x0 + √(1−ᾱ) ε. Sigma schedulers (Euler...,
+    init_noise_sigma > 1): x_t = x0 + σ ε, `sample` being the unscaled latents."""
+    kind = scheduler.config.prediction_type
+    if float(scheduler.init_noise_sigma) > 1.0:
+        idx = scheduler.step_index if getattr(scheduler, "step_index", None) is not None \
+            else scheduler.index_for_timestep(t)
+        s = scheduler.sigmas[idx].to(sample.device, sample.dtype)
+        if kind == "epsilon":
+            return sample - s * model_output
+        if kind == "v_prediction":
+            return model_output * (-s / (s**2 + 1) ** 0.5) + sample / (s**2 + 1)
+    else:
+        a = scheduler.alphas_cumprod.to(sample.device)[int(t)].to(sample.dtype)
+        if kind == "epsilon":
+            return (sample - (1 - a).sqrt() * model_output) / a.sqrt()
+        if kind == "v_prediction":
+            return a.sqrt() * sample - (1 - a).sqrt() * model_output
+        if kind == "sample":
+            return model_output
+    raise UserError(f"unsupported scheduler {type(scheduler).__name__} with prediction_type {kind!r}")
