@@ -1,0 +1,149 @@
+"""The real presets on full-size architectures with random weights (augment.testing): code paths, dtypes,
+pooling and memory bookkeeping at Stable Diffusion size, on CPU, without the hub. Accuracy needs real weights
+and is not tested here."""
+
+import json
+
+import pytest
+import torch
+
+from augment.cli import main
+from augment.config import LearnConfig, load_config
+from augment.generator import load_generator
+from augment.guide import load_guide, parse_hf_spec
+from augment.labels import match_to_guide, read_label_set
+from augment.tokens import TokenLearner
+from tests.full_size import CUB_LABELS
+
+SMALL = """
+learn: {height: 64, width: 64, num_inference_steps: 3, max_steps: 1, batch_size: 2}
+generate: {height: 64, width: 64, num_inference_steps: 3, images_per_class: 2, shard_size: 2, batch_size: 2}
+"""
+
+
+@pytest.fixture
+def two_cub_classes(tmp_path):
+    path = tmp_path / "cub2.txt"
+    path.write_text("0\tBlack footed Albatross\n16\tCardinal\n")
+    return path
+
+
+def reference_mean_pooled_logits(model, x):
+    """ViT-MAE's fine-tuning head (idansc/discriminative_class_tokens vitmae.py), written out layer by layer."""
+    vit = model.vit
+    h = vit.embeddings(x)
+    layers = vit.layers if hasattr(vit, "layers") else vit.encoder.layer
+    for layer in layers:
+        h = layer(h)
+        h = h[0] if isinstance(h, tuple) else h
+    norm = vit.layernorm
+    pooled = torch.nn.functional.layer_norm(h[:, 1:, :].mean(dim=1), norm.normalized_shape, norm.weight,
+                                            norm.bias, norm.eps)
+    return model.classifier(pooled)
+
+
+def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_guide_dir):
+    guide = load_guide(f"hf:{cub_guide_dir}")                      # a directory named vit-mae-cub
+    assert all(p.dtype == torch.float32 for p in guide.parameters())  # its checkpoint is fp16
+    x = torch.rand(2, 3, 256, 256)
+    logits = guide(x)
+    with torch.no_grad():
+        expected = reference_mean_pooled_logits(guide.model, guide.preprocess(x))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    cls = load_guide(f"hf:{cub_guide_dir}?pool=cls")(x)
+    assert (cls - logits).abs().max() > 0.1                        # CLS pooling is another classifier
+    assert parse_hf_spec("vesteinn/vit-mae-cub", "s")[1] == "mean"  # the hub id of the paper's guide
+    assert parse_hf_spec("google/vit-large-patch16-224", "s")[1] == "cls"
+    assert parse_hf_spec("/models/vit-mae-inat21/", "s")[1] == "mean"
+
+
+@pytest.mark.parametrize("spec, needle", [("?pool=max", "pool must be"), ("?size=3", "unknown option"),
+                                          ("?crop_pct=2", "crop_pct")])
+def test_bad_hf_guide_options_are_user_errors(cub_guide_dir, spec, needle):
+    from augment.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        load_guide(f"hf:{cub_guide_dir}{spec}")
+
+
+def test_presets_learn_under_the_generators_sampler_with_the_original_gradient_placement():
+    for name in ("sd14-cub", "sd14-cub-original", "sd14-imagenet", "sd21-base"):
+        cfg = load_config(name)
+        assert cfg.learn.scheduler == cfg.generate.scheduler == "pipeline"
+        assert cfg.learn.grad_steps == 2 and cfg.learn.gradient_checkpointing and cfg.learn.decode_batch == 1
+        assert cfg.learn.max_classes_per_step == "auto"
+    original, paper = load_config("sd14-cub-original").learn, load_config("sd14-cub").learn
+    assert (original.num_inference_steps, paper.num_inference_steps) == (30, 50)
+    assert len(original.prompts) == 3 and original.noise == "fixed" and original.stop_accuracy == 0.8
+
+
+def grads(pipe, guide, labels, **kw):
+    cfg = LearnConfig(**{"init_word": "bird", "batch_size": 2, "height": 64, "width": 64, "num_inference_steps": 3,
+                         "grad_steps": 2, "decode_batch": 1, "max_classes_per_step": 2, **kw})
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, "unused")
+    states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
+    learner.losses(states, backward=True)
+    assert learner.scaler.unscale([s.embedding for s in states])
+    learner.injector.remove()
+    return torch.cat([s.embedding.grad.flatten() for s in states])
+
+
+def test_full_size_token_gradient_in_bf16_and_with_checkpointing(sd14_dir, cub_guide_dir, two_cub_classes):
+    """SD-1.4 at 64 px under its PNDM: gradient checkpointing leaves the token gradient unchanged, and bf16
+    (no loss scale needed) follows fp32 (fp16 on CPU is too slow to test here; see test_tokens)."""
+    guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
+    plain = grads(load_generator(str(sd14_dir), "cpu", "fp32"), guide, labels)
+    ckpt = grads(load_generator(str(sd14_dir), "cpu", "fp32"), guide, labels, gradient_checkpointing=True)
+    bf16 = grads(load_generator(str(sd14_dir), "cpu", "bf16"), guide, labels, gradient_checkpointing=True)
+    assert plain.norm() > 0
+    torch.testing.assert_close(ckpt, plain, rtol=1e-3, atol=1e-6 * float(plain.abs().max()))
+    assert float(torch.nn.functional.cosine_similarity(bf16, plain, dim=0)) >= 0.99
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sd14_cub_preset_learns_and_generates_through_the_cli(sd14_dir, cub_guide_dir, two_cub_classes,
+                                                             tmp_path, dtype, capsys):
+    small = tmp_path / "small.yaml"
+    small.write_text(SMALL)
+    common = ["--preset", "sd14-cub", "--config", str(small), "--labels", str(two_cub_classes),
+              "--generator", str(sd14_dir), "--guide", f"hf:{cub_guide_dir}", "--dtype", dtype, "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["learn", *common, "--out", str(out)]) == 0
+    meta = json.loads((out / "tokens" / "000-black-footed-albatross" / "meta.json").read_text())
+    assert meta["steps"] == 1 and meta["config"]["scheduler"] == "pipeline" and meta["classes_per_step"] >= 1
+    assert meta["guide_index"] == 0 and meta["history"][0]["grad_norm"] > 0
+    assert main(["generate", *common, "--tokens", str(out), "--out", str(out)]) == 0
+    assert main(["generate", *common, "--tokens", str(out), "--refine", "date", "--refine-step-size", "1",
+                 "--out", str(tmp_path / "date")]) == 0
+    for d in (out, tmp_path / "date"):
+        info = json.loads((d / "_info.json").read_text())
+        assert info["splits"]["train"]["num_samples"] == 4
+    manifest = json.loads((tmp_path / "date" / "manifest.json").read_text())
+    assert manifest["generate"]["config"]["generate"]["refine_options"]["checkpointing"] is True
+    capsys.readouterr()
+
+
+def test_auto_classes_per_step_fits_the_papers_footprint():
+    """The memory model behind `max_classes_per_step: auto` (augment.memory, measured by
+    benchmarks/bench_sd_memory.py): one class of the SD presets at 512 px in bf16 fits 10 GB with the
+    weights, and auto grows with free memory."""
+    from augment.memory import GIB, step_bytes
+
+    weights = (860e6 + 84e6 + 123e6) * 2 + 86e6 * 4            # SD-1.4 in bf16, a ViT-B guide in fp32
+    one = step_bytes(1, 5, 2, 1, 512, 512, torch.bfloat16, True)
+    assert weights + one < 10e9
+    assert step_bytes(1, 5, 2, 1, 512, 512, torch.float32, True) == pytest.approx(2 * one, rel=0.05)
+    assert step_bytes(1, 5, 2, 1, 512, 512, torch.float32, False) > 2.5 * step_bytes(1, 5, 2, 1, 512, 512,
+                                                                                      torch.float32, True)
+    assert step_bytes(4, 5, 2, 1, 512, 512, torch.bfloat16, True) < 24 * GIB - weights
+
+
+@pytest.mark.slow
+def test_one_learner_step_at_512_px(sd14_dir, cub_guide_dir, two_cub_classes):
+    """One real-size step of the sd14-cub preset's learner (bf16, checkpointing, decode_batch 1, PNDM)."""
+    guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
+    pipe = load_generator(str(sd14_dir), "cpu", "bf16")
+    g = grads(pipe, guide, read_label_set(two_cub_classes), height=512, width=512, batch_size=1,
+              num_inference_steps=2, gradient_checkpointing=True, max_classes_per_step=1)
+    assert torch.isfinite(g).all() and g.norm() > 0
+    assert len(labels) == 2
