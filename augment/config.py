@@ -63,6 +63,7 @@ class LearnConfig:
     gradient_checkpointing: bool = False     # UNet and VAE recompute activations in backward (less memory)
     decode_batch: int = 4                    # images per VAE decode + guide + backward in the gradient path:
                                              # bounds that part's memory whatever the UNet batch
+    checkpoint_every: int = 1                # save the learner's state every N steps (augment.resume); 0: never
 
 
 @dataclass

@@ -58,6 +58,10 @@ class ClassState:
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
     started: float = field(default_factory=time.time)
+    elapsed: float = 0.0                     # seconds spent before a restart (augment.resume)
+
+    def seconds(self) -> float:
+        return self.elapsed + time.time() - self.started
 
 
 class EmbeddingInjector:
@@ -265,21 +269,43 @@ class TokenLearner:
             s.stop_reason = "max steps"
 
     # ---------------------------------------------------------------- the whole procedure
-    def run(self, classes: list[LabelClass] | None = None,
-            progress: Callable[[dict], None] | None = None) -> dict[int, dict]:
-        """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now."""
+    def run(self, classes: list[LabelClass] | None = None, progress: Callable[[dict], None] | None = None,
+            checkpoint=None, overwrite: bool = False) -> dict[int, dict]:
+        """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now.
+
+        With an `augment.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
+        usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted."""
         classes = list(self.labels.classes if classes is None else classes)
         pending = [c for c in classes if not is_learned(self.out_dir, c)]
-        if not pending:
+        restored = checkpoint.load(overwrite) if checkpoint is not None else None
+        if restored is not None and not self._compatible(restored[0], classes, pending):
+            checkpoint.note, restored = "learner checkpoint does not match this worker's classes: not used", None
+        if not pending and restored is None:
+            if checkpoint is not None:
+                checkpoint.clear()
             return {}
-        queue = self.prepare(pending)
         active: list[ClassState] = []
+        if restored is None:
+            queue = self.prepare(pending)
+        else:
+            state, tensors = restored
+            by_pos = {c.position: c for c in classes}
+            order = [e["position"] for e in state["active"]] + state["queue"]
+            entries = self.prepare([by_pos[p] for p in order])
+            active = [self.restore_state(entry, saved, tensors)
+                      for entry, saved in zip(entries, state["active"])]
+            queue = entries[len(active):]
+            self.classes_per_step = state["classes_per_step"]
+            self.scaler.scale, self.scaler._good = state["loss_scale"], state["loss_scale_good"]
         results: dict[int, dict] = {}
+        every = self.cfg.checkpoint_every
+        steps = 0
         try:
             while queue or active:
                 while queue and len(active) < self.classes_per_step:
                     active.append(self.new_state(*queue.pop(0)))
                 self.step(active)
+                steps += 1
                 for s in [s for s in active if s.stop_reason]:
                     active.remove(s)
                     del self.injector.vectors[s.token_id]
@@ -288,6 +314,8 @@ class TokenLearner:
                             self.pipe.text_encoder.dtype)
                     results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, s.embedding.detach(),
                                                          self._meta(s))
+                if checkpoint is not None and every and (queue or active) and steps % every == 0:
+                    checkpoint.save(active, queue, self.scaler, self.classes_per_step)
                 if progress:
                     progress({"done": len(results), "total": len(pending), "active": len(active),
                               "finished": [r["class"] for r in results.values()],
@@ -296,7 +324,32 @@ class TokenLearner:
                               "step": max((s.step for s in active), default=0)})
         finally:
             self.injector.remove()
+        if checkpoint is not None:
+            checkpoint.clear()
         return results
+
+    @staticmethod
+    def _compatible(state: dict, classes: list[LabelClass], pending: list[LabelClass]) -> bool:
+        """A checkpoint fits when it names only this worker's classes and covers every pending one."""
+        named = [e["position"] for e in state["active"]] + state["queue"]
+        mine = {c.position for c in classes}
+        return set(named) <= mine and {c.position for c in pending} <= set(named)
+
+    def restore_state(self, entry: tuple, saved: dict, tensors: dict[str, torch.Tensor]) -> ClassState:
+        """A class as the checkpoint left it: token row, AdamW moments and the stopping bookkeeping."""
+        s = self.new_state(*entry)
+        p = saved["position"]
+        with torch.no_grad():
+            s.embedding.copy_(tensors[f"{p}.embedding"].to(s.embedding.device))
+        if saved["optimizer_step"] > 0:
+            s.optimizer.state[s.embedding] = {
+                "step": torch.tensor(saved["optimizer_step"]),
+                "exp_avg": tensors[f"{p}.exp_avg"].to(s.embedding.device),
+                "exp_avg_sq": tensors[f"{p}.exp_avg_sq"].to(s.embedding.device)}
+        s.step, s.best_loss, s.since_best = saved["step"], saved["best_loss"], saved["since_best"]
+        s.recent_correct, s.history = saved["recent_correct"], saved["history"]
+        s.stop_reason, s.elapsed = saved["stop_reason"], saved["seconds"]
+        return s
 
     def prepare(self, classes: list[LabelClass]) -> list[tuple]:
         """Add each class's placeholder token (its row initialised from its init word), freeze the three
@@ -326,7 +379,7 @@ class TokenLearner:
             "guide": self.guide.spec, "guide_index": s.guide_index, **self.generator_info,
             "steps": s.step, "stop_reason": s.stop_reason,
             "final_loss": s.history[-1]["loss"], "final_accuracy": s.history[-1]["accuracy"],
-            "seconds": round(time.time() - s.started, 2), "lr": self.lr, "classes_per_step": self.classes_per_step,
+            "seconds": round(s.seconds(), 2), "lr": self.lr, "classes_per_step": self.classes_per_step,
             "config": asdict(self.cfg),
             "history": s.history,
         }

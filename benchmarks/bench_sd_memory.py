@@ -192,6 +192,8 @@ def learner_step(args) -> int:
             pipe = load_generator(str(root / "sd"), dev, name)
             cfg = load_config("sd14-cub").learn
             cfg.height = cfg.width = size
+            if args.quick:
+                cfg.num_inference_steps = 3
             for k in [int(c) for c in args.classes.split(",")]:
                 cfg.max_classes_per_step = k
                 learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), cfg, root / "out")

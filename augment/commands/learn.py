@@ -7,6 +7,8 @@ learned in OUT are skipped, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
 from augment.commands.common import add_config_arguments, check_out_dir, resolve_config, update_manifest, worker_slot
@@ -15,6 +17,8 @@ from augment.commands.common import add_config_arguments, check_out_dir, resolve
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_learn_arguments(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a learner checkpoint made with another config instead of refusing")
 
 
 def add_learn_arguments(p: argparse.ArgumentParser, batch_flag: str = "--batch-size", shared_note: str = "") -> None:
@@ -52,12 +56,14 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     check_out_dir(args.out)
     mine = list(labels.classes)[index::count]
     pending = [c for c in mine if not is_learned(args.out, c)]
-    if not pending:
+    stem = args.out / "checkpoints" / f"learn-w{index}of{count}.json"
+    if not pending and not stem.is_file():
         print(f"all {len(mine)} classes of this worker already learned in {args.out}")
         return {"learned": 0, "seconds": 0.0}
 
     from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
     from augment.guide import load_guide
+    from augment.resume import LearnerCheckpoint, learn_fingerprint
     from augment.tokens import TokenLearner
 
     device = resolve_device(cfg.device)
@@ -69,14 +75,20 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     update_manifest(args.out, "learn", {"labels": labels.names(), "label_file": str(args.labels),
                                         "config": cfg.to_dict(), **info, "worker": [index, count]})
     learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
+    checkpoint = LearnerCheckpoint(args.out, (index, count), learn_fingerprint(
+        cfg.learn, labels, cfg.guide, info["text_encoder"]), device, pipe.unet.dtype)
     t0 = time.time()
     with progress_bar(len(pending), args.no_progress) as bar:
         def report(p: dict) -> None:
             bar.n = p["done"]
             acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
             bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
-        results = learner.run(pending, report)
+        results = learner.run(mine, report, checkpoint, getattr(args, "overwrite", False))
     seconds = time.time() - t0
+    if checkpoint.note:
+        print(f"augment: note: {checkpoint.note}", file=sys.stderr)
+        update_manifest(args.out, "learn", {**json.loads((args.out / "manifest.json").read_text())["learn"],
+                                            "resume": checkpoint.note})
     accs = [m["final_accuracy"] for m in results.values()]
     print(f"learned {len(results)} token(s) in {seconds:.1f} s ({seconds / max(len(results), 1):.1f} s/class); "
           f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
@@ -105,6 +117,8 @@ def check_learn_config(c) -> None:
         raise_user(f"learn.noise must be fresh or fixed, got {c.noise!r}")
     if not 0 < c.stop_accuracy <= 1:
         raise_user(f"learn.stop_accuracy must be in (0, 1], got {c.stop_accuracy}")
+    if c.checkpoint_every < 0:
+        raise_user(f"learn.checkpoint_every must be ≥ 0, got {c.checkpoint_every}")
     if c.weight_decay < 0:
         raise_user(f"learn.weight_decay must be ≥ 0, got {c.weight_decay}")
     check_scheduler(c.scheduler, "learn.scheduler")

@@ -1,0 +1,129 @@
+"""The token learner's checkpoint: a killed `learn` continues mid-class, exactly where it stopped.
+
+OUT/checkpoints/learn-w{index}of{count}.json          what the learner needs besides tensors: per active class
+                                                      its step, best loss, patience counter, recent correctness
+                                                      and history; the queue order; the loss scale; the config
+                                                      fingerprint, device type and dtype
+OUT/checkpoints/learn-w{index}of{count}-{n}.safetensors  per active class its token row and AdamW moments
+
+Written every `learn.checkpoint_every` steps: the tensors under a new name first, then the JSON (which names
+them) atomically; the JSON is the commit point, so a kill at any moment leaves the previous checkpoint or the
+new one, never a mix. Nothing is pickled. Restored on the same device type and dtype, the learner takes the
+same batches as an uninterrupted run, so every token and image is the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from augment.errors import UserError
+
+FORMAT = "augment-learner-checkpoint/1"
+
+
+def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
+    """What a checkpoint is only valid for: the learn config (but how often it is written), the label set,
+    the guide and the text encoder."""
+    learn = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
+    blob = json.dumps({"learn": learn, "labels": labels.names(), "guide": guide_spec,
+                       "text_encoder": text_encoder}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LearnerCheckpoint:
+    def __init__(self, out_dir: str | Path, worker: tuple[int, int], fingerprint: str, device: torch.device,
+                 dtype: torch.dtype):
+        self.dir = Path(out_dir) / "checkpoints"
+        self.stem = f"learn-w{worker[0]}of{worker[1]}"
+        self.path = self.dir / f"{self.stem}.json"
+        self.worker, self.fingerprint = worker, fingerprint
+        self.env = {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+        self.note: str | None = None       # why an existing checkpoint was not used, for the manifest
+        self._serial = 0
+
+    # ------------------------------------------------------------------ reading
+    def load(self, overwrite: bool = False) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """(state, tensors) of this worker's checkpoint, or None (none, or not usable: `note` says why).
+        A changed learn config is a UserError unless `overwrite`; an unreadable checkpoint is a UserError."""
+        others = sorted(p.name for p in self.dir.glob("learn-w*of*.json") if p != self.path) \
+            if self.dir.is_dir() else []
+        if not self.path.is_file():
+            if others:
+                self.note = (f"learner checkpoints of another worker split ({', '.join(others)}) not used: "
+                             "unfinished classes start from their initial vectors")
+            return None
+        try:
+            state = json.loads(self.path.read_text())
+            if state.get("format") != FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT!r}")
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(self.dir / state["tensors"]))
+            for entry in state["active"]:
+                for key in ("embedding", "exp_avg", "exp_avg_sq"):
+                    if f"{entry['position']}.{key}" not in tensors:
+                        raise ValueError(f"no tensor {entry['position']}.{key}")
+        except Exception as e:  # noqa: BLE001  (JSON, missing keys, safetensors' own SafetensorError ...)
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"{self.path}: unreadable learner checkpoint ({type(e).__name__}: {detail}); delete "
+                            f"{self.dir} to start the unfinished classes afresh") from None
+        if state["fingerprint"] != self.fingerprint:
+            if not overwrite:
+                raise UserError(f"{self.path}: the learner checkpoint was made with another learn config, label set, "
+                                "guide or generator; rerun with --overwrite to start the unfinished classes afresh")
+            self.note = "learner checkpoint of another config discarded (--overwrite)"
+            return None
+        if state["env"] != self.env:
+            self.note = (f"learner checkpoint from {state['env']['device']}/{state['env']['dtype']} not used on "
+                         f"{self.env['device']}/{self.env['dtype']}: unfinished classes start from their initial vectors")
+            return None
+        self._serial = state["serial"]
+        return state, tensors
+
+    # ------------------------------------------------------------------ writing
+    def save(self, active: list, queue: list, scaler, classes_per_step: int) -> None:
+        """Write the learner's state after a step (see the module docstring for the order of writes)."""
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._serial += 1
+        tensors, entries = {}, []
+        for s in active:
+            opt_state = s.optimizer.state.get(s.embedding, {})
+            tensors[f"{s.cls.position}.embedding"] = s.embedding.detach().float().cpu().contiguous()
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = opt_state.get(key, torch.zeros_like(s.embedding))
+                tensors[f"{s.cls.position}.{key}"] = value.detach().float().cpu().contiguous()
+            opt_step = opt_state.get("step", 0)
+            entries.append({"position": s.cls.position, "step": s.step, "best_loss": s.best_loss,
+                            "since_best": s.since_best, "recent_correct": s.recent_correct,
+                            "history": s.history, "stop_reason": s.stop_reason, "seconds": s.seconds(),
+                            "optimizer_step": float(opt_step)})
+        name = f"{self.stem}-{self._serial}.safetensors"
+        save_file(tensors, str(self.dir / name))
+        state = {"format": FORMAT, "serial": self._serial, "fingerprint": self.fingerprint, "env": self.env,
+                 "worker": list(self.worker), "tensors": name, "classes_per_step": classes_per_step,
+                 "loss_scale": scaler.scale, "loss_scale_good": scaler._good,
+                 "active": entries, "queue": [entry[0].position for entry in queue]}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state) + "\n")
+        tmp.replace(self.path)
+        for old in self.dir.glob(f"{self.stem}-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """This worker is done: remove its checkpoint (and the folder once empty)."""
+        self.path.unlink(missing_ok=True)
+        for old in self.dir.glob(f"{self.stem}-*.safetensors"):
+            old.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass

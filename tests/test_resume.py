@@ -1,0 +1,147 @@
+"""Resumable token learning (augment.resume): kill -9 at any moment, rerun, and get the same bytes."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from augment.cli import main
+from tests.test_generate import tar_samples
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def labels3(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "fm3.txt"
+    path.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
+    return path
+
+
+def build_cmd(labels, out, *extra):
+    """A small toy build: 3 classes, 2 per learner step (so the queue matters), 5 steps at most."""
+    return [sys.executable, "-c", "import sys; from augment.cli import main; sys.exit(main(sys.argv[1:]))",
+            "build", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--learn-batch-size", "2",
+            "--classes-per-step", "2", "--max-steps", "5", "--images-per-class", "4", "--shard-size", "2",
+            "--batch-size", "2", "--no-progress", *extra]
+
+
+def token_bytes(out: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in sorted((out / "tokens").glob("*/learned_embeds.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(labels3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = subprocess.run(build_cmd(labels3, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_kill_9_during_learning_and_generation_gives_the_uninterrupted_bytes(labels3, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    rng = random.Random(1)
+    ckpt = out / "checkpoints"
+    # wait for: a learner checkpoint, a checkpoint again (later step), a finished token, a shard marker
+    moments = [lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
+               lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
+               lambda: any((out / "tokens").glob("*/meta.json")) if (out / "tokens").is_dir() else False,
+               lambda: any(out.glob("shards/*.json"))]
+    killed_in = []
+    for ready in moments:
+        proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and not ready() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed_in.append("generation" if any(out.glob("shards/*.json")) else "learning")
+        proc.wait()
+    assert killed_in.count("learning") >= 2, killed_in
+    r = subprocess.run(build_cmd(labels3, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert token_bytes(out) == token_bytes(uninterrupted) and len(token_bytes(out)) == 3
+    assert tar_samples(out) == tar_samples(uninterrupted)          # fails on a duplicate key too
+    assert not list(out.rglob("*.tmp")) and not ckpt.exists()
+    for slug in token_bytes(out):                                  # the same learning, step for step
+        a = json.loads((out / "tokens" / slug / "meta.json").read_text())
+        b = json.loads((uninterrupted / "tokens" / slug / "meta.json").read_text())
+        assert a["history"] == b["history"] and a["stop_reason"] == b["stop_reason"]
+
+
+def learn_args(labels, out, *extra):
+    return ["learn", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--batch-size", "2",
+            "--classes-per-step", "2", "--max-steps", "2", "--no-progress", *extra]
+
+
+def test_the_checkpoint_is_json_and_safetensors_and_restores_the_learner(labels3, tmp_path, capsys):
+    """Stop after one learner step (checkpoint written, no class done), then continue: the same tokens as
+    an uninterrupted run; the checkpoint holds only JSON and safetensors (nothing to unpickle)."""
+    from safetensors.torch import load_file
+
+    import augment.tokens as tokens
+
+    ref = tmp_path / "ref"
+    assert main(learn_args(labels3, ref)) == 0
+    out = tmp_path / "run"
+    original_step = tokens.TokenLearner.step
+    calls = []
+
+    def step_then_die(self, active):
+        if len(calls) == 1:
+            raise KeyboardInterrupt             # after the first step's checkpoint, before the second step
+        calls.append(1)
+        return original_step(self, active)
+
+    tokens.TokenLearner.step = step_then_die
+    try:
+        assert main(learn_args(labels3, out)) == 130
+    finally:
+        tokens.TokenLearner.step = original_step
+    files = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert files == ["learn-w0of1-1.safetensors", "learn-w0of1.json"]
+    state = json.loads((out / "checkpoints" / "learn-w0of1.json").read_text())
+    assert [e["step"] for e in state["active"]] == [1, 1] and state["queue"] == [2]
+    assert set(load_file(str(out / "checkpoints" / files[0]))) == {
+        f"{p}.{k}" for p in (0, 1) for k in ("embedding", "exp_avg", "exp_avg_sq")}
+    assert main(learn_args(labels3, out)) == 0
+    assert token_bytes(out) == token_bytes(ref)
+    assert not (out / "checkpoints").exists()
+    capsys.readouterr()
+
+
+def test_corrupt_or_foreign_checkpoints_are_reported(labels3, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    bad = out / "checkpoints" / "learn-w0of1.json"
+    bad.write_text("{not json")
+    assert main(learn_args(labels3, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "unreadable learner checkpoint" in err[0]
+
+    bad.write_text(json.dumps({"format": "augment-learner-checkpoint/1", "serial": 1, "fingerprint": "other",
+                               "env": {"device": "cpu", "dtype": "float32"}, "tensors": "learn-w0of1-1.safetensors",
+                               "active": [], "queue": [0, 1, 2]}))
+    assert main(learn_args(labels3, out)) == 2
+    assert "unreadable" in capsys.readouterr().err               # its tensor file is missing
+
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"x": torch.zeros(1)}, str(out / "checkpoints" / "learn-w0of1-1.safetensors"))
+    assert main(learn_args(labels3, out)) == 2
+    assert "another learn config" in capsys.readouterr().err
+    assert main(learn_args(labels3, out, "--overwrite")) == 0
+    captured = capsys.readouterr()
+    assert "discarded" in captured.err
+    assert json.loads((out / "manifest.json").read_text())["learn"]["resume"].startswith("learner checkpoint")
+    assert len(token_bytes(out)) == 3 and not (out / "checkpoints").exists()
