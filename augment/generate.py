@@ -2,12 +2,15 @@
 
 Image i of class c always gets the same seed and the same prompt (templates alternate by i), whatever the
 batch size, the worker or the order of units, so an interrupted or split run gives the same samples.
+Each distinct prompt of a class is encoded once (PromptCache), and image encoding and shard writing run on a
+background thread while the next batch samples; both give the same bytes as the plain serial path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +29,35 @@ def image_prompt(cfg: GenerateConfig, i: int, token: str, name: str) -> str:
     return format_prompt(cfg.prompts[i % len(cfg.prompts)], token, name)
 
 
+class PromptCache:
+    """Prompt embeddings (conditional, unconditional) by prompt: a class's few templates are encoded once,
+    not once per batch. Holds one class at a time (`reset` when the class changes)."""
+
+    def __init__(self, pipe, guidance_scale: float):
+        self.pipe, self.cfg_on = pipe, guidance_scale > 1
+        self.table: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def reset(self) -> None:
+        self.table.clear()
+
+    @torch.no_grad()
+    def embeds(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        for p in dict.fromkeys(prompts):
+            if p not in self.table:
+                self.table[p] = self.pipe.encode_prompt(p, self.pipe._execution_device, 1, self.cfg_on)
+        out = {"prompt_embeds": torch.cat([self.table[p][0] for p in prompts])}
+        if self.cfg_on:
+            out["negative_prompt_embeds"] = torch.cat([self.table[p][1] for p in prompts])
+        return out
+
+
 def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateConfig, guide=None,
-                    targets: list[int] | None = None) -> np.ndarray:
+                    targets: list[int] | None = None, cache: PromptCache | None = None) -> np.ndarray:
     """One pipeline call: N×H×W×3 floats in [0, 1], one CPU generator per image.
 
     With `cfg.refine == "date"` our own sampler (augment.date) replaces the pipeline call: same seeds and
-    latents, plus DATE updates of the prompt embeddings towards the guide's `targets` (one per image)."""
+    latents, plus DATE updates of the prompt embeddings towards the guide's `targets` (one per image).
+    With a `cache` the prompt embeddings come from it (the same tensors the pipeline would compute)."""
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     opts = refine_options(cfg.refine, cfg.refine_options)
     if opts is not None:
@@ -39,8 +65,9 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateCon
             raise ValueError("DATE refinement needs the guide and a target guide index per image")
         return sample_date(pipe, prompts, gens, cfg.num_inference_steps, cfg.guidance_scale, cfg.height,
                            cfg.width, guide, targets, opts)
+    text = cache.embeds(prompts) if cache is not None else {"prompt": prompts}
     with torch.no_grad():
-        out = pipe(prompt=prompts, generator=gens, num_inference_steps=cfg.num_inference_steps,
+        out = pipe(**text, generator=gens, num_inference_steps=cfg.num_inference_steps,
                    guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, output_type="np")
     return np.asarray(out.images, dtype=np.float32)
 
@@ -56,52 +83,102 @@ def guide_probabilities(guide, images: np.ndarray, indices: list[int]) -> list[f
 
 def unit_samples(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: GenerateConfig, unit: ShardUnit,
                  guide=None, guide_indices: list[int] | None = None,
-                 on_images: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                 on_images: Callable[[int], None] | None = None, cache: PromptCache | None = None,
+                 encoder: ThreadPoolExecutor | None = None) -> list[dict[str, Any]] | list[Future]:
     """Generate the samples (webdataset dicts of bytes) of one unit, `cfg.batch_size` images per call.
 
     With a guide and the class's guide index, each sample records the guide's probability; DATE refinement
-    (`cfg.refine`) needs both and records its settings in the sample's json."""
+    (`cfg.refine`) needs both and records its settings in the sample's json. With an `encoder` thread pool the
+    images are encoded there while the next batch samples, and the result is one future per batch (each
+    giving that batch's samples); without, the samples themselves."""
     cls = labels.classes[unit.position]
     token = "" if tokens is None else tokens[unit.position]
     target = None if guide_indices is None else guide_indices[unit.position]
     opts = refine_options(cfg.refine, cfg.refine_options)
-    samples = []
+    refine = None if opts is None else {"method": cfg.refine, **dataclasses.asdict(opts)}
+    batches = []
     for start in range(unit.start, unit.stop, max(cfg.batch_size, 1)):
         idx = list(range(start, min(start + cfg.batch_size, unit.stop)))
         prompts = [image_prompt(cfg, i, token, cls.name) for i in idx]
         seeds = [image_seed(cfg.seed, unit.position, i) for i in idx]
-        images = generate_images(pipe, prompts, seeds, cfg, guide, None if target is None else [target] * len(idx))
+        images = generate_images(pipe, prompts, seeds, cfg, guide, None if target is None else [target] * len(idx),
+                                 cache)
         probs: list[float | None] = [None] * len(idx)
         if guide is not None and target is not None:
             probs = guide_probabilities(guide, images, [target] * len(idx))
-        for i, prompt, seed, image, prob in zip(idx, prompts, seeds, images, probs):
-            meta = {"class": cls.name, "position": unit.position, "index": i, "seed": seed, "prompt": prompt,
-                    "token": token or None}
-            if prob is not None:
-                meta["guide_prob"] = round(prob, 6)
-            if opts is not None:
-                meta["refine"] = {"method": cfg.refine, **dataclasses.asdict(opts)}
-            samples.append({"__key__": sample_key(unit.position, i),
-                            cfg.image_format: encode_image(image, cfg.image_format, cfg.jpeg_quality),
-                            "cls": str(unit.position).encode("ascii"),
-                            "json": json.dumps(meta, sort_keys=True).encode()})
+        job = (cfg, unit, cls.name, token, idx, prompts, seeds, images, probs, refine)
+        batches.append(encoder.submit(encode_samples, *job) if encoder is not None else encode_samples(*job))
         if on_images is not None:
             on_images(len(idx))
+    return batches if encoder is not None else [s for batch in batches for s in batch]
+
+
+def encode_samples(cfg: GenerateConfig, unit: ShardUnit, name: str, token: str, idx: list[int], prompts: list[str],
+                   seeds: list[int], images: np.ndarray, probs: list, refine: dict | None) -> list[dict[str, Any]]:
+    """One batch's webdataset samples: encoded image, class index and the json record."""
+    samples = []
+    for i, prompt, seed, image, prob in zip(idx, prompts, seeds, images, probs):
+        meta = {"class": name, "position": unit.position, "index": i, "seed": seed, "prompt": prompt,
+                "token": token or None}
+        if prob is not None:
+            meta["guide_prob"] = round(prob, 6)
+        if refine is not None:
+            meta["refine"] = refine
+        samples.append({"__key__": sample_key(unit.position, i),
+                        cfg.image_format: encode_image(image, cfg.image_format, cfg.jpeg_quality),
+                        "cls": str(unit.position).encode("ascii"),
+                        "json": json.dumps(meta, sort_keys=True).encode()})
     return samples
 
 
 def generate_units(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: GenerateConfig,
                    units: list[ShardUnit], out: str | Path, chash: str, guide=None,
                    guide_indices: list[int] | None = None, on_images: Callable[[int], None] | None = None,
-                   on_unit: Callable[[ShardUnit, dict], None] | None = None) -> list[dict[str, Any]]:
+                   on_unit: Callable[[ShardUnit, dict], None] | None = None,
+                   overlap: bool = True) -> list[dict[str, Any]]:
     """Generate and write each unit in turn (atomically, see augment.shards); returns their markers.
 
-    `tokens=None` is the `--no-tokens` baseline: same seeds, same prompts without the token."""
-    markers = []
-    for unit in units:
-        samples = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images)
-        marker = write_unit(out, labels.name, unit, samples, chash)
-        markers.append(marker)
-        if on_unit is not None:
-            on_unit(unit, marker)
+    `tokens=None` is the `--no-tokens` baseline: same seeds, same prompts without the token. With `overlap`
+    a background thread encodes images and writes each unit's shard while sampling goes on; `on_unit` is
+    still called in unit order, from this thread, once the unit's shard and marker exist."""
+    cache = PromptCache(pipe, cfg.guidance_scale)
+    markers: list[dict[str, Any]] = []
+    pending: list[tuple[ShardUnit, Future]] = []
+
+    def finish(block: bool) -> None:
+        while pending and (block or pending[0][1].done()):
+            unit, future = pending.pop(0)
+            markers.append(future.result())
+            if on_unit is not None:
+                on_unit(unit, markers[-1])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-writer") if overlap else _Serial() as pool:
+        position = None
+        for unit in units:
+            if unit.position != position:
+                cache.reset()
+                position = unit.position
+            batches = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images, cache,
+                                   pool if overlap else None)
+            if overlap:  # the same single thread: it writes after encoding this unit's batches, in order
+                pending.append((unit, pool.submit(lambda u=unit, b=batches: write_unit(
+                    out, labels.name, u, [s for f in b for s in f.result()], chash))))
+            else:
+                pending.append((unit, _done(write_unit(out, labels.name, unit, batches, chash))))
+            finish(block=False)
+        finish(block=True)
     return markers
+
+
+class _Serial:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f

@@ -278,3 +278,38 @@ def test_build_learns_then_generates_into_one_out_and_score_records_guide_prob(w
         assert s["meta"]["token"] in s["meta"]["prompt"] and 0 <= s["meta"]["guide_prob"] <= 1
     assert main(args) == 0  # rerun: nothing left to do
     assert len(load_samples(out)) == 6
+
+
+def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, tokenizer_dir, tmp_path):
+    """Each template is encoded once per class and shards are encoded and written on another thread while
+    sampling goes on: the images equal the uncached pipeline call's, and the shards are byte for byte the
+    serial path's, with on_unit still called in unit order."""
+    from augment.generate import PromptCache, generate_images
+    from augment.tokens_io import load_tokens
+
+    labels = world["labels"]
+    pipe = tiny_pipeline(tokenizer_dir)
+    tokens = load_tokens(pipe, world["tokens"], labels)
+    cfg = GenerateConfig(images_per_class=5, shard_size=2, batch_size=2, num_inference_steps=2, guidance_scale=3.0,
+                         prompts=["a photo of {token} {name}", "{name}"], image_format="png")
+    prompts = [f"a photo of {tokens[1]} green", "green", f"a photo of {tokens[1]} green"]
+    calls = []
+    cache = PromptCache(pipe, cfg.guidance_scale)
+    handle = pipe.text_encoder.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
+    cached = generate_images(pipe, prompts, [1, 2, 3], cfg, cache=cache)
+    cached_again = generate_images(pipe, prompts, [1, 2, 3], cfg, cache=cache)
+    assert len(calls) == 4                    # 2 distinct prompts × (conditional, unconditional), once
+    handle.remove()
+    plain = generate_images(pipe, prompts, [1, 2, 3], cfg)
+    assert np.array_equal(cached, plain) and np.array_equal(cached_again, plain)
+
+    units = plan_units(range(3), 5, 2)
+    seen = {}
+    for overlap in (False, True):
+        order = []
+        generate_units(pipe, labels, tokens, cfg, units, tmp_path / str(overlap), "h", overlap=overlap,
+                       on_unit=lambda u, m, order=order: order.append(m["unit"]))
+        seen[overlap] = order
+    assert seen[True] == seen[False] == [u.name(labels.name) for u in units]
+    for serial in sorted((tmp_path / "False" / "shards").iterdir()):
+        assert (tmp_path / "True" / "shards" / serial.name).read_bytes() == serial.read_bytes()
