@@ -1,7 +1,7 @@
 """Synthetic image sets written by `augment generate`: DIR/shards/*.tar WebDataset shards plus DIR/manifest.json.
 
 A sample has `__key__` (e.g. c0003_000042), an image under `jpg`/`jpeg`/`png`, `cls` (ASCII integer: position of
-the class in the label set used to generate) and `json` ({"class": name, ...}). DIR/manifest.json's "labels"
+the class in the label set used to generate) and `json` ({"class": name, ...}). DIR/manifest.json's generate "labels"
 (names in position order) maps `cls` to the label set used here, by name; without a manifest each sample's
 json "class" is used. Samples are read with `webdataset` without its decoders: nothing is ever unpickled.
 """
@@ -65,7 +65,10 @@ def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
         manifest = json.loads(data)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
-    labels = manifest.get("labels") if isinstance(manifest, dict) else None
+    labels = None
+    if isinstance(manifest, dict):   # augment writes generate.labels; a top-level list is accepted too
+        generate = manifest.get("generate")
+        labels = manifest.get("labels", generate.get("labels") if isinstance(generate, dict) else None)
     if labels is not None:
         if not isinstance(labels, list):
             raise UserError(f"{path}: 'labels' is not a list")

@@ -313,3 +313,18 @@ def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, t
     assert seen[True] == seen[False] == [u.name(labels.name) for u in units]
     for serial in sorted((tmp_path / "False" / "shards").iterdir()):
         assert (tmp_path / "True" / "shards" / serial.name).read_bytes() == serial.read_bytes()
+
+
+def test_downstream_reads_real_augment_output_through_its_manifest(world, reference, tmp_path):
+    """`augment generate` writes the label list under manifest.json's generate.labels; downstream maps cls
+    through it (a label set in another order gets the samples under the right names)."""
+    from downstream.synthetic import _manifest_labels, load_synthetic
+
+    names, _ = _manifest_labels(reference)
+    assert names == COLOURS
+    reordered = tmp_path / "reordered.txt"
+    reordered.write_text("blue\nred\ngreen\n")
+    synthetic = load_synthetic("tokens", reference, read_label_set(reordered))
+    ys = synthetic.split.labels
+    assert sorted(np.bincount(ys).tolist()) == [4, 4, 4]
+    assert (ys[:4] == 1).all()                       # red (cls 0 in the shards) is position 1 here
