@@ -1,4 +1,4 @@
-"""Run configuration: dataclasses, presets (manifests/presets/*.yaml), YAML files and CLI overrides.
+"""Run configuration: dataclasses, presets (augment/presets/*.yaml, shipped in the wheel), YAML files and CLI overrides.
 
 A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `device`,
 `dtype`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
@@ -18,7 +18,7 @@ import yaml
 
 from augment.errors import UserError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "manifests" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 
 

@@ -17,7 +17,7 @@ from augment.errors import UserError
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", required=True, help="label set file (manifests/*.txt format)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--preset", help="preset name from manifests/presets (e.g. toy, sd14-imagenet)")
+    p.add_argument("--preset", help="preset name from augment/presets (toy, sd14-cub, sd14-cub-original, sd14-imagenet, sd21-base)")
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
     p.add_argument("--generator", help="diffusers Stable Diffusion pipeline: hub id or local directory")
     p.add_argument("--guide", help="guide classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR")
