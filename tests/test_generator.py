@@ -36,3 +36,17 @@ def test_dtype_rules():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(UserError):
         resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_the_committed_toy_generator_loads_with_a_plain_from_pretrained_and_generates():
+    """What the README promises: no dtype argument, diffusers' and transformers' own defaults."""
+    from diffusers import StableDiffusionPipeline
+
+    from augment.toy import WEIGHTS_DIR
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(WEIGHTS_DIR / "generator"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
+    image = pipe("a photo of a top", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+    assert image.shape == (1, 32, 32, 3)

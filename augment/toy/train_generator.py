@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    # weights stay fp16 on disk, but the text encoder's config says fp32: transformers 5 would otherwise load
+    # it fp16 next to diffusers' fp32 UNet, and a plain from_pretrained(dir) would fail on mixed dtypes
+    te_config = out / "text_encoder" / "config.json"
+    te_config.write_text(te_config.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     log(f"saved pipeline to {out}")
     log_file.close()
