@@ -1,5 +1,6 @@
 """Resumable token learning (augment.resume): kill -9 at any moment, rerun, and get the same bytes."""
 
+import contextlib
 import json
 import os
 import random
@@ -78,6 +79,26 @@ def test_kill_9_during_learning_and_generation_gives_the_uninterrupted_bytes(lab
         assert a["history"] == b["history"] and a["stop_reason"] == b["stop_reason"]
 
 
+@contextlib.contextmanager
+def interrupted_after_one_step():
+    """The learner stops (KeyboardInterrupt: exit 130) after its first step and that step's checkpoint."""
+    import augment.tokens as tokens
+
+    original_step, calls = tokens.TokenLearner.step, []
+
+    def step_then_die(self, active):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original_step(self, active)
+
+    tokens.TokenLearner.step = step_then_die
+    try:
+        yield
+    finally:
+        tokens.TokenLearner.step = original_step
+
+
 def learn_args(labels, out, *extra):
     return ["learn", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--batch-size", "2",
             "--classes-per-step", "2", "--max-steps", "2", "--no-progress", *extra]
@@ -88,25 +109,11 @@ def test_the_checkpoint_is_json_and_safetensors_and_restores_the_learner(labels3
     an uninterrupted run; the checkpoint holds only JSON and safetensors (nothing to unpickle)."""
     from safetensors.torch import load_file
 
-    import augment.tokens as tokens
-
     ref = tmp_path / "ref"
     assert main(learn_args(labels3, ref)) == 0
     out = tmp_path / "run"
-    original_step = tokens.TokenLearner.step
-    calls = []
-
-    def step_then_die(self, active):
-        if len(calls) == 1:
-            raise KeyboardInterrupt             # after the first step's checkpoint, before the second step
-        calls.append(1)
-        return original_step(self, active)
-
-    tokens.TokenLearner.step = step_then_die
-    try:
+    with interrupted_after_one_step():
         assert main(learn_args(labels3, out)) == 130
-    finally:
-        tokens.TokenLearner.step = original_step
     files = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert files == ["learn-w0of1-1.safetensors", "learn-w0of1.json"]
     state = json.loads((out / "checkpoints" / "learn-w0of1.json").read_text())
@@ -144,4 +151,17 @@ def test_corrupt_or_foreign_checkpoints_are_reported(labels3, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "discarded" in captured.err
     assert json.loads((out / "manifest.json").read_text())["learn"]["resume"].startswith("learner checkpoint")
+    assert len(token_bytes(out)) == 3 and not (out / "checkpoints").exists()
+
+
+def test_a_checkpoint_from_another_dtype_is_not_used_and_the_manifest_says_so(labels3, tmp_path, capsys):
+    out = tmp_path / "run"
+    with interrupted_after_one_step():
+        assert main(learn_args(labels3, out, "--dtype", "bf16")) == 130
+    assert (out / "checkpoints" / "learn-w0of1.json").is_file()
+    capsys.readouterr()
+    assert main(learn_args(labels3, out, "--dtype", "fp32")) == 0
+    err = capsys.readouterr().err
+    assert "cpu/bfloat16 not used on cpu/float32" in err
+    assert "not used" in json.loads((out / "manifest.json").read_text())["learn"]["resume"]
     assert len(token_bytes(out)) == 3 and not (out / "checkpoints").exists()
