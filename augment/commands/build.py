@@ -17,7 +17,7 @@ from augment.commands.learn import add_learn_arguments, learn
 LEARN_ONLY = {"init_word": "init_word", "learn_batch_size": "batch_size", "max_classes_per_step":
               "max_classes_per_step", "lr": "lr", "max_steps": "max_steps"}
 SHARED = ("num_inference_steps", "guidance_scale", "seed")
-GENERATE_ONLY = ("images_per_class", "shard_size", "image_format", "batch_size")
+GENERATE_ONLY = ("images_per_class", "shard_size", "image_format", "batch_size", "scheduler")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "log-probability of the class (default: preset, else none)")
     p.add_argument("--refine-step-size", type=float, help="DATE: normalised step on the embeddings (default 0.1)")
     p.add_argument("--refine-every", type=int, help="DATE: refine every k-th sampling step (default 1)")
+    p.add_argument("--scheduler", help="sampler: pipeline (the generator's own), ddim, pndm, dpmsolver++, unipc, "
+                                       "euler (default: preset, else pipeline)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 GENERATE_FLAGS = ("images_per_class", "shard_size", "image_format", "batch_size", "num_inference_steps",
-                  "guidance_scale", "seed")
+                  "guidance_scale", "seed", "scheduler")
 
 
 REFINE_FLAGS = {"refine_step_size": "step_size", "refine_every": "every"}

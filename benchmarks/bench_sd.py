@@ -1,0 +1,147 @@
+"""Generation and learning speed on the full-size SD-1.4 architecture with random weights (issue 18).
+
+Speed does not depend on weight values, so no hub is needed (`augment.testing`). Side by side in one process:
+- plain: `StableDiffusionPipeline.from_pretrained(dir)` with its default scheduler (PNDM), one
+  `pipe(prompt=[...], generator=[...], num_inference_steps=N, guidance_scale=7)` call per batch, each image
+  saved as a JPEG file (what a hand-written script does);
+- augment: `augment.generate.generate_units` (the `augment generate` path: prompt cache, shards written on a
+  background thread) at the same sampler, steps and batch;
+- augment, fast sampler: the same with `--fast-scheduler` at `--fast-steps`.
+Then one token-learner step of the sd14-cub preset's learner (PNDM, grad_steps 2, checkpointing) for one
+class at the same size, and the UNet evaluations a learned class costs. Images/s and ratios; on a GPU the
+absolute figures mean something, on the CPU only the ratios.
+
+    python benchmarks/bench_sd.py --size 128 --steps 10 --images 8        # CPU, about 10 min
+    python benchmarks/bench_sd.py --device cuda --dtype bf16 --size 512 --steps 50 --images 64 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks.common import markdown_table, save_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps of plain and augment (default 10)")
+    p.add_argument("--fast-scheduler", default="dpmsolver++", help="augment's fast sampler (default dpmsolver++)")
+    p.add_argument("--fast-steps", type=int, default=None, help="its steps (default: 2/5 of --steps)")
+    p.add_argument("--images", type=int, default=8, help="images per path (default 8)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, help="also save the results as JSON here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import StableDiffusionPipeline
+
+    from augment.config import GenerateConfig, load_config
+    from augment.generate import generate_units
+    from augment.generator import load_generator, resolve_device, resolve_dtype
+    from augment.labels import read_label_set
+    from augment.sampling import make_scheduler
+    from augment.shards import image_seed, plan_units
+    from augment.testing import save_random_pipeline
+
+    dev = resolve_device(args.device)
+    dt = resolve_dtype(args.dtype, dev)
+    fast_steps = args.fast_steps or max(1, round(args.steps * 2 / 5))
+    labels = read_label_set(ROOT / "manifests" / "cub200.txt")
+    per_class = args.images // 2
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_random_pipeline("sd14", root / "sd14")
+        plain = StableDiffusionPipeline.from_pretrained(str(root / "sd14"), safety_checker=None,
+                                                        requires_safety_checker=False).to(dev, dt)
+        plain.set_progress_bar_config(disable=True)
+        prompts = [f"A photo of {c.name}" for c in labels.classes[:2] for _ in range(per_class)]
+        seeds = [image_seed(0, c.position, i) for c in labels.classes[:2] for i in range(per_class)]
+
+        def run_plain() -> float:
+            t0 = time.time()
+            for lo in range(0, len(prompts), args.batch_size):
+                gens = [torch.Generator().manual_seed(s) for s in seeds[lo:lo + args.batch_size]]
+                with torch.no_grad():
+                    images = plain(prompt=prompts[lo:lo + args.batch_size], generator=gens,
+                                   num_inference_steps=args.steps, guidance_scale=7.0, height=args.size,
+                                   width=args.size).images
+                for k, im in enumerate(images):
+                    im.save(root / f"plain_{lo + k}.jpg", quality=95)
+            return time.time() - t0
+
+        pipe = load_generator(str(root / "sd14"), dev, dt)
+        own = pipe.scheduler                                  # SD-1.4's PNDM config
+        units = [u for u in plan_units(range(2), per_class, per_class)]
+
+        def run_augment(scheduler: str, steps: int, name: str) -> float:
+            cfg = GenerateConfig(images_per_class=per_class, shard_size=per_class, batch_size=args.batch_size,
+                                 num_inference_steps=steps, guidance_scale=7.0, height=args.size, width=args.size,
+                                 prompts=["A photo of {token} {name}"], scheduler=scheduler)
+            pipe.scheduler = make_scheduler(own, scheduler)
+            t0 = time.time()
+            generate_units(pipe, labels, None, cfg, units, root / name, "bench")
+            return time.time() - t0
+
+        with torch.no_grad():  # one warm-up call each (allocations, kernel choice)
+            plain(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
+            pipe(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
+        timings = {"plain (PNDM)": (run_plain(), args.steps),
+                   "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
+                   f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"),
+                                                         fast_steps)}
+        base = args.images / timings["plain (PNDM)"][0]
+        for name, (secs, steps) in timings.items():
+            ips = args.images / secs
+            rows.append([name, steps, f"{secs:.1f}", f"{ips:.3f}", f"{ips / base:.2f}x"])
+            results[name] = {"steps": steps, "seconds": secs, "images_per_s": ips, "ratio": ips / base}
+
+        # one learner step of the sd14-cub preset's learner, one class
+        from augment.guide import load_guide
+        from augment.testing import save_vit_mae_cub
+        from augment.tokens import TokenLearner
+
+        guide = load_guide(f"hf:{save_vit_mae_cub(root / 'vit-mae-cub', labels.names(), hidden=768, layers=12)}", dev)
+        lcfg = load_config("sd14-cub").learn
+        lcfg.height = lcfg.width = args.size
+        lcfg.num_inference_steps = args.steps
+        lcfg.max_classes_per_step = 1
+        pipe.scheduler = own
+        learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), lcfg, root / "learn")
+        states = [learner.new_state(*e) for e in learner.prepare([labels.classes[0]])]
+        t0 = time.time()
+        learner.step(states)
+        step_s = time.time() - t0
+        learner.injector.remove()
+    calls = args.steps + 1                                   # PNDM: N steps, N + 1 UNet calls
+    per_step_evals = 2 * lcfg.batch_size * calls              # forward, both CFG halves
+    print(f"full-size SD-1.4, random weights, {args.size} px, {dev} {str(dt).removeprefix('torch.')}, "
+          f"{args.images} images, batch {args.batch_size}")
+    print(markdown_table(["path", "steps", "seconds", "images/s", "vs plain"], rows))
+    print(f"learner step (sd14-cub learner, 1 class × {lcfg.batch_size} images, {args.steps} PNDM steps, "
+          f"{lcfg.grad_steps} calls with gradient): {step_s:.1f} s; {per_step_evals} UNet forward evaluations "
+          f"+ {lcfg.grad_steps * lcfg.batch_size} with backward per class step (the paper's procedure, 5 images "
+          f"× 50 steps × 2 for CFG: 500 per step)")
+    results["learner_step_seconds"] = step_s
+    save_results(args.out, {"size": args.size, "device": str(dev), "dtype": str(dt), "images": args.images,
+                            "batch_size": args.batch_size, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
