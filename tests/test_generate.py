@@ -328,3 +328,31 @@ def test_downstream_reads_real_augment_output_through_its_manifest(world, refere
     ys = synthetic.split.labels
     assert sorted(np.bincount(ys).tolist()) == [4, 4, 4]
     assert (ys[:4] == 1).all()                       # red (cls 0 in the shards) is position 1 here
+
+
+def test_a_run_and_its_generator_can_move_and_continue(world, reference, tmp_path, capsys):
+    """The config hash names the generator by content, not by path: a finished run copied elsewhere with
+    its generator copied elsewhere too is complete there; another generator of the same architecture is not."""
+    import shutil
+
+    from augment.fingerprint import source_identity
+
+    moved_gen, moved_out = tmp_path / "elsewhere" / "pipe", tmp_path / "moved"
+    shutil.copytree(world["pipe"], moved_gen)
+    shutil.copytree(reference, moved_out)
+    args = cli_args(world, moved_out)
+    args[args.index("--generator") + 1] = str(moved_gen)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already done" in capsys.readouterr().out
+    assert source_identity(str(moved_gen)) == source_identity(str(world["pipe"]))
+    assert source_identity(f"ckpt:{moved_gen}") == f"ckpt:{source_identity(str(moved_gen))}"
+    assert source_identity("timm:resnet50") == "timm:resnet50"
+
+
+def test_the_generator_identity_tells_same_architecture_models_apart(tokenizer_dir, tmp_path):
+    from augment.fingerprint import source_identity
+
+    tiny_pipeline(tokenizer_dir, seed=0).save_pretrained(tmp_path / "a")
+    tiny_pipeline(tokenizer_dir, seed=1).save_pretrained(tmp_path / "b")
+    assert source_identity(str(tmp_path / "a")) != source_identity(str(tmp_path / "b"))

@@ -117,7 +117,10 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
     index, count = worker_slot(args.worker_index, args.num_workers)
     check_out_dir(args.out)
     gen_dict = {k: v for k, v in cfg.to_dict()["generate"].items() if k != "batch_size"}
-    chash = shards.config_hash({"generate": gen_dict, "generator": cfg.generator, "labels": labels.names(),
+    from augment.fingerprint import source_identity
+
+    chash = shards.config_hash({"generate": gen_dict, "generator": source_identity(cfg.generator),
+                                "labels": labels.names(),
                                 "tokens": None if root is None else tokens_digest(root, labels)})
     mine = units[index::count]
     overwrite = getattr(args, "overwrite", False)

@@ -63,6 +63,7 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
 
     from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
     from augment.guide import load_guide
+    from augment.fingerprint import source_identity
     from augment.resume import LearnerCheckpoint, learn_fingerprint
     from augment.tokens import TokenLearner
 
@@ -76,7 +77,7 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
                                         "config": cfg.to_dict(), **info, "worker": [index, count]})
     learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
     checkpoint = LearnerCheckpoint(args.out, (index, count), learn_fingerprint(
-        cfg.learn, labels, cfg.guide, info["text_encoder"]), device, pipe.unet.dtype)
+        cfg.learn, labels, source_identity(cfg.guide), info["text_encoder"]), device, pipe.unet.dtype)
     t0 = time.time()
     with progress_bar(len(pending), args.no_progress) as bar:
         def report(p: dict) -> None:
