@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from augment.errors import UserError
@@ -42,17 +43,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm preemption, `kill`): unwinds like Ctrl-C, so finished work is kept."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         args = build_parser().parse_args(argv)
         code = args._run(args)
     except UserError as e:
         print(f"augment: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("augment: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # learned tokens, learner checkpoints and finished shards are on disk (the shard being written by the
+        # background writer is finished before the exit); what was in flight is redone by a rerun
+        what = "SIGTERM" if isinstance(e, Terminated) else "interrupt"
+        print(f"augment: stopped by {what}; finished work is kept, rerun the same command to continue",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code or 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

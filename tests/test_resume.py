@@ -165,3 +165,25 @@ def test_a_checkpoint_from_another_dtype_is_not_used_and_the_manifest_says_so(la
     assert "cpu/bfloat16 not used on cpu/float32" in err
     assert "not used" in json.loads((out / "manifest.json").read_text())["learn"]["resume"]
     assert len(token_bytes(out)) == 3 and not (out / "checkpoints").exists()
+
+
+def test_sigterm_stops_with_one_line_keeps_finished_work_and_a_rerun_completes(labels3, uninterrupted, tmp_path):
+    """Slurm preemption sends SIGTERM: exit 143 with one line, finished shards and tokens kept, no partial
+    shard visible; the rerun ends with the uninterrupted run's bytes."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and not any(out.glob("shards/*.json")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the build finished before SIGTERM arrived")
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("augment: stopped by SIGTERM; finished work is kept")
+    assert "Traceback" not in err and not list(out.rglob("*.tar.tmp"))
+    assert len(token_bytes(out)) == 3
+    r = subprocess.run(build_cmd(labels3, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert tar_samples(out) == tar_samples(uninterrupted) and token_bytes(out) == token_bytes(uninterrupted)
