@@ -187,3 +187,37 @@ def test_sigterm_stops_with_one_line_keeps_finished_work_and_a_rerun_completes(l
     r = subprocess.run(build_cmd(labels3, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert tar_samples(out) == tar_samples(uninterrupted) and token_bytes(out) == token_bytes(uninterrupted)
+
+
+def test_a_second_process_on_the_same_worker_slot_is_refused(labels3, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and not (out / "manifest.json").is_file() and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None
+        assert main(learn_args(labels3, out)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another process is running worker 0 of 1" in err[0]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_torchrun_two_processes_build_the_one_process_bytes(labels3, tmp_path):
+    """`torchrun --nproc-per-node 2 -m augment.cli build ...`: each process learns its classes, waits for the
+    other's tokens, then generates its shards. With one class per learner step the batches are the same as
+    in one process, so tokens and shards are byte-identical."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = subprocess.run(build_cmd(labels3, one, "--classes-per-step", "1"), cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    cmd = build_cmd(labels3, two, "--classes-per-step", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "augment.cli", *cmd[3:]]
+    r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert token_bytes(two) == token_bytes(one) and len(token_bytes(one)) == 3
+    assert tar_samples(two) == tar_samples(one)

@@ -59,6 +59,33 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: {existing} is not writable")
 
 
+_HELD: dict[str, Any] = {}   # worker locks this process holds (released by the OS when it exits)
+
+
+def lock_worker_slot(out: Path, index: int, count: int) -> None:
+    """Refuse to run when another live process holds the same worker slot of OUT (two copies of one Slurm
+    task, a doubled launch): they would interleave the same classes and shards. An advisory flock on
+    OUT/.locks/worker-{index}of{count}.lock, released by the OS when its process dies, kill -9 included."""
+    import fcntl
+
+    path = out / ".locks" / f"worker-{index}of{count}.lock"
+    if str(path) in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{out}: another process is running worker {index} of {count} here "
+                        f"(lock {path}); give each process its own --worker-index") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()} {platform.node()}\n")
+    f.flush()
+    _HELD[str(path)] = f
+
+
 def versions() -> dict[str, str]:
     import diffusers
     import torch

@@ -12,7 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from augment.commands.common import add_config_arguments, check_out_dir, resolve_config, update_manifest, worker_slot
+from augment.commands.common import (add_config_arguments, check_out_dir, lock_worker_slot, resolve_config,
+                                     update_manifest, worker_slot)
 from augment.errors import UserError
 
 
@@ -181,6 +182,7 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
     from augment.generate import generate_units
 
     args.out.mkdir(parents=True, exist_ok=True)
+    lock_worker_slot(args.out, *info["worker"])
     shards.remove_stale_tmp(args.out, labels.name, pending)
     done: dict[str, dict] = {}
 

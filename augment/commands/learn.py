@@ -11,7 +11,8 @@ import json
 import sys
 import time
 
-from augment.commands.common import add_config_arguments, check_out_dir, resolve_config, update_manifest, worker_slot
+from augment.commands.common import (add_config_arguments, check_out_dir, lock_worker_slot, resolve_config,
+                                     update_manifest, worker_slot)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,7 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     pipe = load_generator(cfg.generator, device, cfg.dtype)            # 3. generator
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     args.out.mkdir(parents=True, exist_ok=True)
+    lock_worker_slot(args.out, index, count)
     update_manifest(args.out, "learn", {"labels": labels.names(), "label_file": str(args.labels),
                                         "config": cfg.to_dict(), **info, "worker": [index, count]})
     learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
