@@ -15,6 +15,7 @@ COMMANDS = {
     "generate": "augment.commands.generate",
     "build": "augment.commands.build",
     "eval": "augment.commands.evaluate",
+    "verify": "augment.commands.verify",
 }
 
 

@@ -7,6 +7,7 @@ A class directory is written under a temporary name and renamed, so it exists on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -37,6 +38,7 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
+    meta = {**meta, "sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()}  # `augment verify`
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

@@ -356,3 +356,29 @@ def test_the_generator_identity_tells_same_architecture_models_apart(tokenizer_d
     tiny_pipeline(tokenizer_dir, seed=0).save_pretrained(tmp_path / "a")
     tiny_pipeline(tokenizer_dir, seed=1).save_pretrained(tmp_path / "b")
     assert source_identity(str(tmp_path / "a")) != source_identity(str(tmp_path / "b"))
+
+
+def test_verify_catches_a_truncated_tar_and_a_tampered_token(world, reference, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.copytree(world["tokens"] / "tokens", run / "tokens")
+    assert main(["verify", str(run)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("ok: checked 3 tokens, 6 shards")
+
+    tar = sorted((run / "shards").glob("*.tar"))[2]
+    tar.write_bytes(tar.read_bytes()[:-700])
+    weights = sorted((run / "tokens").glob("*/learned_embeds.safetensors"))[1]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01                                                 # one bit of the embedding
+    weights.write_bytes(bytes(data))
+    (run / "shards" / sorted(p.name for p in (run / "shards").glob("*.json"))[-1]).unlink()
+    assert main(["verify", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert f"problem: {tar}: sha256 differs" in out
+    assert f"problem: {weights}: sha256 differs" in out
+    assert "a rerun would redo: unit colours-c0002-0001 (missing)" in out
+    assert f"problem: {run / '_info.json'}: does not match the shard markers" in out
+    assert out.strip().splitlines()[-1].startswith("3 problem(s)")
+    assert main(["verify", str(tmp_path / "nowhere")]) == 2

@@ -193,7 +193,7 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
                 if m is not None and m.get("config_hash") == chash:
                     done[m["unit"]] = m
         update_manifest(args.out, "generate", {
-            "labels": labels.names(), "label_file": str(args.labels), "config": cfg.to_dict(),
+            "labels": labels.names(), "label_file": str(args.labels), "set": labels.name, "config": cfg.to_dict(),
             "config_hash": chash, "seeds": shards.SEEDS_RULE, **info,
             "shards": {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}})
 

@@ -1,0 +1,138 @@
+"""Check a run directory against its own records: every shard against its completion marker (sha256, sample
+count, keys, extensions), every learned token (loads, one row, its recorded sha256 and the generator's text
+encoder), `_info.json` against the markers; and list what a rerun would redo. Reads tar members as bytes and
+token files with safetensors: nothing is unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from augment.errors import UserError
+from augment.shards import ShardUnit, plan_units, sample_key
+from augment.tokens_io import WEIGHTS
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)   # "file: what is wrong"
+    redo: list[str] = field(default_factory=list)       # what a rerun would (re)make
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_run(out: str | Path) -> Report:
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"{out}: not a directory")
+    manifest_path = out / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{manifest_path}: invalid JSON ({e})") from None
+    report = Report()
+    _verify_tokens(out, manifest.get("learn", {}), report)
+    _verify_shards(out, manifest.get("generate", {}), report)
+    return report
+
+
+def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
+    from safetensors.torch import load_file
+
+    expected_te = learn.get("text_encoder")
+    n = 0
+    for d in sorted(p for p in (out / "tokens").glob("*") if p.is_dir() and not p.name.endswith(".tmp")):
+        n += 1
+        weights, meta_path = d / WEIGHTS, d / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(weights))
+        except Exception as e:  # noqa: BLE001  (missing file, bad JSON, safetensors' own error type)
+            report.problems.append(f"{d}: token unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            report.redo.append(f"learn {d.name} (delete {d} first)")
+            continue
+        if list(tensors) != [meta.get("token")] or tensors[meta["token"]].dim() != 2 or \
+                tensors[meta["token"]].shape[0] != 1:
+            report.problems.append(f"{weights}: expected one [1, dim] tensor named {meta.get('token')!r}")
+        if "sha256" in meta and hashlib.sha256(weights.read_bytes()).hexdigest() != meta["sha256"]:
+            report.problems.append(f"{weights}: sha256 differs from meta.json's (changed after learning)")
+        if expected_te and meta.get("text_encoder") not in (None, expected_te):
+            report.problems.append(f"{d}: learned with another text encoder ({meta.get('text_encoder')}, "
+                                   f"manifest: {expected_te})")
+    report.checked["tokens"] = n
+
+
+def _verify_shards(out: Path, generate: dict, report: Report) -> None:
+    labels, cfg = generate.get("labels"), (generate.get("config") or {}).get("generate")
+    markers = sorted((out / "shards").glob("*.json"))
+    report.checked["shards"] = len(markers)
+    counted = {}
+    for m in markers:
+        try:
+            marker = json.loads(m.read_text())
+        except json.JSONDecodeError:
+            report.problems.append(f"{m}: marker is not JSON")
+            continue
+        tar = m.with_suffix(".tar")
+        problem = _check_tar(tar, marker)
+        if problem:
+            report.problems.append(f"{tar}: {problem}")
+            report.redo.append(f"unit {marker.get('unit', m.stem)} (delete {m} first)")
+        else:
+            counted[tar.name] = marker["count"]
+    for tar in sorted((out / "shards").glob("*.tar")):
+        if not tar.with_suffix(".json").is_file():
+            report.redo.append(f"unit {tar.stem} (its tar has no marker: a rerun writes it again)")
+    if labels is not None and cfg is not None:
+        from augment.labels import slugify
+
+        setname = generate.get("set") or slugify(Path(generate.get("label_file", "labels")).stem) or "labels"
+        for u in plan_units(range(len(labels)), cfg["images_per_class"], cfg["shard_size"]):
+            if not (out / "shards" / f"{u.name(setname)}.json").is_file():
+                report.redo.append(f"unit {u.name(setname)} (missing)")
+    info_path = out / "_info.json"
+    if info_path.is_file():
+        try:
+            split = json.loads(info_path.read_text())["splits"]["train"]
+        except (json.JSONDecodeError, KeyError) as e:
+            report.problems.append(f"{info_path}: unreadable ({type(e).__name__})")
+            return
+        listed = dict(zip((Path(f).name for f in split["filenames"]), split["shard_lengths"]))
+        if listed != {k: v for k, v in counted.items() if k in listed} or len(listed) != len(counted) \
+                or split["num_samples"] != sum(listed.values()):
+            report.problems.append(f"{info_path}: does not match the shard markers")
+
+
+def _check_tar(tar: Path, marker: dict) -> str | None:
+    """What is wrong with one finished shard, or None."""
+    if not tar.is_file():
+        return "missing (its marker exists)"
+    data = tar.read_bytes()
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        return "sha256 differs from its marker (truncated or changed)"
+    try:
+        with tarfile.open(tar) as tf:
+            names = [t.name for t in tf.getmembers()]
+    except (tarfile.TarError, EOFError) as e:
+        return f"not a readable tar ({e})"
+    samples: dict[str, set[str]] = {}
+    for name in names:
+        key, _, ext = name.partition(".")
+        samples.setdefault(key, set()).add(ext)
+    if len(samples) != marker.get("count"):
+        return f"{len(samples)} samples, marker says {marker.get('count')}"
+    unit = ShardUnit(marker["position"], marker["shard"], marker["first_index"],
+                     marker["first_index"] + marker["count"])
+    expected = [sample_key(unit.position, i) for i in range(unit.start, unit.stop)]
+    if sorted(samples) != expected:
+        return "sample keys are not the unit's"
+    for key, exts in samples.items():
+        if not ({"cls", "json"} <= exts and exts & {"jpg", "png"}):
+            return f"sample {key} lacks an image, cls or json ({', '.join(sorted(exts))})"
+    return None
