@@ -13,7 +13,6 @@ from augment.generator import load_generator
 from augment.guide import load_guide, parse_hf_spec
 from augment.labels import match_to_guide, read_label_set
 from augment.tokens import TokenLearner
-from tests.full_size import CUB_LABELS
 
 SMALL = """
 learn: {height: 64, width: 64, num_inference_steps: 3, max_steps: 1, batch_size: 2}
