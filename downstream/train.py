@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import UserError
+from augment.mixing import index_batches, mixed_batches
 from downstream.images import Split, concat
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -156,25 +157,6 @@ def num_steps(config: TrainConfig, num_images: int) -> int:
     return config.steps
 
 
-def _index_batches(n: int, batch: int, steps: int, g: torch.Generator) -> list[torch.Tensor]:
-    """`steps` batches of exactly `batch` indices, walking through successive permutations of range(n)."""
-    need = steps * batch
-    perms = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(need / n))])
-    return list(perms[:need].view(steps, batch))
-
-
-def _mixed_batches(n_real: int, n: int, batch: int, steps: int, real_fraction: float,
-                   g: torch.Generator) -> list[torch.Tensor]:
-    """`steps` batches of `batch` indices into range(n), round(real_fraction · batch) of them from the real images
-    range(n_real) and the rest from the synthetic range(n_real, n), each walking its own permutations."""
-    k = min(batch, max(0, round(real_fraction * batch)))
-    real = _index_batches(n_real, k, steps, g) if k else []
-    synthetic = _index_batches(n - n_real, batch - k, steps, g) if k < batch else []
-    return [torch.cat([real[i] if k else torch.zeros(0, dtype=torch.long),
-                       synthetic[i] + n_real if k < batch else torch.zeros(0, dtype=torch.long)])
-            for i in range(steps)]
-
-
 def _augment_small(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to size/8 pixels (zero fill), per image."""
     n, _, h, w = x.shape
@@ -252,9 +234,9 @@ def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *
         model = create_model(config, num_classes).to(device).train()
         opt, sched = _optimiser(model, config, steps)
         if config.real_fraction is not None and 0 < n_real < n:
-            batches = _mixed_batches(n_real, n, config.batch_size, steps, config.real_fraction, g)
+            batches = mixed_batches(n_real, n, config.batch_size, steps, config.real_fraction, g)
         else:
-            batches = _index_batches(n, config.batch_size, steps, g)
+            batches = index_batches(n, config.batch_size, steps, g)
         if in_memory(config):
             data = [prepare(p, config) for p in parts]
             x, y = torch.cat([d.x for d in data]), torch.cat([d.y for d in data])

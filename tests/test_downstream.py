@@ -291,7 +291,7 @@ def test_saved_classifier_loads_with_same_logits(tmp_path):
 
 
 def test_real_fraction_fixes_the_real_share_of_every_batch():
-    from downstream.train import _mixed_batches
+    from augment.mixing import mixed_batches as _mixed_batches
 
     g = torch.Generator().manual_seed(0)
     batches = _mixed_batches(n_real=6, n=106, batch=8, steps=30, real_fraction=0.25, g=g)
@@ -302,3 +302,20 @@ def test_real_fraction_fixes_the_real_share_of_every_batch():
     assert int(torch.cat(batches).max()) < 106
     everything = _mixed_batches(6, 106, 8, 3, 1.0, torch.Generator().manual_seed(0))
     assert all(bool((b < 6).all()) for b in everything)
+
+
+def test_mixed_batch_sampler_feeds_a_dataloader_over_real_and_synthetic():
+    """The helper for users' own loops: ConcatDataset([real, synthetic]) + MixedBatchSampler."""
+    from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+
+    from augment.mixing import MixedBatchSampler
+
+    real = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long))          # label 0 = real
+    synthetic = TensorDataset(torch.ones(100, 1), torch.ones(100, dtype=torch.long))   # label 1 = synthetic
+    sampler = MixedBatchSampler(len(real), len(synthetic), batch_size=8, real_fraction=0.5, steps=12, seed=3)
+    loader = DataLoader(ConcatDataset([real, synthetic]), batch_sampler=sampler, num_workers=2)
+    batches = [y for _, y in loader]
+    assert len(batches) == 12 and all(int((y == 0).sum()) == 4 and len(y) == 8 for y in batches)
+    assert list(sampler) == list(sampler)                                             # deterministic per seed
+    with pytest.raises(ValueError):
+        MixedBatchSampler(0, 10, 8, 0.5, 1)
