@@ -8,6 +8,7 @@ background thread while the next batch samples; both give the same bytes as the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -152,15 +153,15 @@ def generate_units(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: G
             if on_unit is not None:
                 on_unit(unit, markers[-1])
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-writer") if overlap else _Serial() as pool:
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-writer") if overlap else None
+    with writer or contextlib.nullcontext() as pool:
         position = None
         for unit in units:
             if unit.position != position:
                 cache.reset()
                 position = unit.position
-            batches = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images, cache,
-                                   pool if overlap else None)
-            if overlap:  # the same single thread: it writes after encoding this unit's batches, in order
+            batches = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images, cache, pool)
+            if pool is not None:  # the same single thread: it writes after encoding this unit's batches, in order
                 pending.append((unit, pool.submit(lambda u=unit, b=batches: write_unit(
                     out, labels.name, u, [s for f in b for s in f.result()], chash))))
             else:
@@ -168,14 +169,6 @@ def generate_units(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: G
             finish(block=False)
         finish(block=True)
     return markers
-
-
-class _Serial:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _done(value) -> Future:

@@ -47,7 +47,7 @@ def free_bytes(device: torch.device) -> int:
         return 8 * GIB
 
 
-def auto_classes_per_step(pipe, guide, cfg, free: int | None = None) -> int:
+def auto_classes_per_step(pipe, cfg, free: int | None = None) -> int:
     """The most classes whose step fits in HEADROOM of the free memory (at least 1, at most MAX_AUTO)."""
     device = pipe.unet.device
     free = free_bytes(device) if free is None else free

@@ -36,12 +36,16 @@ def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def checkpoint_path(out_dir: str | Path, worker: tuple[int, int]) -> Path:
+    """The JSON of worker (index, count)'s learner checkpoint (it names its tensor file)."""
+    return Path(out_dir) / "checkpoints" / f"learn-w{worker[0]}of{worker[1]}.json"
+
+
 class LearnerCheckpoint:
     def __init__(self, out_dir: str | Path, worker: tuple[int, int], fingerprint: str, device: torch.device,
                  dtype: torch.dtype):
-        self.dir = Path(out_dir) / "checkpoints"
-        self.stem = f"learn-w{worker[0]}of{worker[1]}"
-        self.path = self.dir / f"{self.stem}.json"
+        self.path = checkpoint_path(out_dir, worker)
+        self.dir, self.stem = self.path.parent, self.path.stem
         self.worker, self.fingerprint = worker, fingerprint
         self.env = {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
         self.note: str | None = None       # why an existing checkpoint was not used, for the manifest
@@ -109,7 +113,7 @@ class LearnerCheckpoint:
         save_file(tensors, str(self.dir / name))
         state = {"format": FORMAT, "serial": self._serial, "fingerprint": self.fingerprint, "env": self.env,
                  "worker": list(self.worker), "tensors": name, "classes_per_step": classes_per_step,
-                 "loss_scale": scaler.scale, "loss_scale_good": scaler._good,
+                 "loss_scale": scaler.scale, "loss_scale_good": scaler.good,
                  "active": entries, "queue": [entry[0].position for entry in queue]}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state) + "\n")

@@ -96,7 +96,7 @@ class LossScaler:
         self.enabled = enabled
         self.scale = init_scale if enabled else 1.0
         self.growth_interval = growth_interval
-        self._good = 0
+        self.good = 0                            # finite steps in a row since the last change of scale
 
     def unscale(self, params: list[torch.Tensor]) -> bool:
         if not self.enabled:
@@ -108,13 +108,13 @@ class LossScaler:
                 finite &= bool(torch.isfinite(p.grad).all())
         if not finite:
             self.scale /= 2
-            self._good = 0
+            self.good = 0
             if self.scale < 1.0:
                 raise FloatingPointError("fp16 token gradient is not finite even without loss scaling")
         else:
-            self._good += 1
-            if self._good >= self.growth_interval:
-                self.scale, self._good = self.scale * 2, 0
+            self.good += 1
+            if self.good >= self.growth_interval:
+                self.scale, self.good = self.scale * 2, 0
         return finite
 
 
@@ -141,7 +141,7 @@ class TokenLearner:
         if self.classes_per_step == "auto":
             from augment.memory import auto_classes_per_step
 
-            self.classes_per_step = auto_classes_per_step(pipe, guide, cfg)
+            self.classes_per_step = auto_classes_per_step(pipe, cfg)
 
     # ---------------------------------------------------------------- one optimisation step
     def step(self, active: list[ClassState]) -> None:
@@ -296,7 +296,7 @@ class TokenLearner:
                       for entry, saved in zip(entries, state["active"])]
             queue = entries[len(active):]
             self.classes_per_step = state["classes_per_step"]
-            self.scaler.scale, self.scaler._good = state["loss_scale"], state["loss_scale_good"]
+            self.scaler.scale, self.scaler.good = state["loss_scale"], state["loss_scale_good"]
         results: dict[int, dict] = {}
         every = self.cfg.checkpoint_every
         steps = 0

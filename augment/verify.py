@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from augment.errors import UserError
-from augment.shards import ShardUnit, plan_units, sample_key
+from augment.shards import ShardUnit, marker_path, plan_units, sample_key
 from augment.tokens_io import WEIGHTS
 
 
@@ -94,7 +94,7 @@ def _verify_shards(out: Path, generate: dict, report: Report) -> None:
 
         setname = generate.get("set") or slugify(Path(generate.get("label_file", "labels")).stem) or "labels"
         for u in plan_units(range(len(labels)), cfg["images_per_class"], cfg["shard_size"]):
-            if not (out / "shards" / f"{u.name(setname)}.json").is_file():
+            if not marker_path(out, setname, u).is_file():
                 report.redo.append(f"unit {u.name(setname)} (missing)")
     info_path = out / "_info.json"
     if info_path.is_file():

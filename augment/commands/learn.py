@@ -57,8 +57,9 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     check_out_dir(args.out)
     mine = list(labels.classes)[index::count]
     pending = [c for c in mine if not is_learned(args.out, c)]
-    stem = args.out / "checkpoints" / f"learn-w{index}of{count}.json"
-    if not pending and not stem.is_file():
+    from augment.resume import checkpoint_path
+
+    if not pending and not checkpoint_path(args.out, (index, count)).is_file():
         print(f"all {len(mine)} classes of this worker already learned in {args.out}")
         return {"learned": 0, "seconds": 0.0}
 
