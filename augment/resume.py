@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from augment.atomic import write_json
 from augment.errors import UserError
 
 FORMAT = "augment-learner-checkpoint/1"
@@ -115,9 +115,7 @@ class LearnerCheckpoint:
                  "worker": list(self.worker), "tensors": name, "classes_per_step": classes_per_step,
                  "loss_scale": scaler.scale, "loss_scale_good": scaler.good,
                  "active": entries, "queue": [entry[0].position for entry in queue]}
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state) + "\n")
-        tmp.replace(self.path)
+        write_json(self.path, state, indent=None)
         for old in self.dir.glob(f"{self.stem}-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -131,3 +129,26 @@ class LearnerCheckpoint:
             self.dir.rmdir()
         except OSError:
             pass
+
+
+def clear_finished(out_dir: str | Path, learned) -> list[str]:
+    """Remove every worker's checkpoint whose classes are all learned by now (claim mode: a dead worker's
+    classes were taken over and finished by others). `learned(position) -> bool`. Returns the files' names."""
+    d = Path(out_dir) / "checkpoints"
+    removed = []
+    for path in sorted(d.glob("learn-w*of*.json")) if d.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+            named = [e["position"] for e in state["active"]] + state["queue"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                                    # unreadable: `learn` reports it to its own worker
+        if all(learned(p) for p in named):
+            path.unlink(missing_ok=True)
+            for t in d.glob(f"{path.stem}-*.safetensors"):
+                t.unlink(missing_ok=True)
+            removed.append(path.name)
+    try:
+        d.rmdir()
+    except OSError:
+        pass
+    return removed

@@ -158,7 +158,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
-    from downstream.fewshot import GridConfig, check_grid, run_grid, write_json_atomic
+    from augment.atomic import write_json
+    from downstream.fewshot import GridConfig, check_grid, run_grid
 
     grid = GridConfig(shots=_parse_shots(args.shots), trials=args.trials, seed=args.seed,
                       overwrite=args.overwrite, progress=not args.no_progress,
@@ -180,10 +181,10 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
                        "manifest_sha256": s.manifest_sha256} for s in synthetic],
         "grid": dataclasses.asdict(grid), "train": dataclasses.asdict(config), "versions": _versions(),
     }
-    write_json_atomic(args.out / "manifest.json", manifest)
+    write_json(args.out / "manifest.json", manifest, indent=2)
     run_grid(dataset, synthetic, config, grid, args.out)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(args.out / "manifest.json", manifest)
+    write_json(args.out / "manifest.json", manifest, indent=2)
     print((args.out / "results.md").read_text())
 
 

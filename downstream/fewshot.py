@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from augment.atomic import write_json, write_text
 from augment.errors import UserError
 from downstream.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from downstream.synthetic import SyntheticSet
@@ -67,12 +68,6 @@ def cell_hash(dataset: LabelledDataset, synthetic: SyntheticSet | None, train: T
                 "images": len(synthetic.split)}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to path.tmp, then rename over path: readers never see half a file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")     # per process: grid workers share OUT
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def check_grid(dataset: LabelledDataset, grid: GridConfig, synthetic: list[SyntheticSet], train: TrainConfig,
@@ -153,7 +148,7 @@ def run_grid(dataset: LabelledDataset, synthetic: list[SyntheticSet], train: Tra
                           trained=True)
         record.update(seconds=round(time.time() - t0, 2), test_images=len(dataset.test),
                       config_hash=hashes[cell.set_name])
-        write_json_atomic(cells_dir / f"{cell.id}.json", record)
+        write_json(cells_dir / f"{cell.id}.json", record, indent=2)
         bar.update(1)
         bar.set_postfix_str(f"{cell.id} top1 {record['top1']:.1f}")
         records = _collect(cells_dir, cells, hashes)             # other workers' cells too
@@ -196,7 +191,8 @@ def summarise(records: list[dict], sets: list[str], shots: list[int]) -> dict[st
 def write_results(out: Path, records: list[dict], sets: list[str], shots: list[int], plot: bool = True) -> None:
     """results.json (every cell + summary), results.md (the paper-style table) and results.png."""
     summary = summarise(records, sets, shots)
-    write_json_atomic(out / "results.json", {"cells": records, "summary": summary, "sets": sets, "shots": shots})
+    write_json(out / "results.json", {"cells": records, "summary": summary, "sets": sets, "shots": shots},
+               indent=2)
     lines = ["# Few-shot top-1 accuracy (%), mean ± std over trials", "",
              "| set | " + " | ".join(f"{k} shots" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
@@ -214,9 +210,7 @@ def write_results(out: Path, records: list[dict], sets: list[str], shots: list[i
     trials = max((r["trial"] for r in records), default=-1) + 1
     lines += ["", f"{len(records)} cells, up to {trials} trial(s) each. '—': nothing to train on (0 real shots "
               "and no synthetic images), recorded as 0 in results.json. '…': not run yet.", ""]
-    tmp = out / f"results.md.{os.getpid()}.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out / "results.md")
+    write_text(out / "results.md", "\n".join(lines))
     if plot:
         _plot(out / "results.png", summary, sets, shots)
 

@@ -11,13 +11,13 @@ output. --out writes everything as JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from augment.atomic import write_json
 from augment.errors import UserError
 
 
@@ -165,16 +165,6 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"precision {p['precision']:.2f} %, recall {p['recall']:.2f} % (k = {p['k']}, mean over "
                          f"{p['classes']} classes with more than {p['k']} images on both sides)")
     return "\n".join(lines)
-
-
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write atomically: a temporary file next to `path`, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
