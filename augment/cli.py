@@ -1,8 +1,10 @@
-"""`augment` command line: a thin layer over the library. Exit 0 ok, 2 bad input (one line on stderr), 1 bug."""
+"""`augment` command line: a thin layer over the library. Exit 0 ok, 2 bad input (one line on stderr), 1 a full
+disk (one line) or a bug (a traceback), 130/143 interrupted (one line)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -17,6 +19,9 @@ COMMANDS = {
     "eval": "augment.commands.evaluate",
     "verify": "augment.commands.verify",
 }
+
+
+OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}   # a full disk or quota: one line, exit 1, rerun continues
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"augment: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in OUT_OF_SPACE:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"augment: error: {e.strerror or e}{where}; finished work is kept and nothing half-written is "
+              "left: free space, then rerun the same command", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         # learned tokens, learner checkpoints and finished shards are on disk (the shard being written by the
         # background writer is finished before the exit); what was in flight is redone by a rerun

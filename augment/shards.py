@@ -4,9 +4,9 @@ OUT/shards/<set>-c{position:04d}-{shard:04d}.tar   one finished unit (webdataset
 OUT/shards/<set>-c{position:04d}-{shard:04d}.json  completion marker: count, sha256, seeds rule, config hash
 OUT/_info.json                                     timm-style split info, once every unit exists
 
-A unit is written as `.tar.tmp`, flushed, fsynced and renamed; only then is its marker written (also via a
-temporary name). So a unit is done iff its marker exists, and a killed run leaves at most `.tmp` files, which
-the next run removes. Samples: key `c0017_000042`, extensions `jpg`|`png`, `cls` (ASCII position), `json`.
+A unit is written as `.tar.<pid>.tmp`, flushed, fsynced and renamed; only then is its marker written (also via a
+temporary name). So a unit is done iff its marker exists; a failed write (a full disk) removes its `.tmp` files and a
+killed run leaves at most `.tmp` files, which the next run removes. Samples: key `c0017_000042`, extensions `jpg`|`png`, `cls` (ASCII position), `json`.
 
 Reading the shards for training::
 
@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from augment.atomic import write_bytes, write_json, write_text
 from augment.errors import UserError
 
 SEEDS_RULE = ("torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
@@ -123,8 +124,7 @@ def remove_stale_tmp(out: str | Path, setname: str, units: Iterable[ShardUnit]) 
     n = 0
     for u in units:
         for p in (tar_path(out, setname, u), marker_path(out, setname, u)):
-            tmp = p.with_name(p.name + ".tmp")
-            if tmp.exists():
+            for tmp in p.parent.glob(f"{p.name}.*tmp"):   # name.tmp (older runs) and name.<pid>.tmp
                 tmp.unlink(missing_ok=True)
                 n += 1
     return n
@@ -161,33 +161,28 @@ def encode_image(array: np.ndarray, image_format: str, jpeg_quality: int = 95) -
 
 def write_unit(out: str | Path, setname: str, unit: ShardUnit, samples: list[dict[str, Any]],
                chash: str) -> dict[str, Any]:
-    """Write one unit atomically: `.tar.tmp` → fsync → rename → marker. Samples are webdataset dicts with
+    """Write one unit atomically: `.tar.<pid>.tmp` → fsync → rename → marker. Samples are webdataset dicts with
     bytes values (`__key__`, `jpg`|`png`, `cls`, `json`). Returns the marker."""
     from webdataset import TarWriter
 
     final = tar_path(out, setname, unit)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as f:
-        writer = TarWriter(f, encoder=False, mtime=0.0)
-        for s in samples:
-            writer.write(s)
-        writer.close()
-        f.flush()
-        os.fsync(f.fileno())
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    buf = io.BytesIO()                  # one class's shard: megabytes; written to disk in one piece below
+    writer = TarWriter(buf, encoder=False, mtime=0.0)
+    for s in samples:
+        writer.write(s)
+    writer.close()
+    data = buf.getvalue()
     mpath = marker_path(out, setname, unit)
-    mpath.unlink(missing_ok=True)  # (--overwrite) never an old marker next to a new tar
-    tmp.replace(final)
+    mpath.unlink(missing_ok=True)       # (--overwrite) never an old marker next to a new tar
+    write_bytes(final, data, fsync=True)  # <name>.<pid>.tmp → fsync → rename; removed on failure (a full disk)
     marker = {"unit": unit.name(setname), "position": unit.position, "shard": unit.shard,
-              "first_index": unit.start, "count": len(samples), "sha256": digest, "seeds": SEEDS_RULE,
-              "config_hash": chash}
-    mtmp = mpath.with_name(mpath.name + ".tmp")
-    with open(mtmp, "w") as f:
-        f.write(json.dumps(marker, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    mtmp.replace(mpath)
+              "first_index": unit.start, "count": len(samples), "sha256": hashlib.sha256(data).hexdigest(),
+              "seeds": SEEDS_RULE, "config_hash": chash}
+    probs = [json.loads(s["json"]).get("guide_prob") for s in samples if "json" in s]
+    if probs and all(p is not None for p in probs):   # scored (--score, DATE): for the dataset card
+        marker["guide_prob_mean"] = round(sum(probs) / len(probs), 6)
+    write_text(mpath, json.dumps(marker, indent=1) + "\n", fsync=True)
     _fsync_dir(final.parent)
     return marker
 
@@ -202,10 +197,7 @@ def write_info(out: str | Path, setname: str, units: list[ShardUnit], split: str
         "filenames": [f"shards/{u.name(setname)}.tar" for u in units],
         "shard_lengths": [m["count"] for m in markers]}}}
     path = Path(out) / "_info.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, info)
 
 
 def tar_files(directory: str | Path) -> list[str]:
@@ -226,10 +218,19 @@ def webdataset_pipeline(directory: str | Path, shuffle: int = 1000, seed: int = 
     urls = tar_files(directory)
     if not urls:
         raise UserError(f"{directory}: no .tar shards")
-    ds = wds.WebDataset(urls, shardshuffle=(len(urls) if shuffle else False), seed=seed, empty_check=False)
+    ds = wds.WebDataset(urls, shardshuffle=(len(urls) if shuffle else False), seed=seed, empty_check=False,
+                        workersplitter=wds.split_by_worker, nodesplitter=wds.split_by_node)
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
-    return ds.decode(decode).to_tuple("jpg;png", "cls", "json")
+    # raw bytes first, then our own decoders: webdataset's default handlers would unpickle a `.pickle` member
+    image = _decode_pil if decode == "pil" else (lambda b: b)
+    return ds.to_tuple("jpg;png", "cls", "json").map_tuple(image, lambda b: int(b), lambda b: json.loads(b))
+
+
+def _decode_pil(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def load_samples(directory: str | Path) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,14 +35,19 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
     from safetensors.torch import save_file
 
     final = token_dir(out_dir, cls)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")  # per process: a claim taken over may overlap
+    for old in final.parent.glob(f"{final.name}.*tmp") if final.parent.is_dir() else ():
+        shutil.rmtree(old, ignore_errors=True)                  # what a killed run left
     tmp.mkdir(parents=True)
-    save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
-    meta = {**meta, "sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()}  # `augment verify`
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
+        meta = {**meta, "sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()}  # `augment verify`
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    except BaseException:             # a full disk, a kill: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return meta
 
 

@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from augment.generate import generate_units, unit_samples
 from augment.labels import read_label_set
 from augment.shards import load_samples, plan_units, webdataset_pipeline
 from tests.test_tokens import learn_config
+from tests.helpers import tar_samples
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,21 +52,6 @@ def cli_args(world, out: Path, *extra: str) -> list[str]:
             "--tokens", str(world["tokens"]), *SMALL, *extra]
 
 
-def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
-    """{key: {ext: bytes}} over every shard; fails on a duplicate key."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for path in sorted((out / "shards").glob("*.tar")):
-        seen = set()
-        with tarfile.open(path) as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                if key not in seen:
-                    assert key not in samples, f"duplicate key {key}"
-                    seen.add(key)
-                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return samples
-
-
 @pytest.fixture(scope="module")
 def reference(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
@@ -87,7 +72,8 @@ def test_layout_manifest_and_info(reference):
     assert info["num_samples"] == 12 and info["shard_lengths"] == [2] * 6 and len(info["filenames"]) == 6
     assert not list(reference.rglob("*.tmp"))
     card = (reference / "README.md").read_text()
-    assert "path: shards/*.tar" in card and "![](grid/c0002.png)" in card
+    assert "path: shards/*.tar" in card and "| blue | 4 | ![](grid/c0002.png) |" in card
+    assert str(reference.parent) not in card and "/" not in card.split("generated with `")[1].split("`")[0]
     from PIL import Image
 
     assert Image.open(reference / "grid" / "c0000.png").size == (16 * 4, 16)
@@ -276,6 +262,10 @@ def test_build_learns_then_generates_into_one_out_and_score_records_guide_prob(w
     assert len(samples) == 6
     for s in samples:
         assert s["meta"]["token"] in s["meta"]["prompt"] and 0 <= s["meta"]["guide_prob"] <= 1
+    card = (out / "README.md").read_text()             # the card: per class its count and mean probability
+    for position, name in enumerate(COLOURS):
+        probs = [s["meta"]["guide_prob"] for s in samples if s["meta"]["position"] == position]
+        assert f"| {name} | 2 | {sum(probs) / 2:.3f} |" in card
     assert main(args) == 0  # rerun: nothing left to do
     assert len(load_samples(out)) == 6
 

@@ -2,40 +2,22 @@
 
 import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from augment.cli import main
-from tests.test_generate import tar_samples
-
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
+from tests.helpers import ENV, REPO, build_cmd, tar_samples, token_bytes
 
 @pytest.fixture(scope="module")
 def labels3(tmp_path_factory):
     path = tmp_path_factory.mktemp("labels") / "fm3.txt"
     path.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
     return path
-
-
-def build_cmd(labels, out, *extra):
-    """A small toy build: 3 classes, 2 per learner step (so the queue matters), 5 steps at most."""
-    return [sys.executable, "-c", "import sys; from augment.cli import main; sys.exit(main(sys.argv[1:]))",
-            "build", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--learn-batch-size", "2",
-            "--classes-per-step", "2", "--max-steps", "5", "--images-per-class", "4", "--shard-size", "2",
-            "--batch-size", "2", "--no-progress", *extra]
-
-
-def token_bytes(out: Path) -> dict[str, bytes]:
-    return {p.parent.name: p.read_bytes() for p in sorted((out / "tokens").glob("*/learned_embeds.safetensors"))}
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +203,74 @@ def test_torchrun_two_processes_build_the_one_process_bytes(labels3, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert token_bytes(two) == token_bytes(one) and len(token_bytes(one)) == 3
     assert tar_samples(two) == tar_samples(one)
+
+
+def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a_rerun_completes(
+        labels3, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import augment.atomic
+
+    args = ["generate", "--preset", "toy", "--labels", str(labels3), "--no-tokens", "--images-per-class", "4",
+            "--shard-size", "2", "--batch-size", "2", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    tars: list[str] = []
+
+    class FillsUp:                                  # the disk fills up halfway through the second shard
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def open_(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        if ".tar." in str(path):
+            tars.append(path)
+            if len(tars) == 2:
+                return FillsUp(f)
+        return f
+
+    monkeypatch.setattr(augment.atomic, "open", open_, raising=False)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and "rerun" in err
+    assert len(tars) >= 2 and not list(out.rglob("*.tmp"))      # (the writer may have begun the next one)
+    failed = tars[1].name.split(".tar.")[0]
+    tars_now, markers = sorted(out.glob("shards/*.tar")), sorted(out.glob("shards/*.json"))
+    assert [p.stem for p in tars_now] == [p.stem for p in markers]                # every tar has its marker
+    assert failed not in [p.stem for p in tars_now] and 1 <= len(tars_now) < 6    # the finished ones only
+    monkeypatch.undo()
+    assert main([*args, "--out", str(out)]) == 0
+    assert tar_samples(out) == tar_samples(tmp_path / "ref") and len(tar_samples(out)) == 12
+
+
+def test_a_full_disk_while_saving_a_token_leaves_no_token_directory(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    import torch
+
+    from augment.labels import LabelClass
+    from augment.tokens_io import is_learned, save_token
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cls = LabelClass(position=0, name="coat", index=0, slug="000-coat")
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError):
+        save_token(tmp_path, cls, "<coat>", torch.ones(4), {})
+    assert not list((tmp_path / "tokens").iterdir()) and not is_learned(tmp_path, cls)
