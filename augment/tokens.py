@@ -71,6 +71,7 @@ class EmbeddingInjector:
         self.layer = text_encoder.get_input_embeddings()
         self.vectors: dict[int, torch.Tensor] = {}
         self._handle = self.layer.register_forward_hook(self._hook)
+        self.removed = False
 
     def _hook(self, module, inputs, output):
         if not self.vectors:
@@ -84,6 +85,7 @@ class EmbeddingInjector:
 
     def remove(self) -> None:
         self._handle.remove()
+        self.removed = True
 
 
 class LossScaler:
@@ -270,15 +272,17 @@ class TokenLearner:
 
     # ---------------------------------------------------------------- the whole procedure
     def run(self, classes: list[LabelClass] | None = None, progress: Callable[[dict], None] | None = None,
-            checkpoint=None, overwrite: bool = False) -> dict[int, dict]:
+            checkpoint=None, overwrite: bool = False, feed=None) -> dict[int, dict]:
         """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now.
 
         With an `augment.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
-        usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted."""
+        usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted.
+        With a `feed` (claim mode: an `augment.claims.ClaimQueue` over `classes`) the classes learned are the
+        ones the feed hands out, taken whenever a place in the batch is free; each is released once saved."""
         classes = list(self.labels.classes if classes is None else classes)
         pending = [c for c in classes if not is_learned(self.out_dir, c)]
         restored = checkpoint.load(overwrite) if checkpoint is not None else None
-        if restored is not None and not self._compatible(restored[0], classes, pending):
+        if restored is not None and not self._compatible(restored[0], classes, pending, feed):
             checkpoint.note, restored = "learner checkpoint does not match this worker's classes: not used", None
         if not pending and restored is None:
             if checkpoint is not None:
@@ -286,7 +290,7 @@ class TokenLearner:
             return {}
         active: list[ClassState] = []
         if restored is None:
-            queue = self.prepare(pending)
+            queue = self.prepare(pending if feed is None else feed.take(self.classes_per_step, block=True))
         else:
             state, tensors = restored
             by_pos = {c.position: c for c in classes}
@@ -304,6 +308,10 @@ class TokenLearner:
             while queue or active:
                 while queue and len(active) < self.classes_per_step:
                     active.append(self.new_state(*queue.pop(0)))
+                if feed is not None and len(active) < self.classes_per_step:
+                    queue = self.prepare(feed.take(self.classes_per_step - len(active)))
+                    while queue:
+                        active.append(self.new_state(*queue.pop(0)))
                 self.step(active)
                 steps += 1
                 for s in [s for s in active if s.stop_reason]:
@@ -314,6 +322,10 @@ class TokenLearner:
                             self.pipe.text_encoder.dtype)
                     results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, s.embedding.detach(),
                                                          self._meta(s))
+                    if feed is not None:
+                        feed.board.release(feed.key(s.cls))
+                if feed is not None and not active and not queue:   # only others' classes left: wait for them
+                    queue = self.prepare(feed.take(self.classes_per_step, block=True))
                 if checkpoint is not None and every and (queue or active) and steps % every == 0:
                     checkpoint.save(active, queue, self.scaler, self.classes_per_step)
                 if progress:
@@ -323,17 +335,24 @@ class TokenLearner:
                               if active else None,
                               "step": max((s.step for s in active), default=0)})
         finally:
-            self.injector.remove()
+            if self.injector is not None:
+                self.injector.remove()
         if checkpoint is not None:
             checkpoint.clear()
         return results
 
     @staticmethod
-    def _compatible(state: dict, classes: list[LabelClass], pending: list[LabelClass]) -> bool:
-        """A checkpoint fits when it names only this worker's classes and covers every pending one."""
+    def _compatible(state: dict, classes: list[LabelClass], pending: list[LabelClass], feed=None) -> bool:
+        """A checkpoint fits when it names only this worker's classes and covers every pending one; in claim
+        mode, when every class it names is still pending and this worker can claim them all again."""
         named = [e["position"] for e in state["active"]] + state["queue"]
         mine = {c.position for c in classes}
-        return set(named) <= mine and {c.position for c in pending} <= set(named)
+        if not set(named) <= mine:
+            return False
+        if feed is None:
+            return {c.position for c in pending} <= set(named)
+        by_pos = {c.position: c for c in pending}
+        return all(p in by_pos for p in named) and feed.reserve([by_pos[p] for p in named])
 
     def restore_state(self, entry: tuple, saved: dict, tensors: dict[str, torch.Tensor]) -> ClassState:
         """A class as the checkpoint left it: token row, AdamW moments and the stopping bookkeeping."""
@@ -355,9 +374,13 @@ class TokenLearner:
         """Add each class's placeholder token (its row initialised from its init word), freeze the three
         models and hook the embedding layer. Returns (class, token, token id, init word, init vector) each."""
         cfg, pipe = self.cfg, self.pipe
+        if not classes:
+            return []
         tokens = [self.labels.token(c) for c in classes]
         words = [cfg.init_words.get(c.name, cfg.init_word) for c in classes]
         token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
+        if self.injector is not None and not self.injector.removed:   # set up already (claim mode adds classes)
+            return list(zip(classes, tokens, token_ids, words, init_vectors))
         for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from augment.atomic import write_json
 from augment.config import RunConfig, load_config
 from augment.errors import UserError
 
@@ -25,6 +26,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--worker-index", type=int, help="this worker's index (default: $RANK or $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--num-workers", type=int, help="number of workers (default: $WORLD_SIZE or $SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--claim", action="store_true",
+                   help="claim mode: workers take classes and shards from OUT one at a time (no static split; "
+                        "a dead worker's unit is taken over once its lease expires)")
+    p.add_argument("--lease", type=float, default=300.0,
+                   help="claim mode: seconds without a heartbeat after which a claim is taken over (default 300)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -103,7 +109,29 @@ def update_manifest(out: Path, section: str, content: dict[str, Any]) -> Path:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     data["versions"] = versions()
-    tmp = path.with_name(f"manifest.json.{os.getpid()}.tmp")  # unique: workers may write at once
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, data)
+
+
+def claim_board(args: argparse.Namespace, stage: str, index: int):
+    """The ClaimBoard of this worker for `stage` (learn, generate) with --claim, else None."""
+    if not getattr(args, "claim", False):
+        return None
+    if not args.lease > 0:
+        raise UserError(f"--lease must be > 0 seconds, got {args.lease}")
+    from augment.claims import ClaimBoard
+
+    return ClaimBoard(args.out, stage, index, args.lease)
+
+
+def waiting_note():
+    """on_wait for a ClaimQueue: one line on stderr the first time this worker waits for others' units."""
+    import sys
+
+    shown = []
+
+    def note(n: int) -> None:
+        if not shown:
+            print(f"waiting for {n} unit(s) other workers hold (taken over if their lease expires)",
+                  file=sys.stderr, flush=True)
+            shown.append(n)
+    return note

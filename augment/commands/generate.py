@@ -8,12 +8,13 @@ OUT/_info.json. Finished units are skipped, so an interrupted run continues wher
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
 
-from augment.commands.common import (add_config_arguments, check_out_dir, lock_worker_slot, resolve_config,
-                                     update_manifest, worker_slot)
+from augment.commands.common import (add_config_arguments, check_out_dir, claim_board, lock_worker_slot,
+                                     resolve_config, update_manifest, waiting_note, worker_slot)
 from augment.errors import UserError
 
 
@@ -49,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 GENERATE_FLAGS = ("images_per_class", "shard_size", "image_format", "batch_size", "num_inference_steps",
                   "guidance_scale", "seed", "scheduler")
 
+
+MANIFEST_EVERY = 10.0   # seconds between manifest refreshes while generating (it lists every finished shard)
 
 REFINE_FLAGS = {"refine_step_size": "step_size", "refine_every": "every"}
 
@@ -123,14 +126,16 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
     chash = shards.config_hash({"generate": gen_dict, "generator": source_identity(cfg.generator),
                                 "labels": labels.names(),
                                 "tokens": None if root is None else tokens_digest(root, labels)})
-    mine = units[index::count]
+    board = claim_board(args, "generate", index)         # claim mode: every unit is anyone's
+    mine = units if board else units[index::count]
     overwrite = getattr(args, "overwrite", False)
     pending = [u for u in mine if not shards.unit_done(args.out, labels.name, u, chash, overwrite)]
     all_done = sum(shards.unit_done(args.out, labels.name, u, chash, True) for u in units)
     if getattr(args, "dry_run", False):
-        print(f"units: total {len(units)}, done {all_done}, pending {len(units) - all_done}; "
+        print(f"units: total {len(units)}, done {all_done}, pending {len(units) - all_done}; " + (
+              "claim mode: workers take pending units as they go" if board else
               f"this worker ({index}/{count}): {len(mine)} units, {len(pending)} pending, "
-              f"{sum(u.count for u in pending)} images")
+              f"{sum(u.count for u in pending)} images"))
         return {"units": 0, "images": 0}
     if not pending:
         shards.write_info(args.out, labels.name, units)
@@ -160,7 +165,7 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
     return _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide, guide_indices,
                       {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
-                       "worker": [index, count]})
+                       "worker": [index, count], "claim": board is not None}, board)
 
 
 def quiet_loading() -> None:
@@ -173,7 +178,7 @@ def quiet_loading() -> None:
 
 
 def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide, guide_indices,
-               info: dict[str, Any]) -> dict[str, Any]:
+               info: dict[str, Any], board=None) -> dict[str, Any]:
     import time
 
     from tqdm import tqdm
@@ -183,10 +188,19 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
 
     args.out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(args.out, *info["worker"])
-    shards.remove_stale_tmp(args.out, labels.name, pending)
+    work = pending
+    if board is None:
+        shards.remove_stale_tmp(args.out, labels.name, pending)
+    else:   # claim mode: other workers write their units' .tmp files right now; clean a unit's when claimed
+        work = _claimed(board, labels.name, pending, args.out, chash, getattr(args, "overwrite", False))
     done: dict[str, dict] = {}
 
+    last = [0.0]
+
     def record(final: bool = False) -> None:
+        if not final and time.time() - last[0] < MANIFEST_EVERY:
+            return   # the markers are the record; the manifest's copy is refreshed at most every few seconds
+        last[0] = time.time()
         if final:  # rescan: other workers' units too
             for u in units:
                 m = shards.read_marker(args.out, labels.name, u)
@@ -200,12 +214,19 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
     record(final=True)
     t0 = time.time()
     n_images = sum(u.count for u in pending)
-    with tqdm(total=n_images, unit="img", desc="generating", disable=args.no_progress, dynamic_ncols=True) as bar:
+    n_units = 0
+    with tqdm(total=n_images, unit="img", desc="generating", disable=args.no_progress, dynamic_ncols=True) as bar, \
+            board or contextlib.nullcontext():
         def on_unit(unit, marker) -> None:
+            nonlocal n_units
+            n_units += 1
             done[marker["unit"]] = marker
+            if board is not None:
+                board.release(marker["unit"])
             record()
-        generate_units(pipe, labels, token_map, cfg.generate, pending, args.out, chash, guide, guide_indices,
-                       on_images=bar.update, on_unit=on_unit)
+        markers = generate_units(pipe, labels, token_map, cfg.generate, work, args.out, chash, guide,
+                                 guide_indices, on_images=bar.update, on_unit=on_unit)
+    n_images = sum(m["count"] for m in markers)
     record(final=True)
     info_path = shards.write_info(args.out, labels.name, units)
     if info_path is not None:
@@ -213,9 +234,21 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
 
         write_card(args.out, labels, info)
     seconds = time.time() - t0
-    print(f"generated {n_images} images in {len(pending)} shard(s) in {seconds:.1f} s "
+    print(f"generated {n_images} images in {n_units} shard(s) in {seconds:.1f} s "
           f"({n_images / max(seconds, 1e-9):.2f} img/s)" + ("" if info_path else "; other units still pending"))
-    return {"units": len(pending), "images": n_images, "seconds": seconds}
+    return {"units": n_units, "images": n_images, "seconds": seconds}
+
+
+def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
+    """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
+    from augment import shards
+    from augment.claims import ClaimQueue
+
+    queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
+                       done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))
+    for unit in queue:
+        shards.remove_stale_tmp(out, setname, [unit])
+        yield unit
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,12 +7,13 @@ learned in OUT are skipped, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 
-from augment.commands.common import (add_config_arguments, check_out_dir, lock_worker_slot, resolve_config,
-                                     update_manifest, worker_slot)
+from augment.commands.common import (add_config_arguments, check_out_dir, claim_board, lock_worker_slot,
+                                     resolve_config, update_manifest, waiting_note, worker_slot)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +56,8 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     check_learn_config(cfg.learn)
     index, count = worker_slot(args.worker_index, args.num_workers)
     check_out_dir(args.out)
-    mine = list(labels.classes)[index::count]
+    board = claim_board(args, "learn", index)           # claim mode: every class is anyone's
+    mine = list(labels.classes) if board else list(labels.classes)[index::count]
     pending = [c for c in mine if not is_learned(args.out, c)]
     from augment.resume import checkpoint_path
 
@@ -77,17 +79,29 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(args.out, index, count)
     update_manifest(args.out, "learn", {"labels": labels.names(), "label_file": str(args.labels),
-                                        "config": cfg.to_dict(), **info, "worker": [index, count]})
+                                        "config": cfg.to_dict(), **info, "worker": [index, count],
+                                        "claim": board is not None})
     learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
     checkpoint = LearnerCheckpoint(args.out, (index, count), learn_fingerprint(
         cfg.learn, labels, source_identity(cfg.guide), info["text_encoder"]), device, pipe.unet.dtype)
     t0 = time.time()
-    with progress_bar(len(pending), args.no_progress) as bar:
+    with progress_bar(len(pending), args.no_progress) as bar, board or contextlib.nullcontext():
         def report(p: dict) -> None:
             bar.n = p["done"]
             acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
             bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
-        results = learner.run(mine, report, checkpoint, getattr(args, "overwrite", False))
+        feed = None
+        if board is not None:
+            from augment.claims import ClaimQueue
+
+            feed = ClaimQueue(board, mine, key=lambda c: c.slug, done=lambda c: is_learned(args.out, c),
+                              on_wait=waiting_note())
+        results = learner.run(mine, report, checkpoint, getattr(args, "overwrite", False), feed=feed)
+    if board is not None:   # a dead worker's checkpoint, its classes finished by others
+        from augment.resume import clear_finished
+
+        by_pos = {c.position: c for c in labels.classes}
+        clear_finished(args.out, lambda p: p in by_pos and is_learned(args.out, by_pos[p]))
     seconds = time.time() - t0
     if checkpoint.note:
         print(f"augment: note: {checkpoint.note}", file=sys.stderr)
