@@ -13,13 +13,17 @@ from augment.labels import LabelSet
 from augment.shards import tar_files
 
 
-def class_grids(out: str | Path, labels: LabelSet, per_class: int = 8) -> dict[int, Path]:
-    """OUT/grid/c{position:04d}.png: the first `per_class` images of each class side by side."""
+def class_grids(out: str | Path, labels: LabelSet, per_class: int = 8, max_classes: int | None = None,
+                tile: int = 128) -> dict[int, Path]:
+    """OUT/grid/c{position:04d}.png: the first `per_class` images of each class side by side, as tiles of at
+    most `tile` pixels; only for the first `max_classes` classes (the card shows those)."""
     from PIL import Image
 
     by_class: dict[int, list] = {}
     for url in tar_files(out):
         position = int(Path(url).stem.rsplit("-", 2)[1][1:])
+        if max_classes is not None and position >= max_classes:
+            continue
         if len(by_class.get(position, [])) >= per_class:  # only as many shards as needed are read
             continue
         with tarfile.open(url) as tar:
@@ -28,7 +32,9 @@ def class_grids(out: str | Path, labels: LabelSet, per_class: int = 8) -> dict[i
                 if ext in ("jpg", "png"):
                     imgs = by_class.setdefault(int(key[1:5]), [])
                     if len(imgs) < per_class:
-                        imgs.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+                        im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                        im.thumbnail((tile, tile))
+                        imgs.append(im)
     grid_dir = Path(out) / "grid"
     grid_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -42,32 +48,57 @@ def class_grids(out: str | Path, labels: LabelSet, per_class: int = 8) -> dict[i
     return paths
 
 
+def source_name(source: str) -> str:
+    """A hub id as it is; a local directory by its name only (a card travels: no absolute paths)."""
+    p = Path(source)
+    return f"{p.name} (a local directory)" if p.is_absolute() or p.is_dir() else source
+
+
+def class_table(out: Path, labels: LabelSet) -> list[tuple[int, int, float | None]]:
+    """(position, images, mean guide probability or None) per class, from the shard markers."""
+    counts: dict[int, int] = {}
+    probs: dict[int, list[tuple[float, int]]] = {}
+    for marker in sorted((out / "shards").glob("*.json")):
+        m = json.loads(marker.read_text())
+        counts[m["position"]] = counts.get(m["position"], 0) + m["count"]
+        if m.get("guide_prob_mean") is not None:
+            probs.setdefault(m["position"], []).append((m["guide_prob_mean"], m["count"]))
+    return [(p, counts.get(p, 0), sum(v * n for v, n in probs[p]) / sum(n for _, n in probs[p]) if p in probs
+             else None) for p in range(len(labels))]
+
+
 def write_card(out: str | Path, labels: LabelSet, info: dict[str, Any], per_class: int = 8,
                max_grids: int = 50) -> Path:
-    """OUT/README.md describing the set (how it was made, how to load it) with grids for the first classes."""
+    """OUT/README.md describing the set (how it was made, how to load it): per class its image count, the
+    guide's mean probability when scored, and an image grid for the first `max_grids` classes."""
     out = Path(out)
-    grids = class_grids(out, labels, per_class)
+    grids = class_grids(out, labels, per_class, max_classes=max_grids)
     split = json.loads((out / "_info.json").read_text())["splits"]["train"]
     tokens = "learned class tokens" if info.get("tokens") else "plain prompts (no learned tokens)"
+    table = class_table(out, labels)
+    scored = any(prob is not None for _, _, prob in table)
     lines = [
         "---", "task_categories:", "- image-classification", "tags:", "- synthetic", "- webdataset",
         "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: shards/*.tar", "---",
         "", f"# Synthetic {labels.name}", "",
         f"{split['num_samples']} images of {len(labels)} classes in {len(split['filenames'])} webdataset shards, "
-        f"generated with `{info.get('generator', '?')}` and {tokens} (`augment generate`).", "",
+        f"generated with `{source_name(str(info.get('generator', '?')))}` and {tokens} (`augment generate`; "
+        "manifest.json has the full config).", "",
         "Each sample: `jpg`/`png` image, `cls` (class position in the label set), `json` (class, index, seed, "
         "prompt, token). Shards hold one class each: shuffle shards *and* samples when training.", "",
         "```python", "import datasets",
         'ds = datasets.load_dataset("webdataset", data_files={"train": "shards/*.tar"}, split="train")',
         "# or: augment.shards.webdataset_pipeline('shards', shuffle=1000)", "```", "",
-        "| class | images |", "|---|---|",
+        "| class | images |" + (" mean guide probability |" if scored else "") + " grid |",
+        "|---|---|" + ("---|" if scored else "") + "---|",
     ]
-    for position, path in list(grids.items())[:max_grids]:
-        lines.append(f"| {labels.classes[position].name} | ![]({path.relative_to(out).as_posix()}) |")
-    if len(grids) > max_grids:
-        lines.append(f"| … {len(grids) - max_grids} more classes in grid/ | |")
+    for position, count, prob in table:
+        grid = f"![]({grids[position].relative_to(out).as_posix()})" if position in grids else ""
+        row = f"| {labels.classes[position].name} | {count} |"
+        if scored:
+            row += f" {'' if prob is None else f'{prob:.3f}'} |"
+        lines.append(f"{row} {grid} |")
     path = out / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    from augment.atomic import write_text
+
+    return write_text(path, "\n".join(lines) + "\n")
