@@ -113,7 +113,10 @@ def main() -> None:
                     help="rewrite the manifest after every unit (before: O(units²)) instead of every "
                          "MANIFEST_EVERY seconds as generate does now")
     args = ap.parse_args()
+    from augment.commands.common import versions
     from augment.commands.generate import MANIFEST_EVERY as every
+
+    versions()   # imports diffusers and transformers once, outside the timings (the manifest records versions)
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
