@@ -13,8 +13,9 @@ from augment.labels import LabelSet
 from augment.shards import tar_files
 
 
-def class_grids(out: str | Path, labels: LabelSet, per_class: int = 8, max_classes: int | None = None,
-                tile: int = 128) -> dict[int, Path]:
+def class_grids(
+    out: str | Path, labels: LabelSet, per_class: int = 8, max_classes: int | None = None, tile: int = 128
+) -> dict[int, Path]:
     """OUT/grid/c{position:04d}.png: the first `per_class` images of each class side by side, as tiles of at
     most `tile` pixels; only for the first `max_classes` classes (the card shows those)."""
     from PIL import Image
@@ -63,12 +64,15 @@ def class_table(out: Path, labels: LabelSet) -> list[tuple[int, int, float | Non
         counts[m["position"]] = counts.get(m["position"], 0) + m["count"]
         if m.get("guide_prob_mean") is not None:
             probs.setdefault(m["position"], []).append((m["guide_prob_mean"], m["count"]))
-    return [(p, counts.get(p, 0), sum(v * n for v, n in probs[p]) / sum(n for _, n in probs[p]) if p in probs
-             else None) for p in range(len(labels))]
+    return [
+        (p, counts.get(p, 0), sum(v * n for v, n in probs[p]) / sum(n for _, n in probs[p]) if p in probs else None)
+        for p in range(len(labels))
+    ]
 
 
-def write_card(out: str | Path, labels: LabelSet, info: dict[str, Any], per_class: int = 8,
-               max_grids: int = 50) -> Path:
+def write_card(
+    out: str | Path, labels: LabelSet, info: dict[str, Any], per_class: int = 8, max_grids: int = 50
+) -> Path:
     """OUT/README.md describing the set (how it was made, how to load it): per class its image count, the
     guide's mean probability when scored, and an image grid for the first `max_grids` classes."""
     out = Path(out)
@@ -78,17 +82,34 @@ def write_card(out: str | Path, labels: LabelSet, info: dict[str, Any], per_clas
     table = class_table(out, labels)
     scored = any(prob is not None for _, _, prob in table)
     lines = [
-        "---", "task_categories:", "- image-classification", "tags:", "- synthetic", "- webdataset",
-        "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: shards/*.tar", "---",
-        "", f"# Synthetic {labels.name}", "",
+        "---",
+        "task_categories:",
+        "- image-classification",
+        "tags:",
+        "- synthetic",
+        "- webdataset",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: shards/*.tar",
+        "---",
+        "",
+        f"# Synthetic {labels.name}",
+        "",
         f"{split['num_samples']} images of {len(labels)} classes in {len(split['filenames'])} webdataset shards, "
         f"generated with `{source_name(str(info.get('generator', '?')))}` and {tokens} (`augment generate`; "
-        "manifest.json has the full config).", "",
+        "manifest.json has the full config).",
+        "",
         "Each sample: `jpg`/`png` image, `cls` (class position in the label set), `json` (class, index, seed, "
-        "prompt, token). Shards hold one class each: shuffle shards *and* samples when training.", "",
-        "```python", "import datasets",
+        "prompt, token). Shards hold one class each: shuffle shards *and* samples when training.",
+        "",
+        "```python",
+        "import datasets",
         'ds = datasets.load_dataset("webdataset", data_files={"train": "shards/*.tar"}, split="train")',
-        "# or: augment.shards.webdataset_pipeline('shards', shuffle=1000)", "```", "",
+        "# or: augment.shards.webdataset_pipeline('shards', shuffle=1000)",
+        "```",
+        "",
         "| class | images |" + (" mean guide probability |" if scored else "") + " grid |",
         "|---|---|" + ("---|" if scored else "") + "---|",
     ]

@@ -29,10 +29,20 @@ def build_model(architecture: str, num_classes: int, model_kwargs: dict[str, Any
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **(model_kwargs or {}))
 
 
-def save_classifier(model: torch.nn.Module, out_dir: str | Path, *, architecture: str, labels: list[str],
-                    input_size: tuple[int, int, int], mean: list[float], std: list[float],
-                    model_kwargs: dict[str, Any] | None = None, interpolation: str = "bilinear",
-                    crop_pct: float = 1.0, trained: dict[str, Any] | None = None) -> Path:
+def save_classifier(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    *,
+    architecture: str,
+    labels: list[str],
+    input_size: tuple[int, int, int],
+    mean: list[float],
+    std: list[float],
+    model_kwargs: dict[str, Any] | None = None,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    trained: dict[str, Any] | None = None,
+) -> Path:
     """Write model weights (safetensors) and the config that rebuilds the model and its preprocessing."""
     from safetensors.torch import save_file
 
@@ -41,9 +51,16 @@ def save_classifier(model: torch.nn.Module, out_dir: str | Path, *, architecture
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     config = {
-        "format": FORMAT, "architecture": architecture, "model_kwargs": model_kwargs or {},
-        "input_size": list(input_size), "mean": list(mean), "std": list(std),
-        "interpolation": interpolation, "crop_pct": crop_pct, "labels": list(labels), "trained": trained or {},
+        "format": FORMAT,
+        "architecture": architecture,
+        "model_kwargs": model_kwargs or {},
+        "input_size": list(input_size),
+        "mean": list(mean),
+        "std": list(std),
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "labels": list(labels),
+        "trained": trained or {},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

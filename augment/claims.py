@@ -53,7 +53,7 @@ class ClaimBoard:
     def _generations(self, key: str) -> list[tuple[int, Path]]:
         gens = []
         for p in self.dir.glob(f"{key}.*"):
-            suffix = p.name[len(key) + 1:]
+            suffix = p.name[len(key) + 1 :]
             if suffix.isdigit():
                 gens.append((int(suffix), p))
         return sorted(gens)
@@ -68,19 +68,19 @@ class ClaimBoard:
             newest, path = gens[-1]
             try:
                 if time.time() - path.stat().st_mtime < self.lease:
-                    return False          # a live owner
-            except FileNotFoundError:     # released or cleared just now: look again next time
+                    return False  # a live owner
+            except FileNotFoundError:  # released or cleared just now: look again next time
                 return False
         else:
             newest = 0
         path = self.dir / f"{key}.{newest + 1}"
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:           # another worker won this generation
+        except FileExistsError:  # another worker won this generation
             return False
         with os.fdopen(fd, "w") as f:
             f.write(self.owner)
-        for _, old in gens:               # the dead owner's claims: not needed any more
+        for _, old in gens:  # the dead owner's claims: not needed any more
             old.unlink(missing_ok=True)
         with self._lock:
             self.held[key] = path
@@ -144,11 +144,18 @@ class ClaimQueue(Generic[T]):
     every unit is done or held by this process. Release each unit with `board.release(key(unit))` once its
     output is committed."""
 
-    def __init__(self, board: ClaimBoard, items: Iterable[T], key: Callable[[T], str], done: Callable[[T], bool],
-                 poll: float = 5.0, on_wait: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        board: ClaimBoard,
+        items: Iterable[T],
+        key: Callable[[T], str],
+        done: Callable[[T], bool],
+        poll: float = 5.0,
+        on_wait: Callable[[int], None] | None = None,
+    ):
         self.board, self.items, self.key, self.done = board, list(items), key, done
         self.poll, self.on_wait = poll, on_wait
-        self._finished: set[int] = set()     # indices seen done (done stays done): not checked again
+        self._finished: set[int] = set()  # indices seen done (done stays done): not checked again
 
     def take(self, n: int, block: bool = False) -> list[T]:
         while True:
@@ -164,7 +171,7 @@ class ClaimQueue(Generic[T]):
                     continue
                 if not self.board.try_claim(k):
                     waiting += 1
-                elif self.done(item):          # finished by another worker between the check and the claim
+                elif self.done(item):  # finished by another worker between the check and the claim
                     self.board.release(k)
                 else:
                     got.append(item)

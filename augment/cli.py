@@ -21,7 +21,7 @@ COMMANDS = {
 }
 
 
-OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}   # a full disk or quota: one line, exit 1, rerun continues
+OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}  # a full disk or quota: one line, exit 1, rerun continues
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,8 +32,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from augment import __version__
 
-    parser = _Parser(prog="augment", description="Turn a label set into a synthetic training set "
-                                                 "with discriminative class tokens.")
+    parser = _Parser(
+        prog="augment", description="Turn a label set into a synthetic training set with discriminative class tokens."
+    )
     parser.add_argument("--version", action="version", version=f"augment {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, module_name in COMMANDS.items():
@@ -69,15 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in OUT_OF_SPACE:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"augment: error: {e.strerror or e}{where}; finished work is kept and nothing half-written is "
-              "left: free space, then rerun the same command", file=sys.stderr)
+        print(
+            f"augment: error: {e.strerror or e}{where}; finished work is kept and nothing half-written is "
+            "left: free space, then rerun the same command",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt as e:
         # learned tokens, learner checkpoints and finished shards are on disk (the shard being written by the
         # background writer is finished before the exit); what was in flight is redone by a rerun
         what = "SIGTERM" if isinstance(e, Terminated) else "interrupt"
-        print(f"augment: stopped by {what}; finished work is kept, rerun the same command to continue",
-              file=sys.stderr)
+        print(f"augment: stopped by {what}; finished work is kept, rerun the same command to continue", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
         if previous is not None:

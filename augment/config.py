@@ -27,43 +27,43 @@ class LearnConfig:
     """Token learning. Defaults are the paper's settings (Schwartz et al. 2023, §4); README "Presets" says
     where the code behind the paper (idansc/discriminative_class_tokens) differs and which preset has it."""
 
-    init_word: str = "a"                     # word whose embedding initialises every S_c ...
+    init_word: str = "a"  # word whose embedding initialises every S_c ...
     init_words: dict[str, str] = field(default_factory=dict)  # ... unless the class name is listed here
-    batch_size: int = 5                      # images per class per step
+    batch_size: int = 5  # images per class per step
     max_classes_per_step: int | str = "auto"  # classes learned together in one UNet batch; "auto": as many as
-                                             # fit the device's free memory (augment.memory)
-    lr: float | None = None                  # None → 0.00025 · batch_size (paper)
-    weight_decay: float = 0.0                # AdamW's, on the token only (original code: 0.01)
+    # fit the device's free memory (augment.memory)
+    lr: float | None = None  # None → 0.00025 · batch_size (paper)
+    weight_decay: float = 0.0  # AdamW's, on the token only (original code: 0.01)
     max_steps: int = 200
-    patience: int = 20                       # stop after this many steps without loss improvement ...
-    patience_min_accuracy: float = 0.5       # ... if at least this share of the batch is right
-    stop_window: int = 1                     # "right" is judged over the last N steps' samples ...
-    stop_accuracy: float = 1.0               # ... and stops the class when at least this share is right
-                                             # (paper: all; original code: more than 0.7 of 5, i.e. 0.8)
-    noise: str = "fresh"                     # "fresh": new noise every step; "fixed": the same batch_size
-                                             # noises at every step (original code: its generator is reseeded
-                                             # every epoch)
+    patience: int = 20  # stop after this many steps without loss improvement ...
+    patience_min_accuracy: float = 0.5  # ... if at least this share of the batch is right
+    stop_window: int = 1  # "right" is judged over the last N steps' samples ...
+    stop_accuracy: float = 1.0  # ... and stops the class when at least this share is right
+    # (paper: all; original code: more than 0.7 of 5, i.e. 0.8)
+    noise: str = "fresh"  # "fresh": new noise every step; "fixed": the same batch_size
+    # noises at every step (original code: its generator is reseeded
+    # every epoch)
     grad_clip: float = 1.0
     guidance_scale: float = 7.0
     num_inference_steps: int = 50
-    height: int | None = None                # None → the generator's native size
+    height: int | None = None  # None → the generator's native size
     width: int | None = None
     prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
     seed: int = 0
-    scheduler: str = "pipeline"              # sampler while learning (augment.sampling): "pipeline" = the
-                                             # generator's own, which generation uses too (SD 1.x: PNDM)
-    grad_steps: int = 1                      # UNet calls with gradient, counted from the last (paper: 1; the
-                                             # original code's PNDM loop: 2, its last two calls)
-    timestep_spacing: str | None = None      # override the sampler's spacing; None → the generator's own
-    steps_offset: int | None = None          # override the sampler's offset; None → the generator's own. With
-                                             # "leading" spacing the last step is at t = steps_offset
-    objective: str = "final"                 # "final": cross-entropy on the final image (paper); "x0": mean
-                                             # cross-entropy on each of the last grad_steps steps' predicted
-                                             # clean image x̂0, each through that step's UNet call only
-    gradient_checkpointing: bool = False     # UNet and VAE recompute activations in backward (less memory)
-    decode_batch: int = 4                    # images per VAE decode + guide + backward in the gradient path:
-                                             # bounds that part's memory whatever the UNet batch
-    checkpoint_every: int = 1                # save the learner's state every N steps (augment.resume); 0: never
+    scheduler: str = "pipeline"  # sampler while learning (augment.sampling): "pipeline" = the
+    # generator's own, which generation uses too (SD 1.x: PNDM)
+    grad_steps: int = 1  # UNet calls with gradient, counted from the last (paper: 1; the
+    # original code's PNDM loop: 2, its last two calls)
+    timestep_spacing: str | None = None  # override the sampler's spacing; None → the generator's own
+    steps_offset: int | None = None  # override the sampler's offset; None → the generator's own. With
+    # "leading" spacing the last step is at t = steps_offset
+    objective: str = "final"  # "final": cross-entropy on the final image (paper); "x0": mean
+    # cross-entropy on each of the last grad_steps steps' predicted
+    # clean image x̂0, each through that step's UNet call only
+    gradient_checkpointing: bool = False  # UNet and VAE recompute activations in backward (less memory)
+    decode_batch: int = 4  # images per VAE decode + guide + backward in the gradient path:
+    # bounds that part's memory whatever the UNet batch
+    checkpoint_every: int = 1  # save the learner's state every N steps (augment.resume); 0: never
 
 
 @dataclass
@@ -81,8 +81,8 @@ class GenerateConfig:
     image_format: str = "jpg"
     jpeg_quality: int = 95
     seed: int = 0
-    scheduler: str = "pipeline"              # sampler (augment.sampling); "pipeline" = the generator's own
-    refine: str | None = None                # None | "date"
+    scheduler: str = "pipeline"  # sampler (augment.sampling); "pipeline" = the generator's own
+    refine: str | None = None  # None | "date"
     refine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,8 +143,9 @@ def _section(cls, values: dict[str, Any], where: str):
     return cls(**values)
 
 
-def load_config(preset: str | None = None, config_file: str | Path | None = None,
-                overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
     """Resolve defaults ← preset ← config file ← overrides ("learn.lr": 1e-3 or "guide": "timm:x")."""
     merged: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any]]] = []

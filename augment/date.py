@@ -33,30 +33,34 @@ METHODS = ("date",)
 class DateOptions:
     """`generate.refine_options` when `generate.refine: date`. Defaults are DATE's (generate_date_*.py)."""
 
-    step_size: float = 0.1       # η of the normalised step on c (DATE --lr_upt_prompt)
-    updates: int = 1             # gradient updates of c per refined step (--num_upt_prompt)
-    every: int = 1               # refine sampling steps i with i % every == 0 (--skip_freq) ...
-    start: float = 0.0           # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
+    step_size: float = 0.1  # η of the normalised step on c (DATE --lr_upt_prompt)
+    updates: int = 1  # gradient updates of c per refined step (--num_upt_prompt)
+    every: int = 1  # refine sampling steps i with i % every == 0 (--skip_freq) ...
+    start: float = 0.0  # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
     stop: float = 1.0
-    prior_weight: float = 0.0    # pull towards the prompt's own embedding, inside the loss (--weight_prior)
+    prior_weight: float = 0.0  # pull towards the prompt's own embedding, inside the loss (--weight_prior)
     from_original: bool = False  # each update starts from c_orig instead of accumulating (--init_org)
-    batch: int = 0               # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
-                                 # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
+    batch: int = 0  # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
+    # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
     checkpointing: bool = False  # UNet and VAE gradient checkpointing during the updates
 
     @classmethod
-    def parse(cls, options: dict[str, Any]) -> "DateOptions":
+    def parse(cls, options: dict[str, Any]) -> DateOptions:
         """Check keys, types and ranges; UserError (one line) on anything wrong."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - set(fields))
         if unknown:
-            raise UserError(f"generate.refine_options: unknown key(s) {', '.join(unknown)} for DATE; "
-                            f"known: {', '.join(fields)}")
+            raise UserError(
+                f"generate.refine_options: unknown key(s) {', '.join(unknown)} for DATE; known: {', '.join(fields)}"
+            )
         values = {}
         for key, value in options.items():
             kind = type(getattr(cls, key))
-            ok = isinstance(value, bool) if kind is bool else (
-                isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+            ok = (
+                isinstance(value, bool)
+                if kind is bool
+                else (isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+            )
             if not ok:
                 raise UserError(f"generate.refine_options.{key} must be {kind.__name__}, got {value!r}")
             values[key] = kind(value)
@@ -73,8 +77,11 @@ class DateOptions:
         """Indices of the sampling steps whose conditioning is refined (never the last one)."""
         if self.step_size == 0 or self.updates == 0:
             return []
-        return [i for i in range(num_steps - 1)
-                if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps]
+        return [
+            i
+            for i in range(num_steps - 1)
+            if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps
+        ]
 
 
 def refine_options(method: str | None, options: dict[str, Any]) -> DateOptions | None:
@@ -109,9 +116,19 @@ def class_log_prob(pipe, guide, x0: torch.Tensor, targets: torch.Tensor) -> torc
     return logp[torch.arange(len(targets), device=logp.device), targets]
 
 
-def date_update(pipe, guide, targets: torch.Tensor, latents: torch.Tensor, model_input: torch.Tensor, t,
-                cond: torch.Tensor, original: torch.Tensor, noise_uncond: torch.Tensor | None,
-                guidance_scale: float, opts: DateOptions) -> torch.Tensor:
+def date_update(
+    pipe,
+    guide,
+    targets: torch.Tensor,
+    latents: torch.Tensor,
+    model_input: torch.Tensor,
+    t,
+    cond: torch.Tensor,
+    original: torch.Tensor,
+    noise_uncond: torch.Tensor | None,
+    guidance_scale: float,
+    opts: DateOptions,
+) -> torch.Tensor:
     """One DATE update of the conditional text embedding (module docstring); returns the new c, detached.
     Images are independent here, so the gradient is taken `opts.batch` images at a time (bounded memory)."""
     n = len(cond)
@@ -122,8 +139,11 @@ def date_update(pipe, guide, targets: torch.Tensor, latents: torch.Tensor, model
         with torch.enable_grad():
             c = cond[sl].detach().requires_grad_(True)
             noise_cond = pipe.unet(model_input[sl], t, encoder_hidden_states=c, return_dict=False)[0]
-            noise = noise_cond if noise_uncond is None else \
-                noise_uncond[sl] + guidance_scale * (noise_cond - noise_uncond[sl])
+            noise = (
+                noise_cond
+                if noise_uncond is None
+                else noise_uncond[sl] + guidance_scale * (noise_cond - noise_uncond[sl])
+            )
             x0 = predicted_x0(pipe.scheduler, latents[sl], noise, t)
             loss = -class_log_prob(pipe, guide, x0, targets[sl])
             if opts.prior_weight:
@@ -155,9 +175,18 @@ def _checkpointing(on: bool, *modules: torch.nn.Module):
 
 
 @torch.no_grad()
-def sample_date(pipe, prompts: list[str], generators: list[torch.Generator], num_inference_steps: int,
-                guidance_scale: float, height: int | None, width: int | None, guide, targets: list[int],
-                opts: DateOptions) -> np.ndarray:
+def sample_date(
+    pipe,
+    prompts: list[str],
+    generators: list[torch.Generator],
+    num_inference_steps: int,
+    guidance_scale: float,
+    height: int | None,
+    width: int | None,
+    guide,
+    targets: list[int],
+    opts: DateOptions,
+) -> np.ndarray:
     """Stable Diffusion sampling as `pipe(...)` does it (same latents from the same generators, CFG, the
     pipeline's scheduler), with DATE updates of the prompt embeddings; N×H×W×3 floats in [0, 1]."""
     # 1. Encode the prompts (learned tokens are already in the tokenizer / text encoder)
@@ -170,24 +199,31 @@ def sample_date(pipe, prompts: list[str], generators: list[torch.Generator], num
     # 2. Timesteps, initial latents (same draws as the pipeline), scheduler kwargs
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = pipe.scheduler.timesteps
-    latents = pipe.prepare_latents(len(prompts), pipe.unet.config.in_channels, height, width, cond.dtype, device,
-                                   generators)
+    latents = pipe.prepare_latents(
+        len(prompts), pipe.unet.config.in_channels, height, width, cond.dtype, device, generators
+    )
     extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
     refined = set(opts.refined_steps(len(timesteps)))
     target = torch.tensor(targets, device=next(guide.parameters()).device) if refined else None
     # 3. Denoising loop: at refined steps, update c on the reward of x̂0, then step with the new c
-    with _frozen(pipe.unet, pipe.vae, pipe.text_encoder, guide), \
-            _checkpointing(opts.checkpointing, pipe.unet, pipe.vae):
+    with (
+        _frozen(pipe.unet, pipe.vae, pipe.text_encoder, guide),
+        _checkpointing(opts.checkpointing, pipe.unet, pipe.vae),
+    ):
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             if i in refined:
-                half = model_input[len(prompts):]
-                noise_uncond = pipe.unet(model_input[:len(prompts)], t, encoder_hidden_states=uncond,
-                                         return_dict=False)[0] if do_cfg else None
+                half = model_input[len(prompts) :]
+                noise_uncond = (
+                    pipe.unet(model_input[: len(prompts)], t, encoder_hidden_states=uncond, return_dict=False)[0]
+                    if do_cfg
+                    else None
+                )
                 for _ in range(opts.updates):
-                    cond = date_update(pipe, guide, target, latents, half, t, cond, original, noise_uncond,
-                                       guidance_scale, opts)
+                    cond = date_update(
+                        pipe, guide, target, latents, half, t, cond, original, noise_uncond, guidance_scale, opts
+                    )
                 noise = pipe.unet(half, t, encoder_hidden_states=cond, return_dict=False)[0]
                 if do_cfg:
                     noise = noise_uncond + guidance_scale * (noise - noise_uncond)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ def shard_label_set(directory: str | Path) -> LabelSet:
         generate = json.loads(path.read_text())["generate"]
         names, label_file = generate["labels"], generate.get("label_file")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: cannot read the generated set's class list ({type(e).__name__}); "
-                        "is this an `augment generate` output directory?") from None
+        raise UserError(
+            f"{path}: cannot read the generated set's class list ({type(e).__name__}); "
+            "is this an `augment generate` output directory?"
+        ) from None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: generate.labels must be a non-empty list of class names")
     if label_file and Path(label_file).is_file():
@@ -104,8 +106,9 @@ def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> t
         keep = _pick(total, limit)
         own = {normalise_name(n): i for i, n in enumerate(labels.names())}
         to_labels = [own.get(normalise_name(n), -1) for n in shard_label_set(spec).names()]
-        return (len(keep) if keep else total), ((image, to_labels[c] if 0 <= c < len(to_labels) else -1)
-                                                for image, c in iter_shards(spec, keep))
+        return (len(keep) if keep else total), (
+            (image, to_labels[c] if 0 <= c < len(to_labels) else -1) for image, c in iter_shards(spec, keep)
+        )
     from downstream.datasets import load_dataset
 
     base, _, split = spec.rpartition(":")
@@ -185,15 +188,19 @@ class InceptionFeatures(nn.Module):
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
         if not _TORCH_FIDELITY_AVAILABLE:
-            raise UserError("--features inception needs torch-fidelity, which is not installed; "
-                            "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)")
+            raise UserError(
+                "--features inception needs torch-fidelity, which is not installed; "
+                "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)"
+            )
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         except Exception as e:  # weights download: URLError, OSError, HTTPError ... when offline
-            raise UserError(f"--features inception: InceptionV3 weights unavailable ({type(e).__name__}); "
-                            "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)") from None
+            raise UserError(
+                f"--features inception: InceptionV3 weights unavailable ({type(e).__name__}); "
+                "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)"
+            ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = nn.functional.interpolate(images, size=(299, 299), mode="bilinear", antialias=True, align_corners=False)
@@ -221,7 +228,7 @@ class Evaluation:
     """Per-class scores of one generated set, and its images' features when asked for."""
 
     classes: list[ClassScore]
-    topk: int                                         # 5, or the classifier's class count when smaller
+    topk: int  # 5, or the classifier's class count when smaller
     features: list[torch.Tensor] = field(default_factory=list, repr=False)
     feature_classes: list[torch.Tensor] = field(default_factory=list, repr=False)
 
@@ -233,15 +240,28 @@ class Evaluation:
         """Macro (mean over classes with images) and micro (over images) top-1/top-5, in percent."""
         scored = [c for c in self.classes if c.n]
         n = max(self.images, 1)
-        return {"macro": {"top1": float(np.mean([c.top1 for c in scored])) if scored else float("nan"),
-                          "top5": float(np.mean([c.top5 for c in scored])) if scored else float("nan")},
-                "micro": {"top1": 100.0 * sum(c.top1_hits for c in scored) / n,
-                          "top5": 100.0 * sum(c.top5_hits for c in scored) / n}}
+        return {
+            "macro": {
+                "top1": float(np.mean([c.top1 for c in scored])) if scored else float("nan"),
+                "top5": float(np.mean([c.top5 for c in scored])) if scored else float("nan"),
+            },
+            "micro": {
+                "top1": 100.0 * sum(c.top1_hits for c in scored) / n,
+                "top5": 100.0 * sum(c.top5_hits for c in scored) / n,
+            },
+        }
 
 
 @torch.no_grad()
-def score_shards(directory: str | Path, classifier: Guide, labels: LabelSet, *, features: nn.Module | None = None,
-                 batch_size: int = 64, on_images: Callable[[int], None] | None = None) -> Evaluation:
+def score_shards(
+    directory: str | Path,
+    classifier: Guide,
+    labels: LabelSet,
+    *,
+    features: nn.Module | None = None,
+    batch_size: int = 64,
+    on_images: Callable[[int], None] | None = None,
+) -> Evaluation:
     """Per-class top-1/top-5 of `classifier` on every image of the shards; with `features` (a Guide: its
     penultimate layer, in the same pass when it is `classifier`; else any module images → features) the
     images' features too, in `Evaluation.features`."""
@@ -282,8 +302,9 @@ def score_shards(directory: str | Path, classifier: Guide, labels: LabelSet, *, 
 
 
 @torch.no_grad()
-def extract_features(images: Iterable, extractor: nn.Module, device, batch_size: int = 64,
-                     on_images: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    images: Iterable, extractor: nn.Module, device, batch_size: int = 64, on_images: Callable[[int], None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float64 features and (N,) classes of (PIL image, class) pairs; `extractor` is a Guide
     (penultimate layer) or a module."""
     features = feature_function(extractor)
@@ -307,20 +328,28 @@ def precision_recall(generated: torch.Tensor, reference: torch.Tensor, k: int = 
     if len(generated) <= k or len(reference) <= k:
         return None
 
-    def radii(x: torch.Tensor) -> torch.Tensor:            # distance to the k-th neighbour, self excluded
+    def radii(x: torch.Tensor) -> torch.Tensor:  # distance to the k-th neighbour, self excluded
         return torch.cdist(x, x).kthvalue(k + 1, dim=1).values
 
-    d = torch.cdist(generated, reference)                   # (generated, reference)
+    d = torch.cdist(generated, reference)  # (generated, reference)
     precision = (d <= radii(reference)[None, :]).any(1).double().mean()
     recall = (d <= radii(generated)[:, None]).any(0).double().mean()
     return {"precision": 100.0 * float(precision), "recall": 100.0 * float(recall)}
 
 
-def per_class_precision_recall(generated: torch.Tensor, generated_classes: torch.Tensor, reference: torch.Tensor,
-                               reference_classes: torch.Tensor, classes: int, k: int = PR_K) -> list[dict | None]:
+def per_class_precision_recall(
+    generated: torch.Tensor,
+    generated_classes: torch.Tensor,
+    reference: torch.Tensor,
+    reference_classes: torch.Tensor,
+    classes: int,
+    k: int = PR_K,
+) -> list[dict | None]:
     """precision_recall within each class (percent), None for a class with ≤ k images on either side."""
-    return [precision_recall(generated[generated_classes == c], reference[reference_classes == c], k)
-            for c in range(classes)]
+    return [
+        precision_recall(generated[generated_classes == c], reference[reference_classes == c], k)
+        for c in range(classes)
+    ]
 
 
 def fid_kid(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, seed: int = 0) -> dict[str, float]:
@@ -331,8 +360,9 @@ def fid_kid(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100
 
     n = min(len(generated), len(reference))
     if n < 2:
-        raise UserError(f"FID/KID need at least 2 images in each set; got {len(generated)} generated, "
-                        f"{len(reference)} reference")
+        raise UserError(
+            f"FID/KID need at least 2 images in each set; got {len(generated)} generated, {len(reference)} reference"
+        )
     identity = nn.Identity()  # the "extractor" torchmetrics runs: we hand it features already extracted
     identity.num_features = generated.shape[1]
     fid = FrechetInceptionDistance(feature=identity)
@@ -345,5 +375,9 @@ def fid_kid(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-            "kid_subset_size": min(1000, n)}
+    return {
+        "fid": float(fid.compute()),
+        "kid": float(kid_mean),
+        "kid_std": float(kid_std),
+        "kid_subset_size": min(1000, n),
+    }

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-EDGE = 1 << 20   # bytes read from each end of a weights file
+EDGE = 1 << 20  # bytes read from each end of a weights file
 
 
 def source_identity(spec: str) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,15 @@ class PromptCache:
         return out
 
 
-def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateConfig, guide=None,
-                    targets: list[int] | None = None, cache: PromptCache | None = None) -> np.ndarray:
+def generate_images(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    cfg: GenerateConfig,
+    guide=None,
+    targets: list[int] | None = None,
+    cache: PromptCache | None = None,
+) -> np.ndarray:
     """One pipeline call: N×H×W×3 floats in [0, 1], one CPU generator per image.
 
     With `cfg.refine == "date"` our own sampler (augment.date) replaces the pipeline call: same seeds and
@@ -64,12 +72,29 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateCon
     if opts is not None:
         if guide is None or targets is None:
             raise ValueError("DATE refinement needs the guide and a target guide index per image")
-        return sample_date(pipe, prompts, gens, cfg.num_inference_steps, cfg.guidance_scale, cfg.height,
-                           cfg.width, guide, targets, opts)
+        return sample_date(
+            pipe,
+            prompts,
+            gens,
+            cfg.num_inference_steps,
+            cfg.guidance_scale,
+            cfg.height,
+            cfg.width,
+            guide,
+            targets,
+            opts,
+        )
     text = cache.embeds(prompts) if cache is not None else {"prompt": prompts}
     with torch.no_grad():
-        out = pipe(**text, generator=gens, num_inference_steps=cfg.num_inference_steps,
-                   guidance_scale=cfg.guidance_scale, height=cfg.height, width=cfg.width, output_type="np")
+        out = pipe(
+            **text,
+            generator=gens,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            height=cfg.height,
+            width=cfg.width,
+            output_type="np",
+        )
     return np.asarray(out.images, dtype=np.float32)
 
 
@@ -82,10 +107,18 @@ def guide_probabilities(guide, images: np.ndarray, indices: list[int]) -> list[f
     return [float(probs[k, j]) for k, j in enumerate(indices)]
 
 
-def unit_samples(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: GenerateConfig, unit: ShardUnit,
-                 guide=None, guide_indices: list[int] | None = None,
-                 on_images: Callable[[int], None] | None = None, cache: PromptCache | None = None,
-                 encoder: ThreadPoolExecutor | None = None) -> list[dict[str, Any]] | list[Future]:
+def unit_samples(
+    pipe,
+    labels: LabelSet,
+    tokens: dict[int, str] | None,
+    cfg: GenerateConfig,
+    unit: ShardUnit,
+    guide=None,
+    guide_indices: list[int] | None = None,
+    on_images: Callable[[int], None] | None = None,
+    cache: PromptCache | None = None,
+    encoder: ThreadPoolExecutor | None = None,
+) -> list[dict[str, Any]] | list[Future]:
     """Generate the samples (webdataset dicts of bytes) of one unit, `cfg.batch_size` images per call.
 
     With a guide and the class's guide index, each sample records the guide's probability; DATE refinement
@@ -102,8 +135,9 @@ def unit_samples(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: Gen
         idx = list(range(start, min(start + cfg.batch_size, unit.stop)))
         prompts = [image_prompt(cfg, i, token, cls.name) for i in idx]
         seeds = [image_seed(cfg.seed, unit.position, i) for i in idx]
-        images = generate_images(pipe, prompts, seeds, cfg, guide, None if target is None else [target] * len(idx),
-                                 cache)
+        images = generate_images(
+            pipe, prompts, seeds, cfg, guide, None if target is None else [target] * len(idx), cache
+        )
         probs: list[float | None] = [None] * len(idx)
         if guide is not None and target is not None:
             probs = guide_probabilities(guide, images, [target] * len(idx))
@@ -114,29 +148,58 @@ def unit_samples(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: Gen
     return batches if encoder is not None else [s for batch in batches for s in batch]
 
 
-def encode_samples(cfg: GenerateConfig, unit: ShardUnit, name: str, token: str, idx: list[int], prompts: list[str],
-                   seeds: list[int], images: np.ndarray, probs: list, refine: dict | None) -> list[dict[str, Any]]:
+def encode_samples(
+    cfg: GenerateConfig,
+    unit: ShardUnit,
+    name: str,
+    token: str,
+    idx: list[int],
+    prompts: list[str],
+    seeds: list[int],
+    images: np.ndarray,
+    probs: list,
+    refine: dict | None,
+) -> list[dict[str, Any]]:
     """One batch's webdataset samples: encoded image, class index and the json record."""
     samples = []
     for i, prompt, seed, image, prob in zip(idx, prompts, seeds, images, probs):
-        meta = {"class": name, "position": unit.position, "index": i, "seed": seed, "prompt": prompt,
-                "token": token or None}
+        meta = {
+            "class": name,
+            "position": unit.position,
+            "index": i,
+            "seed": seed,
+            "prompt": prompt,
+            "token": token or None,
+        }
         if prob is not None:
             meta["guide_prob"] = round(prob, 6)
         if refine is not None:
             meta["refine"] = refine
-        samples.append({"__key__": sample_key(unit.position, i),
-                        cfg.image_format: encode_image(image, cfg.image_format, cfg.jpeg_quality),
-                        "cls": str(unit.position).encode("ascii"),
-                        "json": json.dumps(meta, sort_keys=True).encode()})
+        samples.append(
+            {
+                "__key__": sample_key(unit.position, i),
+                cfg.image_format: encode_image(image, cfg.image_format, cfg.jpeg_quality),
+                "cls": str(unit.position).encode("ascii"),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
+        )
     return samples
 
 
-def generate_units(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: GenerateConfig,
-                   units: list[ShardUnit], out: str | Path, chash: str, guide=None,
-                   guide_indices: list[int] | None = None, on_images: Callable[[int], None] | None = None,
-                   on_unit: Callable[[ShardUnit, dict], None] | None = None,
-                   overlap: bool = True) -> list[dict[str, Any]]:
+def generate_units(
+    pipe,
+    labels: LabelSet,
+    tokens: dict[int, str] | None,
+    cfg: GenerateConfig,
+    units: list[ShardUnit],
+    out: str | Path,
+    chash: str,
+    guide=None,
+    guide_indices: list[int] | None = None,
+    on_images: Callable[[int], None] | None = None,
+    on_unit: Callable[[ShardUnit, dict], None] | None = None,
+    overlap: bool = True,
+) -> list[dict[str, Any]]:
     """Generate and write each unit in turn (atomically, see augment.shards); returns their markers.
 
     `tokens=None` is the `--no-tokens` baseline: same seeds, same prompts without the token. With `overlap`
@@ -162,8 +225,16 @@ def generate_units(pipe, labels: LabelSet, tokens: dict[int, str] | None, cfg: G
                 position = unit.position
             batches = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images, cache, pool)
             if pool is not None:  # the same single thread: it writes after encoding this unit's batches, in order
-                pending.append((unit, pool.submit(lambda u=unit, b=batches: write_unit(
-                    out, labels.name, u, [s for f in b for s in f.result()], chash))))
+                pending.append(
+                    (
+                        unit,
+                        pool.submit(
+                            lambda u=unit, b=batches: write_unit(
+                                out, labels.name, u, [s for f in b for s in f.result()], chash
+                            )
+                        ),
+                    )
+                )
             else:
                 pending.append((unit, _done(write_unit(out, labels.name, unit, batches, chash))))
             finish(block=False)

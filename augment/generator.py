@@ -30,8 +30,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     if dtype not in table:
         raise UserError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
     return table[dtype]
@@ -50,7 +56,7 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     # library chatter (deprecations passed between diffusers and transformers) is not for our users
     diffusers.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()      # our own bar is the one that matters
+    diffusers.utils.logging.disable_progress_bar()  # our own bar is the one that matters
     transformers.utils.logging.disable_progress_bar()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
@@ -59,8 +65,11 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
         raise UserError(f"{spec}: not a diffusers pipeline directory (no model_index.json)")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else spec, **_dtype_kwarg(dt),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            str(local) if local.exists() else spec,
+            **_dtype_kwarg(dt),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError) as e:
         if local.exists():

@@ -21,7 +21,7 @@ BACKENDS = ("timm", "torchvision", "hf", "ckpt")
 
 @dataclass(frozen=True)
 class Preprocess:
-    size: tuple[int, int]          # (H, W) the classifier sees
+    size: tuple[int, int]  # (H, W) the classifier sees
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_pct: float = 1.0
@@ -31,8 +31,7 @@ class Preprocess:
 class Guide(nn.Module):
     """A classifier with its labels and differentiable preprocessing; forward(images in [0,1]) → logits."""
 
-    def __init__(self, model: nn.Module, labels: list[str], preprocess: Preprocess, spec: str,
-                 logits_of=None):
+    def __init__(self, model: nn.Module, labels: list[str], preprocess: Preprocess, spec: str, logits_of=None):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.labels = list(labels)
@@ -70,8 +69,10 @@ def _timm(name: str, spec: str) -> Guide:
     except RuntimeError as e:  # unknown model
         raise UserError(f"guide {spec!r}: {str(e).splitlines()[0]}") from None
     except OSError as e:
-        raise UserError(f"guide {spec!r}: pretrained weights unreachable ({type(e).__name__}); "
-                        "put them in the Hugging Face cache, or save a classifier as ckpt:DIR") from None
+        raise UserError(
+            f"guide {spec!r}: pretrained weights unreachable ({type(e).__name__}); "
+            "put them in the Hugging Face cache, or save a classifier as ckpt:DIR"
+        ) from None
     cfg = resolve_data_config({}, model=model)
     subset = infer_imagenet_subset(model)
     if subset:  # "tench, Tinca tinca" → matched by the label set's names
@@ -79,8 +80,13 @@ def _timm(name: str, spec: str) -> Guide:
         labels = [info.index_to_description(i) for i in range(model.num_classes)]
     else:
         labels = list(model.pretrained_cfg.get("label_names") or [f"class_{i}" for i in range(model.num_classes)])
-    pre = Preprocess(tuple(cfg["input_size"][1:]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                     float(cfg.get("crop_pct", 1.0)), cfg.get("interpolation", "bilinear"))
+    pre = Preprocess(
+        tuple(cfg["input_size"][1:]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        float(cfg.get("crop_pct", 1.0)),
+        cfg.get("interpolation", "bilinear"),
+    )
     return Guide(model, labels, pre, spec)
 
 
@@ -93,12 +99,13 @@ def _torchvision(name: str, spec: str) -> Guide:
     except (ValueError, KeyError) as e:
         raise UserError(f"guide {spec!r}: {e}") from None
     except (OSError, RuntimeError) as e:
-        raise UserError(f"guide {spec!r}: pretrained weights unreachable ({type(e).__name__}); "
-                        "put them in $TORCH_HOME, or save a classifier as ckpt:DIR") from None
+        raise UserError(
+            f"guide {spec!r}: pretrained weights unreachable ({type(e).__name__}); "
+            "put them in $TORCH_HOME, or save a classifier as ckpt:DIR"
+        ) from None
     t = weights.transforms()
     crop = t.crop_size[0]
-    pre = Preprocess((crop, crop), tuple(t.mean), tuple(t.std), crop / t.resize_size[0],
-                     t.interpolation.value)
+    pre = Preprocess((crop, crop), tuple(t.mean), tuple(t.std), crop / t.resize_size[0], t.interpolation.value)
     return Guide(model, list(weights.meta["categories"]), pre, spec)
 
 
@@ -145,10 +152,11 @@ def mean_pool_before_layernorm(model) -> None:
 
     def pooled(module, args, output):
         hidden = args[0]
-        if hidden.dim() != 3:        # already pooled
+        if hidden.dim() != 3:  # already pooled
             return output
-        return F.layer_norm(hidden[:, 1:, :].mean(dim=1, keepdim=True), module.normalized_shape,
-                            module.weight, module.bias, module.eps)
+        return F.layer_norm(
+            hidden[:, 1:, :].mean(dim=1, keepdim=True), module.normalized_shape, module.weight, module.bias, module.eps
+        )
 
     norm.register_forward_hook(pooled)
 
@@ -163,8 +171,10 @@ def _hf(name: str, spec: str) -> Guide:
         model = AutoModelForImageClassification.from_pretrained(name)
         proc = AutoImageProcessor.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise UserError(f"guide {spec!r}: cannot load ({str(e).splitlines()[0]}); "
-                        "for offline use pass a local directory: hf:/path/to/model") from None
+        raise UserError(
+            f"guide {spec!r}: cannot load ({str(e).splitlines()[0]}); "
+            "for offline use pass a local directory: hf:/path/to/model"
+        ) from None
     size = proc.size
     hw = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
     crop = getattr(proc, "crop_size", None)
@@ -189,8 +199,13 @@ def _ckpt(path: str, spec: str) -> Guide:
     if not Path(path).is_dir():
         raise UserError(f"guide {spec!r}: no such directory")
     model, cfg = load_classifier(path)
-    pre = Preprocess(tuple(cfg["input_size"][1:]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                     float(cfg.get("crop_pct", 1.0)), cfg.get("interpolation", "bilinear"))
+    pre = Preprocess(
+        tuple(cfg["input_size"][1:]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        float(cfg.get("crop_pct", 1.0)),
+        cfg.get("interpolation", "bilinear"),
+    )
     return Guide(model, cfg["labels"], pre, spec)
 
 

@@ -41,10 +41,10 @@ _SLUG_NAME_MAX = 48
 class LabelClass:
     """One class of a label set."""
 
-    position: int          # 0-based order in the label set; the `cls` written into shards
-    name: str              # readable class name as written (stripped)
-    index: int | None      # explicit guide index from "index<TAB>name", else None
-    slug: str              # filesystem-safe, unique within the set, e.g. "017-black-footed-albatross"
+    position: int  # 0-based order in the label set; the `cls` written into shards
+    name: str  # readable class name as written (stripped)
+    index: int | None  # explicit guide index from "index<TAB>name", else None
+    slug: str  # filesystem-safe, unique within the set, e.g. "017-black-footed-albatross"
     line: int = field(default=0, compare=False)  # 1-based line in the file, for error messages
 
 
@@ -53,7 +53,7 @@ class LabelSet:
     """An ordered, validated list of classes read from one file."""
 
     path: str
-    name: str              # file stem, slugified, e.g. "cub200"; used in token names
+    name: str  # file stem, slugified, e.g. "cub200"; used in token names
     classes: tuple[LabelClass, ...]
 
     def names(self) -> list[str]:
@@ -86,7 +86,7 @@ def read_label_set(path: str | os.PathLike) -> LabelSet:
     """Read and fully validate a label file; raises UserError (one line) on any problem."""
     path = str(path)
     text = _decode(path)
-    entries: list[tuple[int, int | None, str]] = []      # (line, index, name)
+    entries: list[tuple[int, int | None, str]] = []  # (line, index, name)
     for line_no, raw in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if raw.lstrip().startswith("#"):
             continue
@@ -100,8 +100,10 @@ def read_label_set(path: str | os.PathLike) -> LabelSet:
     with_index = [e for e in entries if e[1] is not None]
     if with_index and len(with_index) != len(entries):
         bare = next(e for e in entries if e[1] is None)
-        raise UserError(f"{path}:{bare[0]}: line has no 'index<TAB>' but line {with_index[0][0]} has one; "
-                        f"give every class an index or none")
+        raise UserError(
+            f"{path}:{bare[0]}: line has no 'index<TAB>' but line {with_index[0][0]} has one; "
+            f"give every class an index or none"
+        )
     seen_index: dict[int, int] = {}
     seen_name: dict[str, int] = {}
     for line_no, index, name in entries:
@@ -111,8 +113,10 @@ def read_label_set(path: str | os.PathLike) -> LabelSet:
             seen_index[index] = line_no
         key = normalise_name(name)
         if key in seen_name:
-            raise UserError(f"{path}:{line_no}: class {name!r} duplicates line {seen_name[key]} "
-                            f"(names are compared ignoring case, '_', '-' and 'NNN.' numbering)")
+            raise UserError(
+                f"{path}:{line_no}: class {name!r} duplicates line {seen_name[key]} "
+                f"(names are compared ignoring case, '_', '-' and 'NNN.' numbering)"
+            )
         seen_name[key] = line_no
 
     width = _width(len(entries))
@@ -135,8 +139,10 @@ def match_to_guide(labels: LabelSet, guide_names: list[str]) -> list[int]:
     out_of_range = [c for c in labels.classes if c.index is not None and not 0 <= c.index < n]
     if out_of_range:
         shown = ", ".join(f"line {c.line} (index {c.index})" for c in out_of_range[:5])
-        raise UserError(f"{labels.path}: {len(out_of_range)} index(es) outside the guide's 0..{n - 1}: {shown}"
-                        + _more(out_of_range, 5))
+        raise UserError(
+            f"{labels.path}: {len(out_of_range)} index(es) outside the guide's 0..{n - 1}: {shown}"
+            + _more(out_of_range, 5)
+        )
     by_key: dict[str, list[int]] = {}
     for i, guide_name in enumerate(guide_names):
         by_key.setdefault(normalise_name(guide_name), []).append(i)
@@ -158,12 +164,20 @@ def match_to_guide(labels: LabelSet, guide_names: list[str]) -> list[int]:
             near = difflib.get_close_matches(normalise_name(c.name), keys, n=3, cutoff=0.6)
             near_names = ", ".join(repr(guide_names[by_key[k][0]]) for k in near) or "none close"
             parts.append(f"line {c.line} {c.name!r} (nearest: {near_names})")
-        raise UserError(f"{labels.path}: {len(missing)} class name(s) not among the guide's {n} classes: "
-                        + "; ".join(parts) + _more(missing, 5) + "; fix the names or use 'index<TAB>name' lines")
+        raise UserError(
+            f"{labels.path}: {len(missing)} class name(s) not among the guide's {n} classes: "
+            + "; ".join(parts)
+            + _more(missing, 5)
+            + "; fix the names or use 'index<TAB>name' lines"
+        )
     if ambiguous:
         parts = [f"line {c.line} {c.name!r} matches guide classes {hits}" for c, hits in ambiguous[:5]]
-        raise UserError(f"{labels.path}: {len(ambiguous)} ambiguous class name(s): " + "; ".join(parts)
-                        + _more(ambiguous, 5) + "; use 'index<TAB>name' lines")
+        raise UserError(
+            f"{labels.path}: {len(ambiguous)} ambiguous class name(s): "
+            + "; ".join(parts)
+            + _more(ambiguous, 5)
+            + "; use 'index<TAB>name' lines"
+        )
     return result
 
 
@@ -182,8 +196,9 @@ def _decode(path: str) -> str:
     except UnicodeDecodeError as e:
         offset = skip + e.start
         line = data[:offset].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}); "
-                        f"save the file as UTF-8") from None
+        raise UserError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}); save the file as UTF-8"
+        ) from None
 
 
 def _parse_line(path: str, line_no: int, line: str) -> tuple[int | None, str]:
@@ -207,8 +222,7 @@ def _parse_line(path: str, line_no: int, line: str) -> tuple[int | None, str]:
         raise UserError(f"{where}: empty class name after index {index}")
     for ch in name:
         if unicodedata.category(ch) in _BAD_CATEGORIES:
-            raise UserError(f"{where}: class name {name!r} contains a control or invisible character "
-                            f"(U+{ord(ch):04X})")
+            raise UserError(f"{where}: class name {name!r} contains a control or invisible character (U+{ord(ch):04X})")
     if name[0] in "/\\" or ".." in re.split(r"[/\\]", name):
         raise UserError(f"{where}: class name {name!r} looks like a path (leading '/' or '\\', or a '..' part)")
     if not normalise_name(name):

@@ -19,15 +19,23 @@ REFERENCE_PIXELS = 512 * 512
 # bytes per 512×512 image, fp32; key: gradient checkpointing on
 UNET_CALL = {False: 1.372 * GIB, True: 0.278 * GIB}
 VAE_DECODE = {False: 5.555 * GIB, True: 0.797 * GIB}
-GUIDE = 0.069 * GIB                                   # ViT-B/16 at 224 px, any image size
-UNET_RECOMPUTE = 0.500 * GIB                          # the largest checkpointed UNet block, held in backward
-DECODE_RECOMPUTE = 2.625 * GIB                        # the largest checkpointed VAE decoder block
-HEADROOM = 0.8                                        # share of the free memory planned for
+GUIDE = 0.069 * GIB  # ViT-B/16 at 224 px, any image size
+UNET_RECOMPUTE = 0.500 * GIB  # the largest checkpointed UNet block, held in backward
+DECODE_RECOMPUTE = 2.625 * GIB  # the largest checkpointed VAE decoder block
+HEADROOM = 0.8  # share of the free memory planned for
 MAX_AUTO = 64
 
 
-def step_bytes(classes: int, batch_size: int, grad_steps: int, decode_batch: int, height: int, width: int,
-               dtype: torch.dtype, checkpointing: bool) -> float:
+def step_bytes(
+    classes: int,
+    batch_size: int,
+    grad_steps: int,
+    decode_batch: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    checkpointing: bool,
+) -> float:
     """Estimated activation bytes of one learner step with `classes` classes (weights not included)."""
     scale = height * width / REFERENCE_PIXELS
     size = torch.empty((), dtype=dtype).element_size() / 4

@@ -26,24 +26,23 @@ def index_batches(n: int, batch: int, steps: int, g: torch.Generator) -> list[to
     return list(perms[:need].view(steps, batch))
 
 
-def mixed_batches(n_real: int, n: int, batch: int, steps: int, real_fraction: float,
-                  g: torch.Generator) -> list[torch.Tensor]:
+def mixed_batches(
+    n_real: int, n: int, batch: int, steps: int, real_fraction: float, g: torch.Generator
+) -> list[torch.Tensor]:
     """`steps` batches of `batch` indices into range(n), round(real_fraction · batch) of them from the real
     images range(n_real) and the rest from the synthetic range(n_real, n), each walking its own permutations."""
     k = min(batch, max(0, round(real_fraction * batch)))
     real = index_batches(n_real, k, steps, g) if k else []
     synthetic = index_batches(n - n_real, batch - k, steps, g) if k < batch else []
     empty = torch.zeros(0, dtype=torch.long)
-    return [torch.cat([real[i] if k else empty, synthetic[i] + n_real if k < batch else empty])
-            for i in range(steps)]
+    return [torch.cat([real[i] if k else empty, synthetic[i] + n_real if k < batch else empty]) for i in range(steps)]
 
 
 class MixedBatchSampler(Sampler[list[int]]):
     """A `batch_sampler` for DataLoader over ConcatDataset([real, synthetic]): `steps` batches, each with
     round(real_fraction · batch_size) real indices; deterministic for a seed."""
 
-    def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_fraction: float, steps: int,
-                 seed: int = 0):
+    def __init__(self, n_real: int, n_synthetic: int, batch_size: int, real_fraction: float, steps: int, seed: int = 0):
         if not 0 <= real_fraction <= 1:
             raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
         k = round(real_fraction * batch_size)

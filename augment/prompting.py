@@ -55,6 +55,7 @@ def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tu
 
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Prompt embeddings as Stable Diffusion computes them (last hidden state, padded to max length)."""
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+    ids = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(pipe.text_encoder.device)
     return pipe.text_encoder(ids)[0]

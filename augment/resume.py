@@ -31,8 +31,11 @@ def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
     """What a checkpoint is only valid for: the learn config (but how often it is written), the label set,
     the guide and the text encoder."""
     learn = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
-    blob = json.dumps({"learn": learn, "labels": labels.names(), "guide": guide_spec,
-                       "text_encoder": text_encoder}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"learn": learn, "labels": labels.names(), "guide": guide_spec, "text_encoder": text_encoder},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -42,25 +45,29 @@ def checkpoint_path(out_dir: str | Path, worker: tuple[int, int]) -> Path:
 
 
 class LearnerCheckpoint:
-    def __init__(self, out_dir: str | Path, worker: tuple[int, int], fingerprint: str, device: torch.device,
-                 dtype: torch.dtype):
+    def __init__(
+        self, out_dir: str | Path, worker: tuple[int, int], fingerprint: str, device: torch.device, dtype: torch.dtype
+    ):
         self.path = checkpoint_path(out_dir, worker)
         self.dir, self.stem = self.path.parent, self.path.stem
         self.worker, self.fingerprint = worker, fingerprint
         self.env = {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
-        self.note: str | None = None       # why an existing checkpoint was not used, for the manifest
+        self.note: str | None = None  # why an existing checkpoint was not used, for the manifest
         self._serial = 0
 
     # ------------------------------------------------------------------ reading
     def load(self, overwrite: bool = False) -> tuple[dict, dict[str, torch.Tensor]] | None:
         """(state, tensors) of this worker's checkpoint, or None (none, or not usable: `note` says why).
         A changed learn config is a UserError unless `overwrite`; an unreadable checkpoint is a UserError."""
-        others = sorted(p.name for p in self.dir.glob("learn-w*of*.json") if p != self.path) \
-            if self.dir.is_dir() else []
+        others = (
+            sorted(p.name for p in self.dir.glob("learn-w*of*.json") if p != self.path) if self.dir.is_dir() else []
+        )
         if not self.path.is_file():
             if others:
-                self.note = (f"learner checkpoints of another worker split ({', '.join(others)}) not used: "
-                             "unfinished classes start from their initial vectors")
+                self.note = (
+                    f"learner checkpoints of another worker split ({', '.join(others)}) not used: "
+                    "unfinished classes start from their initial vectors"
+                )
             return None
         try:
             state = json.loads(self.path.read_text())
@@ -75,17 +82,23 @@ class LearnerCheckpoint:
                         raise ValueError(f"no tensor {entry['position']}.{key}")
         except Exception as e:  # noqa: BLE001  (JSON, missing keys, safetensors' own SafetensorError ...)
             detail = str(e).splitlines()[0] if str(e) else ""
-            raise UserError(f"{self.path}: unreadable learner checkpoint ({type(e).__name__}: {detail}); delete "
-                            f"{self.dir} to start the unfinished classes afresh") from None
+            raise UserError(
+                f"{self.path}: unreadable learner checkpoint ({type(e).__name__}: {detail}); delete "
+                f"{self.dir} to start the unfinished classes afresh"
+            ) from None
         if state["fingerprint"] != self.fingerprint:
             if not overwrite:
-                raise UserError(f"{self.path}: the learner checkpoint was made with another learn config, label set, "
-                                "guide or generator; rerun with --overwrite to start the unfinished classes afresh")
+                raise UserError(
+                    f"{self.path}: the learner checkpoint was made with another learn config, label set, "
+                    "guide or generator; rerun with --overwrite to start the unfinished classes afresh"
+                )
             self.note = "learner checkpoint of another config discarded (--overwrite)"
             return None
         if state["env"] != self.env:
-            self.note = (f"learner checkpoint from {state['env']['device']}/{state['env']['dtype']} not used on "
-                         f"{self.env['device']}/{self.env['dtype']}: unfinished classes start from their initial vectors")
+            self.note = (
+                f"learner checkpoint from {state['env']['device']}/{state['env']['dtype']} not used on "
+                f"{self.env['device']}/{self.env['dtype']}: unfinished classes start from their initial vectors"
+            )
             return None
         self._serial = state["serial"]
         return state, tensors
@@ -105,16 +118,34 @@ class LearnerCheckpoint:
                 value = opt_state.get(key, torch.zeros_like(s.embedding))
                 tensors[f"{s.cls.position}.{key}"] = value.detach().float().cpu().contiguous()
             opt_step = opt_state.get("step", 0)
-            entries.append({"position": s.cls.position, "step": s.step, "best_loss": s.best_loss,
-                            "since_best": s.since_best, "recent_correct": s.recent_correct,
-                            "history": s.history, "stop_reason": s.stop_reason, "seconds": s.seconds(),
-                            "optimizer_step": float(opt_step)})
+            entries.append(
+                {
+                    "position": s.cls.position,
+                    "step": s.step,
+                    "best_loss": s.best_loss,
+                    "since_best": s.since_best,
+                    "recent_correct": s.recent_correct,
+                    "history": s.history,
+                    "stop_reason": s.stop_reason,
+                    "seconds": s.seconds(),
+                    "optimizer_step": float(opt_step),
+                }
+            )
         name = f"{self.stem}-{self._serial}.safetensors"
         save_file(tensors, str(self.dir / name))
-        state = {"format": FORMAT, "serial": self._serial, "fingerprint": self.fingerprint, "env": self.env,
-                 "worker": list(self.worker), "tensors": name, "classes_per_step": classes_per_step,
-                 "loss_scale": scaler.scale, "loss_scale_good": scaler.good,
-                 "active": entries, "queue": [entry[0].position for entry in queue]}
+        state = {
+            "format": FORMAT,
+            "serial": self._serial,
+            "fingerprint": self.fingerprint,
+            "env": self.env,
+            "worker": list(self.worker),
+            "tensors": name,
+            "classes_per_step": classes_per_step,
+            "loss_scale": scaler.scale,
+            "loss_scale_good": scaler.good,
+            "active": entries,
+            "queue": [entry[0].position for entry in queue],
+        }
         write_json(self.path, state, indent=None)
         for old in self.dir.glob(f"{self.stem}-*.safetensors"):
             if old.name != name:
@@ -141,7 +172,7 @@ def clear_finished(out_dir: str | Path, learned) -> list[str]:
             state = json.loads(path.read_text())
             named = [e["position"] for e in state["active"]] + state["queue"]
         except (OSError, ValueError, KeyError, TypeError):
-            continue                                    # unreadable: `learn` reports it to its own worker
+            continue  # unreadable: `learn` reports it to its own worker
         if all(learned(p) for p in named):
             path.unlink(missing_ok=True)
             for t in d.glob(f"{path.stem}-*.safetensors"):

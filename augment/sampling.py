@@ -28,8 +28,7 @@ def check_scheduler(name: str, key: str) -> None:
         raise UserError(f"{key} must be one of {', '.join(SCHEDULERS)}, got {name!r}")
 
 
-def make_scheduler(base, name: str = "pipeline", timestep_spacing: str | None = None,
-                   steps_offset: int | None = None):
+def make_scheduler(base, name: str = "pipeline", timestep_spacing: str | None = None, steps_offset: int | None = None):
     """A fresh scheduler of kind `name` from `base`'s config (never `base` itself: schedulers hold state).
 
     `timestep_spacing` and `steps_offset` override the config's. DDIM is built with clip_sample off: from a
@@ -58,8 +57,11 @@ def predicted_x0(scheduler, sample: torch.Tensor, model_output: torch.Tensor, t)
     init_noise_sigma > 1): x_t = x0 + σ ε, `sample` being the unscaled latents."""
     kind = scheduler.config.prediction_type
     if float(scheduler.init_noise_sigma) > 1.0:
-        idx = scheduler.step_index if getattr(scheduler, "step_index", None) is not None \
+        idx = (
+            scheduler.step_index
+            if getattr(scheduler, "step_index", None) is not None
             else scheduler.index_for_timestep(t)
+        )
         s = scheduler.sigmas[idx].to(sample.device, sample.dtype)
         if kind == "epsilon":
             return sample - s * model_output

@@ -25,17 +25,20 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from augment.atomic import write_bytes, write_json, write_text
 from augment.errors import UserError
 
-SEEDS_RULE = ("torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
-              ".generate_state(1, numpy.uint64)[0] >> 1))")
+SEEDS_RULE = (
+    "torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
+    ".generate_state(1, numpy.uint64)[0] >> 1))"
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,10 @@ def unit_done(out: str | Path, setname: str, unit: ShardUnit, chash: str, overwr
     if marker.get("config_hash") != chash:
         if overwrite:
             return False
-        raise UserError(f"{marker_path(out, setname, unit)} was made with another config "
-                        f"(hash {marker.get('config_hash')} ≠ {chash}); use --overwrite or another --out")
+        raise UserError(
+            f"{marker_path(out, setname, unit)} was made with another config "
+            f"(hash {marker.get('config_hash')} ≠ {chash}); use --overwrite or another --out"
+        )
     return True
 
 
@@ -124,7 +129,7 @@ def remove_stale_tmp(out: str | Path, setname: str, units: Iterable[ShardUnit]) 
     n = 0
     for u in units:
         for p in (tar_path(out, setname, u), marker_path(out, setname, u)):
-            for tmp in p.parent.glob(f"{p.name}.*tmp"):   # name.tmp (older runs) and name.<pid>.tmp
+            for tmp in p.parent.glob(f"{p.name}.*tmp"):  # name.tmp (older runs) and name.<pid>.tmp
                 tmp.unlink(missing_ok=True)
                 n += 1
     return n
@@ -159,28 +164,36 @@ def encode_image(array: np.ndarray, image_format: str, jpeg_quality: int = 95) -
     return buf.getvalue()
 
 
-def write_unit(out: str | Path, setname: str, unit: ShardUnit, samples: list[dict[str, Any]],
-               chash: str) -> dict[str, Any]:
+def write_unit(
+    out: str | Path, setname: str, unit: ShardUnit, samples: list[dict[str, Any]], chash: str
+) -> dict[str, Any]:
     """Write one unit atomically: `.tar.<pid>.tmp` → fsync → rename → marker. Samples are webdataset dicts with
     bytes values (`__key__`, `jpg`|`png`, `cls`, `json`). Returns the marker."""
     from webdataset import TarWriter
 
     final = tar_path(out, setname, unit)
     final.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()                  # one class's shard: megabytes; written to disk in one piece below
+    buf = io.BytesIO()  # one class's shard: megabytes; written to disk in one piece below
     writer = TarWriter(buf, encoder=False, mtime=0.0)
     for s in samples:
         writer.write(s)
     writer.close()
     data = buf.getvalue()
     mpath = marker_path(out, setname, unit)
-    mpath.unlink(missing_ok=True)       # (--overwrite) never an old marker next to a new tar
+    mpath.unlink(missing_ok=True)  # (--overwrite) never an old marker next to a new tar
     write_bytes(final, data, fsync=True)  # <name>.<pid>.tmp → fsync → rename; removed on failure (a full disk)
-    marker = {"unit": unit.name(setname), "position": unit.position, "shard": unit.shard,
-              "first_index": unit.start, "count": len(samples), "sha256": hashlib.sha256(data).hexdigest(),
-              "seeds": SEEDS_RULE, "config_hash": chash}
+    marker = {
+        "unit": unit.name(setname),
+        "position": unit.position,
+        "shard": unit.shard,
+        "first_index": unit.start,
+        "count": len(samples),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "seeds": SEEDS_RULE,
+        "config_hash": chash,
+    }
     probs = [json.loads(s["json"]).get("guide_prob") for s in samples if "json" in s]
-    if probs and all(p is not None for p in probs):   # scored (--score, DATE): for the dataset card
+    if probs and all(p is not None for p in probs):  # scored (--score, DATE): for the dataset card
         marker["guide_prob_mean"] = round(sum(probs) / len(probs), 6)
     write_text(mpath, json.dumps(marker, indent=1) + "\n", fsync=True)
     _fsync_dir(final.parent)
@@ -192,10 +205,17 @@ def write_info(out: str | Path, setname: str, units: list[ShardUnit], split: str
     markers = [read_marker(out, setname, u) for u in units]
     if any(m is None for m in markers):
         return None
-    info = {"name": setname, "splits": {split: {
-        "name": split, "num_samples": sum(m["count"] for m in markers),
-        "filenames": [f"shards/{u.name(setname)}.tar" for u in units],
-        "shard_lengths": [m["count"] for m in markers]}}}
+    info = {
+        "name": setname,
+        "splits": {
+            split: {
+                "name": split,
+                "num_samples": sum(m["count"] for m in markers),
+                "filenames": [f"shards/{u.name(setname)}.tar" for u in units],
+                "shard_lengths": [m["count"] for m in markers],
+            }
+        },
+    }
     path = Path(out) / "_info.json"
     return write_json(path, info)
 
@@ -218,8 +238,14 @@ def webdataset_pipeline(directory: str | Path, shuffle: int = 1000, seed: int = 
     urls = tar_files(directory)
     if not urls:
         raise UserError(f"{directory}: no .tar shards")
-    ds = wds.WebDataset(urls, shardshuffle=(len(urls) if shuffle else False), seed=seed, empty_check=False,
-                        workersplitter=wds.split_by_worker, nodesplitter=wds.split_by_node)
+    ds = wds.WebDataset(
+        urls,
+        shardshuffle=(len(urls) if shuffle else False),
+        seed=seed,
+        empty_check=False,
+        workersplitter=wds.split_by_worker,
+        nodesplitter=wds.split_by_node,
+    )
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
     # raw bytes first, then our own decoders: webdataset's default handlers would unpickle a `.pickle` member

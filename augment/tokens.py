@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class ClassState:
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
     started: float = field(default_factory=time.time)
-    elapsed: float = 0.0                     # seconds spent before a restart (augment.resume)
+    elapsed: float = 0.0  # seconds spent before a restart (augment.resume)
 
     def seconds(self) -> float:
         return self.elapsed + time.time() - self.started
@@ -98,7 +98,7 @@ class LossScaler:
         self.enabled = enabled
         self.scale = init_scale if enabled else 1.0
         self.growth_interval = growth_interval
-        self.good = 0                            # finite steps in a row since the last change of scale
+        self.good = 0  # finite steps in a row since the last change of scale
 
     def unscale(self, params: list[torch.Tensor]) -> bool:
         if not self.enabled:
@@ -128,8 +128,16 @@ def class_noise_seed(seed: int, position: int, step: int) -> int:
 class TokenLearner:
     """Learns tokens for many classes in shared UNet batches. `run()` is the whole procedure."""
 
-    def __init__(self, pipe, guide: Guide, labels: LabelSet, guide_indices: list[int], cfg: LearnConfig,
-                 out_dir: str | Path, generator_info: dict | None = None):
+    def __init__(
+        self,
+        pipe,
+        guide: Guide,
+        labels: LabelSet,
+        guide_indices: list[int],
+        cfg: LearnConfig,
+        out_dir: str | Path,
+        generator_info: dict | None = None,
+    ):
         self.pipe, self.guide, self.labels, self.cfg = pipe, guide, labels, cfg
         self.guide_indices = guide_indices
         self.out_dir = Path(out_dir)
@@ -149,11 +157,11 @@ class TokenLearner:
     def step(self, active: list[ClassState]) -> None:
         """One learner step for every active class (the paper's Algorithm, batched over classes)."""
         cfg = self.cfg
-        while True:                                                       # 6. gradient into each token row
+        while True:  # 6. gradient into each token row
             per_sample, correct, probs = self.losses(active, backward=True)
             if self.scaler.unscale([s.embedding for s in active]):
                 break
-            for s in active:                                              # fp16 overflow: same noise, half scale
+            for s in active:  # fp16 overflow: same noise, half scale
                 s.optimizer.zero_grad(set_to_none=True)
         for i, s in enumerate(active):
             grad_norm = float(torch.nn.utils.clip_grad_norm_([s.embedding], cfg.grad_clip))
@@ -172,9 +180,10 @@ class TokenLearner:
         pipe, cfg = self.pipe, self.cfg
         n = cfg.batch_size
         # 1. prompts: each class's samples alternate over the templates, each carries its own token
-        prompts = [format_prompt(cfg.prompts[j % len(cfg.prompts)], s.token, s.cls.name)
-                   for s in active for j in range(n)]
-        cond = encode_prompts(pipe, prompts)                       # depends on the token rows (grad)
+        prompts = [
+            format_prompt(cfg.prompts[j % len(cfg.prompts)], s.token, s.cls.name) for s in active for j in range(n)
+        ]
+        cond = encode_prompts(pipe, prompts)  # depends on the token rows (grad)
         with torch.no_grad():
             uncond = encode_prompts(pipe, [""]).expand_as(cond)
         targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
@@ -183,16 +192,15 @@ class TokenLearner:
         scheduler = self.scheduler
         scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
-        timesteps = scheduler.timesteps                            # one entry = one UNet call
+        timesteps = scheduler.timesteps  # one entry = one UNet call
         # 3. all calls but the last k without gradient ("gradient skipping")
         k = min(max(grad_steps or cfg.grad_steps, 1), len(timesteps))
         with torch.no_grad():
             for t in timesteps[:-k]:
-                latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond),
-                                         t, latents).prev_sample
+                latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond), t, latents).prev_sample
         # 4. the last k calls with gradient through the conditional UNet call;
         # 5. decode and classify: the final image, or ("x0") each call's predicted clean image
-        weight = self.scaler.scale / n                             # each class: mean over its own samples
+        weight = self.scaler.scale / n  # each class: mean over its own samples
         if cfg.objective == "x0":
             step_cond = cond.detach().requires_grad_(True) if backward else cond
             per_step = []
@@ -202,7 +210,7 @@ class TokenLearner:
                 ce, logits = self._classify(x0, targets, backward, weight / k)
                 per_step.append(ce)
                 latents = scheduler.step(noise.detach() if backward else noise, t, latents).prev_sample.detach()
-            if backward:                                           # once through the text encoder
+            if backward:  # once through the text encoder
                 cond.backward(step_cond.grad)
             per_sample = torch.stack(per_step).mean(0)
         else:
@@ -255,9 +263,17 @@ class TokenLearner:
         cfg = self.cfg
         s.step += 1
         acc = sum(correct) / len(correct)
-        s.history.append({"step": s.step, "loss": round(loss, 5), "accuracy": acc, "target_prob": round(prob, 5),
-                          "grad_norm": round(grad_norm, 5), "token_norm": round(float(s.embedding.detach().norm()), 5)})
-        s.recent_correct = (s.recent_correct + [correct])[-cfg.stop_window:]
+        s.history.append(
+            {
+                "step": s.step,
+                "loss": round(loss, 5),
+                "accuracy": acc,
+                "target_prob": round(prob, 5),
+                "grad_norm": round(grad_norm, 5),
+                "token_norm": round(float(s.embedding.detach().norm()), 5),
+            }
+        )
+        s.recent_correct = (s.recent_correct + [correct])[-cfg.stop_window :]
         if loss < s.best_loss:
             s.best_loss, s.since_best = loss, 0
         else:
@@ -271,8 +287,14 @@ class TokenLearner:
             s.stop_reason = "max steps"
 
     # ---------------------------------------------------------------- the whole procedure
-    def run(self, classes: list[LabelClass] | None = None, progress: Callable[[dict], None] | None = None,
-            checkpoint=None, overwrite: bool = False, feed=None) -> dict[int, dict]:
+    def run(
+        self,
+        classes: list[LabelClass] | None = None,
+        progress: Callable[[dict], None] | None = None,
+        checkpoint=None,
+        overwrite: bool = False,
+        feed=None,
+    ) -> dict[int, dict]:
         """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now.
 
         With an `augment.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
@@ -296,9 +318,8 @@ class TokenLearner:
             by_pos = {c.position: c for c in classes}
             order = [e["position"] for e in state["active"]] + state["queue"]
             entries = self.prepare([by_pos[p] for p in order])
-            active = [self.restore_state(entry, saved, tensors)
-                      for entry, saved in zip(entries, state["active"])]
-            queue = entries[len(active):]
+            active = [self.restore_state(entry, saved, tensors) for entry, saved in zip(entries, state["active"])]
+            queue = entries[len(active) :]
             self.classes_per_step = state["classes_per_step"]
             self.scaler.scale, self.scaler.good = state["loss_scale"], state["loss_scale_good"]
         results: dict[int, dict] = {}
@@ -319,21 +340,30 @@ class TokenLearner:
                     del self.injector.vectors[s.token_id]
                     with torch.no_grad():  # the matrix row now holds the learned vector (for later use)
                         self.pipe.text_encoder.get_input_embeddings().weight[s.token_id] = s.embedding.to(
-                            self.pipe.text_encoder.dtype)
-                    results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, s.embedding.detach(),
-                                                         self._meta(s))
+                            self.pipe.text_encoder.dtype
+                        )
+                    results[s.cls.position] = save_token(
+                        self.out_dir, s.cls, s.token, s.embedding.detach(), self._meta(s)
+                    )
                     if feed is not None:
                         feed.board.release(feed.key(s.cls))
-                if feed is not None and not active and not queue:   # only others' classes left: wait for them
+                if feed is not None and not active and not queue:  # only others' classes left: wait for them
                     queue = self.prepare(feed.take(self.classes_per_step, block=True))
                 if checkpoint is not None and every and (queue or active) and steps % every == 0:
                     checkpoint.save(active, queue, self.scaler, self.classes_per_step)
                 if progress:
-                    progress({"done": len(results), "total": len(pending), "active": len(active),
-                              "finished": [r["class"] for r in results.values()],
-                              "accuracy": (sum(s.history[-1]["accuracy"] for s in active) / len(active))
-                              if active else None,
-                              "step": max((s.step for s in active), default=0)})
+                    progress(
+                        {
+                            "done": len(results),
+                            "total": len(pending),
+                            "active": len(active),
+                            "finished": [r["class"] for r in results.values()],
+                            "accuracy": (sum(s.history[-1]["accuracy"] for s in active) / len(active))
+                            if active
+                            else None,
+                            "step": max((s.step for s in active), default=0),
+                        }
+                    )
         finally:
             if self.injector is not None:
                 self.injector.remove()
@@ -364,7 +394,8 @@ class TokenLearner:
             s.optimizer.state[s.embedding] = {
                 "step": torch.tensor(saved["optimizer_step"]),
                 "exp_avg": tensors[f"{p}.exp_avg"].to(s.embedding.device),
-                "exp_avg_sq": tensors[f"{p}.exp_avg_sq"].to(s.embedding.device)}
+                "exp_avg_sq": tensors[f"{p}.exp_avg_sq"].to(s.embedding.device),
+            }
         s.step, s.best_loss, s.since_best = saved["step"], saved["best_loss"], saved["since_best"]
         s.recent_correct, s.history = saved["recent_correct"], saved["history"]
         s.stop_reason, s.elapsed = saved["stop_reason"], saved["seconds"]
@@ -379,7 +410,7 @@ class TokenLearner:
         tokens = [self.labels.token(c) for c in classes]
         words = [cfg.init_words.get(c.name, cfg.init_word) for c in classes]
         token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
-        if self.injector is not None and not self.injector.removed:   # set up already (claim mode adds classes)
+        if self.injector is not None and not self.injector.removed:  # set up already (claim mode adds classes)
             return list(zip(classes, tokens, token_ids, words, init_vectors))
         for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
             p.requires_grad_(False)
@@ -398,11 +429,20 @@ class TokenLearner:
 
     def _meta(self, s: ClassState) -> dict:
         return {
-            "class": s.cls.name, "position": s.cls.position, "token": s.token, "init_word": s.init_word,
-            "guide": self.guide.spec, "guide_index": s.guide_index, **self.generator_info,
-            "steps": s.step, "stop_reason": s.stop_reason,
-            "final_loss": s.history[-1]["loss"], "final_accuracy": s.history[-1]["accuracy"],
-            "seconds": round(s.seconds(), 2), "lr": self.lr, "classes_per_step": self.classes_per_step,
+            "class": s.cls.name,
+            "position": s.cls.position,
+            "token": s.token,
+            "init_word": s.init_word,
+            "guide": self.guide.spec,
+            "guide_index": s.guide_index,
+            **self.generator_info,
+            "steps": s.step,
+            "stop_reason": s.stop_reason,
+            "final_loss": s.history[-1]["loss"],
+            "final_accuracy": s.history[-1]["accuracy"],
+            "seconds": round(s.seconds(), 2),
+            "lr": self.lr,
+            "classes_per_step": self.classes_per_step,
             "config": asdict(self.cfg),
             "history": s.history,
         }
@@ -413,4 +453,3 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     saturated pixels from silencing the classifier's signal."""
     images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5
     return images + (images.clamp(0, 1) - images).detach()
-

@@ -37,7 +37,7 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
     final = token_dir(out_dir, cls)
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")  # per process: a claim taken over may overlap
     for old in final.parent.glob(f"{final.name}.*tmp") if final.parent.is_dir() else ():
-        shutil.rmtree(old, ignore_errors=True)                  # what a killed run left
+        shutil.rmtree(old, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)
     try:
         save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
@@ -45,7 +45,7 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-    except BaseException:             # a full disk, a kill: nothing half-written stays
+    except BaseException:  # a full disk, a kill: nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
@@ -67,14 +67,18 @@ def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: st
         root = root.parent
     missing = [c.name for c in labels.classes if not is_learned(root, c)]
     if missing:
-        raise UserError(f"{root}: no learned token for {len(missing)} class(es): "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise UserError(
+            f"{root}: no learned token for {len(missing)} class(es): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     paths, tokens, out = [], [], {}
     for c in labels.classes:
         meta = read_meta(root, c)
         if fingerprint is not None and meta.get("text_encoder") not in (None, fingerprint):
-            raise UserError(f"{token_dir(root, c)}: token learned with another generator "
-                            f"({meta.get('generator', '?')}); learn tokens for this one")
+            raise UserError(
+                f"{token_dir(root, c)}: token learned with another generator "
+                f"({meta.get('generator', '?')}); learn tokens for this one"
+            )
         out[c.position] = meta["token"]
         if meta["token"] in pipe.tokenizer.get_vocab():
             continue  # already loaded in this pipeline

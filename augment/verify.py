@@ -18,8 +18,8 @@ from augment.tokens_io import WEIGHTS
 
 @dataclass
 class Report:
-    problems: list[str] = field(default_factory=list)   # "file: what is wrong"
-    redo: list[str] = field(default_factory=list)       # what a rerun would (re)make
+    problems: list[str] = field(default_factory=list)  # "file: what is wrong"
+    redo: list[str] = field(default_factory=list)  # what a rerun would (re)make
     checked: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -54,17 +54,23 @@ def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
             meta = json.loads(meta_path.read_text())
             tensors = load_file(str(weights))
         except Exception as e:  # noqa: BLE001  (missing file, bad JSON, safetensors' own error type)
-            report.problems.append(f"{d}: token unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            report.problems.append(
+                f"{d}: token unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            )
             report.redo.append(f"learn {d.name} (delete {d} first)")
             continue
-        if list(tensors) != [meta.get("token")] or tensors[meta["token"]].dim() != 2 or \
-                tensors[meta["token"]].shape[0] != 1:
+        if (
+            list(tensors) != [meta.get("token")]
+            or tensors[meta["token"]].dim() != 2
+            or tensors[meta["token"]].shape[0] != 1
+        ):
             report.problems.append(f"{weights}: expected one [1, dim] tensor named {meta.get('token')!r}")
         if "sha256" in meta and hashlib.sha256(weights.read_bytes()).hexdigest() != meta["sha256"]:
             report.problems.append(f"{weights}: sha256 differs from meta.json's (changed after learning)")
         if expected_te and meta.get("text_encoder") not in (None, expected_te):
-            report.problems.append(f"{d}: learned with another text encoder ({meta.get('text_encoder')}, "
-                                   f"manifest: {expected_te})")
+            report.problems.append(
+                f"{d}: learned with another text encoder ({meta.get('text_encoder')}, manifest: {expected_te})"
+            )
     report.checked["tokens"] = n
 
 
@@ -104,8 +110,11 @@ def _verify_shards(out: Path, generate: dict, report: Report) -> None:
             report.problems.append(f"{info_path}: unreadable ({type(e).__name__})")
             return
         listed = dict(zip((Path(f).name for f in split["filenames"]), split["shard_lengths"]))
-        if listed != {k: v for k, v in counted.items() if k in listed} or len(listed) != len(counted) \
-                or split["num_samples"] != sum(listed.values()):
+        if (
+            listed != {k: v for k, v in counted.items() if k in listed}
+            or len(listed) != len(counted)
+            or split["num_samples"] != sum(listed.values())
+        ):
             report.problems.append(f"{info_path}: does not match the shard markers")
 
 
@@ -127,8 +136,9 @@ def _check_tar(tar: Path, marker: dict) -> str | None:
         samples.setdefault(key, set()).add(ext)
     if len(samples) != marker.get("count"):
         return f"{len(samples)} samples, marker says {marker.get('count')}"
-    unit = ShardUnit(marker["position"], marker["shard"], marker["first_index"],
-                     marker["first_index"] + marker["count"])
+    unit = ShardUnit(
+        marker["position"], marker["shard"], marker["first_index"], marker["first_index"] + marker["count"]
+    )
     expected = [sample_key(unit.position, i) for i in range(unit.start, unit.stop)]
     if sorted(samples) != expected:
         return "sample keys are not the unit's"

@@ -28,14 +28,34 @@ def run_mode(mode: str, labels: Path, out: Path, workers: int, max_steps: int, b
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     procs, t0 = [], time.time()
     for i in range(workers):
-        cmd = [sys.executable, "-m", "augment.cli", "learn", "--preset", "toy", "--labels", str(labels),
-               "--out", str(out), "--classes-per-step", "1", "--max-steps", str(max_steps), "--batch-size",
-               str(batch), "--worker-index", str(i), "--num-workers", str(workers), "--no-progress",
-               *(["--claim", "--lease", "60"] if mode == "claim" else [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "augment.cli",
+            "learn",
+            "--preset",
+            "toy",
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--classes-per-step",
+            "1",
+            "--max-steps",
+            str(max_steps),
+            "--batch-size",
+            str(batch),
+            "--worker-index",
+            str(i),
+            "--num-workers",
+            str(workers),
+            "--no-progress",
+            *(["--claim", "--lease", "60"] if mode == "claim" else []),
+        ]
         err = open(out.parent / f"{mode}-{i}.err", "w")
         procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err), err))
     ends: list[float | None] = [None] * len(procs)
-    while any(e is None for e in ends):                 # each worker's own end time
+    while any(e is None for e in ends):  # each worker's own end time
         for i, (p, _) in enumerate(procs):
             if ends[i] is None and p.poll() is not None:
                 ends[i] = time.time() - t0
@@ -45,8 +65,11 @@ def run_mode(mode: str, labels: Path, out: Path, workers: int, max_steps: int, b
         if p.returncode != 0:
             sys.exit(f"{mode} worker failed: {Path(err.name).read_text()[-1000:]}")
     metas = [json.loads(m.read_text()) for m in sorted((out / "tokens").glob("*/meta.json"))]
-    return {"wall_s": round(max(ends), 1), "worker_end_s": [round(e, 1) for e in ends],
-            "steps": {m["class"]: m["steps"] for m in metas}}
+    return {
+        "wall_s": round(max(ends), 1),
+        "worker_end_s": [round(e, 1) for e in ends],
+        "steps": {m["class"]: m["steps"] for m in metas},
+    }
 
 
 def main() -> None:
@@ -57,17 +80,21 @@ def main() -> None:
     ap.add_argument("--labels", type=Path, default=REPO / "manifests" / "fashion-mnist.txt")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {mode: run_mode(mode, args.labels, Path(tmp) / mode, args.workers, args.max_steps,
-                                  args.batch_size) for mode in ("static", "claim")}
+        results = {
+            mode: run_mode(mode, args.labels, Path(tmp) / mode, args.workers, args.max_steps, args.batch_size)
+            for mode in ("static", "claim")
+        }
     for mode, r in results.items():
         print(f"{mode:7s} wall {r['wall_s']:7.1f} s   workers end at {r['worker_end_s']}")
     steps = results["static"]["steps"]
     print("steps per class:", json.dumps(steps))
-    shares = [sum(list(steps.values())[i::args.workers]) for i in range(args.workers)]
+    shares = [sum(list(steps.values())[i :: args.workers]) for i in range(args.workers)]
     print(f"learner steps per worker under the static split: {shares} (claim mode balances them as it goes)")
     same = results["static"]["steps"] == results["claim"]["steps"]
-    print(f"same steps per class in both modes: {same}; claim / static wall time "
-          f"{results['claim']['wall_s'] / results['static']['wall_s']:.2f}")
+    print(
+        f"same steps per class in both modes: {same}; claim / static wall time "
+        f"{results['claim']['wall_s'] / results['static']['wall_s']:.2f}"
+    )
 
 
 if __name__ == "__main__":

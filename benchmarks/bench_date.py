@@ -23,8 +23,16 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, read_labels,
-                               save_results, setup, top1, toy_config)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    read_labels,
+    save_results,
+    setup,
+    top1,
+    toy_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,10 +69,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     env = setup(args)
     n = args.images_per_class or (2 if args.quick else 20)
-    gen = {k: v for k, v in {"num_inference_steps": args.steps or (4 if args.quick else None),
-                             "batch_size": args.batch_size}.items() if v}
-    options = {k: v for k, v in {"step_size": args.step_size, "every": args.every,
-                                 "updates": args.updates}.items() if v is not None}
+    gen = {
+        k: v
+        for k, v in {
+            "num_inference_steps": args.steps or (4 if args.quick else None),
+            "batch_size": args.batch_size,
+        }.items()
+        if v
+    }
+    options = {
+        k: v
+        for k, v in {"step_size": args.step_size, "every": args.every, "updates": args.updates}.items()
+        if v is not None
+    }
     run_cfg = toy_config(args, generate=gen)
     plain_cfg = replace(run_cfg.generate, refine=None, refine_options={})
     date_cfg = replace(run_cfg.generate, refine="date", refine_options=options)
@@ -83,9 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     guide_idx, heldout_idx = match_to_guide(labels, guide.labels), match_to_guide(labels, heldout.labels)
     print_environment(env)
     steps = plain_cfg.num_inference_steps
-    print(f"{n} images × {len(labels)} classes per path, {run_cfg.generator}: {steps} steps, "
-          f"CFG {plain_cfg.guidance_scale}, batch {plain_cfg.batch_size}; DATE {asdict(opts)} "
-          f"({len(opts.refined_steps(steps))} of {steps} steps refined)")
+    print(
+        f"{n} images × {len(labels)} classes per path, {run_cfg.generator}: {steps} steps, "
+        f"CFG {plain_cfg.guidance_scale}, batch {plain_cfg.batch_size}; DATE {asdict(opts)} "
+        f"({len(opts.refined_steps(steps))} of {steps} steps refined)"
+    )
 
     make_images(pipe, labels, replace(plain_cfg, num_inference_steps=1), 1, guide, guide_idx)  # warm-up
     rows, results = [], {}
@@ -97,12 +116,25 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append([name, len(images), round(seconds, 2), held, own])
     factor = results["plain + DATE"]["seconds"] / results["plain"]["seconds"]
     print(markdown_table(["path", "images", "seconds", "held-out top-1 %", "guide top-1 % (optimised)"], rows))
-    print(f"\ntime factor DATE / plain: {factor:.2f}×; held-out top-1 change: "
-          f"{results['plain + DATE']['heldout_top1'] - results['plain']['heldout_top1']:+.1f} points")
-    out = {"benchmark": "date", "quick": args.quick, "environment": env, "generator": run_cfg.generator,
-           "guide": run_cfg.guide, "eval_classifier": run_cfg.eval_classifier, "images_per_class": n,
-           "classes": len(labels), "steps": steps, "guidance_scale": plain_cfg.guidance_scale,
-           "date_options": asdict(opts), "results": results, "time_factor": factor}
+    print(
+        f"\ntime factor DATE / plain: {factor:.2f}×; held-out top-1 change: "
+        f"{results['plain + DATE']['heldout_top1'] - results['plain']['heldout_top1']:+.1f} points"
+    )
+    out = {
+        "benchmark": "date",
+        "quick": args.quick,
+        "environment": env,
+        "generator": run_cfg.generator,
+        "guide": run_cfg.guide,
+        "eval_classifier": run_cfg.eval_classifier,
+        "images_per_class": n,
+        "classes": len(labels),
+        "steps": steps,
+        "guidance_scale": plain_cfg.guidance_scale,
+        "date_options": asdict(opts),
+        "results": results,
+        "time_factor": factor,
+    }
     save_results(args.out, out)
     return out
 

@@ -28,8 +28,15 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, read_labels,
-                               save_results, setup, toy_config)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    read_labels,
+    save_results,
+    setup,
+    toy_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,9 +73,15 @@ def load_plain_pipeline(path: str, device: torch.device, dtype: torch.dtype):
 
 def plain_image(pipe, prompt: str, seed: int, cfg, output_type: str = "pil"):
     """One image, the way the diffusers docs show it."""
-    return pipe(prompt, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                height=cfg.height, width=cfg.width, generator=torch.Generator("cpu").manual_seed(seed),
-                output_type=output_type).images[0]
+    return pipe(
+        prompt,
+        num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale,
+        height=cfg.height,
+        width=cfg.width,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type=output_type,
+    ).images[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,8 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
     env = setup(args)
     quick = {"images": 4, "batch_size": 4, "steps": 4} if args.quick else {"images": 200}
     n = args.images or quick["images"]
-    gen = {k: v for k, v in {"batch_size": args.batch_size or quick.get("batch_size"),
-                             "num_inference_steps": args.steps or quick.get("steps")}.items() if v}
+    gen = {
+        k: v
+        for k, v in {
+            "batch_size": args.batch_size or quick.get("batch_size"),
+            "num_inference_steps": args.steps or quick.get("steps"),
+        }.items()
+        if v
+    }
     run_cfg = toy_config(args, generate=gen)
     cfg = run_cfg.generate
     from augment.generate import generate_images, generate_units, image_prompt
@@ -91,8 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = {(c, i): image_prompt(cfg, i, "", labels.classes[c].name) for c, i in jobs}
     seeds = {(c, i): image_seed(cfg.seed, c, i) for c, i in jobs}
     print_environment(env)
-    print(f"{n} images of {run_cfg.generator}: {cfg.num_inference_steps} steps, CFG {cfg.guidance_scale}, "
-          f"{cfg.image_format}; augment at batch {cfg.batch_size}, plain at batch 1")
+    print(
+        f"{n} images of {run_cfg.generator}: {cfg.num_inference_steps} steps, CFG {cfg.guidance_scale}, "
+        f"{cfg.image_format}; augment at batch {cfg.batch_size}, plain at batch 1"
+    )
 
     ours = load_generator(run_cfg.generator, device, run_cfg.dtype)
     plain = load_plain_pipeline(run_cfg.generator, device, ours.unet.dtype)
@@ -122,20 +143,30 @@ def main(argv: list[str] | None = None) -> dict:
             ref = np.asarray(Image.open(plain_dir / f"{s['key']}.png").convert("RGB"), dtype=np.int16)
             batch_diff = max(batch_diff, int(np.abs(np.asarray(s["image"], dtype=np.int16) - ref).max()))
 
-    rows = [["augment (generate_units, shards)", cfg.batch_size, n, round(t_ours, 2), n / t_ours],
-            ["plain diffusers loop", 1, n, round(t_plain, 2), n / t_plain]]
+    rows = [
+        ["augment (generate_units, shards)", cfg.batch_size, n, round(t_ours, 2), n / t_ours],
+        ["plain diffusers loop", 1, n, round(t_plain, 2), n / t_plain],
+    ]
     ratio = t_plain / t_ours
     print(markdown_table(["path", "batch", "images", "seconds", "images/s"], rows))
     print(f"\nspeed-up augment / plain: {ratio:.2f}× (target ≥ 3×)")
     print(f"sanity: same seed at batch 1, max abs pixel difference {same_seed_diff:.2e} (float, [0, 1])")
-    print(f"sanity: augment batch {cfg.batch_size} vs plain batch 1, max abs difference {batch_diff}/255 "
-          f"over {n} PNGs")
-    results = {"benchmark": "generate", "quick": args.quick, "environment": env, "images": n,
-               "generator": run_cfg.generator, "steps": cfg.num_inference_steps,
-               "guidance_scale": cfg.guidance_scale, "image_format": cfg.image_format,
-               "augment": {"batch_size": cfg.batch_size, "seconds": t_ours, "images_per_s": n / t_ours},
-               "plain": {"batch_size": 1, "seconds": t_plain, "images_per_s": n / t_plain},
-               "speedup": ratio, "same_seed_max_abs_diff": same_seed_diff, "batched_vs_batch1_max_diff_255": batch_diff}
+    print(f"sanity: augment batch {cfg.batch_size} vs plain batch 1, max abs difference {batch_diff}/255 over {n} PNGs")
+    results = {
+        "benchmark": "generate",
+        "quick": args.quick,
+        "environment": env,
+        "images": n,
+        "generator": run_cfg.generator,
+        "steps": cfg.num_inference_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "image_format": cfg.image_format,
+        "augment": {"batch_size": cfg.batch_size, "seconds": t_ours, "images_per_s": n / t_ours},
+        "plain": {"batch_size": 1, "seconds": t_plain, "images_per_s": n / t_plain},
+        "speedup": ratio,
+        "same_seed_max_abs_diff": same_seed_diff,
+        "batched_vs_batch1_max_diff_255": batch_diff,
+    }
     save_results(args.out, results)
     return results
 

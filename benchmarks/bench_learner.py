@@ -26,8 +26,16 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, read_labels,
-                               save_results, setup, toy_config, top1)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    read_labels,
+    save_results,
+    setup,
+    top1,
+    toy_config,
+)
 
 EVAL_SEED = 1_000_003  # fresh seeds: generation seeds differ from the learner's noise seeds anyway
 
@@ -37,9 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_arguments(p)
     p.add_argument("--classes", type=int, help="first N classes of the label set (default 10; --quick: 2)")
     p.add_argument("--max-steps", type=int, help="learning steps per class at most (default 20; --quick: 2)")
-    p.add_argument("--stopping", choices=["off", "on"], default="off",
-                   help="off: every class runs exactly --max-steps (equal work, the default); "
-                        "on: the preset's stopping rules (patience, stop window) apply as well")
+    p.add_argument(
+        "--stopping",
+        choices=["off", "on"],
+        default="off",
+        help="off: every class runs exactly --max-steps (equal work, the default); "
+        "on: the preset's stopping rules (patience, stop window) apply as well",
+    )
     p.add_argument("--eval-images", type=int, help="images per class scored per run (default 20; --quick: 1)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain-prompt accuracy row")
     return p.parse_args(argv)
@@ -117,9 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
     labels = read_labels(args.labels, classes)
     lc = run_cfg.learn
     print_environment(env)
-    print(f"{classes} classes, ≤ {lc.max_steps} steps each (stopping rules {args.stopping}), {lc.batch_size} images "
-          f"per class per step, {lc.num_inference_steps} denoising steps; evaluation: {per_class} images per "
-          f"class, {run_cfg.generate.num_inference_steps} steps, held-out {run_cfg.eval_classifier}")
+    print(
+        f"{classes} classes, ≤ {lc.max_steps} steps each (stopping rules {args.stopping}), {lc.batch_size} images "
+        f"per class per step, {lc.num_inference_steps} denoising steps; evaluation: {per_class} images per "
+        f"class, {run_cfg.generate.num_inference_steps} steps, held-out {run_cfg.eval_classifier}"
+    )
 
     heldout = load_guide(run_cfg.eval_classifier, device)
     runs = {"batched": classes, "one class at a time": 1}
@@ -135,30 +149,58 @@ def main(argv: list[str] | None = None) -> dict:
             seconds, metas = learn(cfg, labels, cfg.learn, dirs[name], device)
             steps = sum(m["steps"] for m in metas.values())
             print(f"  {name}: learned {len(metas)} classes in {seconds:.1f} s", flush=True)
-            results[name] = {"classes_per_step": per_step, "seconds": seconds, "classes_per_hour": 3600 * classes / seconds,
-                             "class_steps": steps, "mean_steps": steps / classes,
-                             "stop_reasons": sorted({m["stop_reason"] for m in metas.values()}),
-                             "final_batch_accuracy": sum(m["final_accuracy"] for m in metas.values()) / classes}
+            results[name] = {
+                "classes_per_step": per_step,
+                "seconds": seconds,
+                "classes_per_hour": 3600 * classes / seconds,
+                "class_steps": steps,
+                "mean_steps": steps / classes,
+                "stop_reasons": sorted({m["stop_reason"] for m in metas.values()}),
+                "final_batch_accuracy": sum(m["final_accuracy"] for m in metas.values()) / classes,
+            }
             results[name]["held_out"] = held_out_accuracy(run_cfg, labels, dirs[name], heldout, per_class, device)
         agreement = token_agreement(labels, *dirs.values())
     plain = None if args.no_plain else held_out_accuracy(run_cfg, labels, None, heldout, per_class, device)
 
-    rows = [[name, r["classes_per_step"], round(r["seconds"], 1), round(r["mean_steps"], 1), r["classes_per_hour"],
-             round(r["held_out"]["top1"], 1)] for name, r in results.items()]
+    rows = [
+        [
+            name,
+            r["classes_per_step"],
+            round(r["seconds"], 1),
+            round(r["mean_steps"], 1),
+            r["classes_per_hour"],
+            round(r["held_out"]["top1"], 1),
+        ]
+        for name, r in results.items()
+    ]
     if plain is not None:
         rows.append(["plain prompt (no tokens)", "-", "-", "-", "-", round(plain["top1"], 1)])
     batched, single = results["batched"], results["one class at a time"]
     ratio = batched["classes_per_hour"] / single["classes_per_hour"]
     print(markdown_table(["run", "classes/step", "learn s", "steps/class", "classes/hour", "held-out top-1 %"], rows))
-    print(f"\nspeed-up batched / one at a time: {ratio:.2f}×; held-out top-1 {batched['held_out']['top1']:.1f}% "
-          f"vs {single['held_out']['top1']:.1f}%")
-    print(f"sanity: tokens of the two runs: max abs difference {agreement['max_abs_diff']:.2e}, "
-          f"lowest cosine similarity {agreement['min_cosine']:.6f}")
-    out = {"benchmark": "learner", "quick": q, "environment": env, "classes": classes, "stopping": args.stopping,
-           "learn": asdict(lc),
-           "eval_images_per_class": per_class, "eval_steps": run_cfg.generate.num_inference_steps,
-           "eval_classifier": run_cfg.eval_classifier, "runs": results, "plain": plain, "speedup": ratio,
-           "token_agreement": agreement}
+    print(
+        f"\nspeed-up batched / one at a time: {ratio:.2f}×; held-out top-1 {batched['held_out']['top1']:.1f}% "
+        f"vs {single['held_out']['top1']:.1f}%"
+    )
+    print(
+        f"sanity: tokens of the two runs: max abs difference {agreement['max_abs_diff']:.2e}, "
+        f"lowest cosine similarity {agreement['min_cosine']:.6f}"
+    )
+    out = {
+        "benchmark": "learner",
+        "quick": q,
+        "environment": env,
+        "classes": classes,
+        "stopping": args.stopping,
+        "learn": asdict(lc),
+        "eval_images_per_class": per_class,
+        "eval_steps": run_cfg.generate.num_inference_steps,
+        "eval_classifier": run_cfg.eval_classifier,
+        "runs": results,
+        "plain": plain,
+        "speedup": ratio,
+        "token_agreement": agreement,
+    }
     save_results(args.out, out)
     return out
 

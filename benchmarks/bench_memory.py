@@ -28,8 +28,15 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, read_labels,
-                               save_results, setup, toy_config)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    read_labels,
+    save_results,
+    setup,
+    toy_config,
+)
 
 MB = 1024 * 1024
 
@@ -49,8 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def learn_overrides(args: argparse.Namespace, size: int) -> dict:
     quick = {"batch_size": 2, "num_inference_steps": 2} if args.quick else {}
     given = {"batch_size": args.batch_size, "num_inference_steps": args.steps, "objective": args.objective}
-    return {**quick, **{k: v for k, v in given.items() if v}, "max_classes_per_step": size, "max_steps": 2,
-            "gradient_checkpointing": args.gradient_checkpointing, "patience": 3, "stop_window": 3}
+    return {
+        **quick,
+        **{k: v for k, v in given.items() if v},
+        "max_classes_per_step": size,
+        "max_steps": 2,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "patience": 3,
+        "stop_window": 3,
+    }
 
 
 def rss_bytes() -> int:
@@ -64,7 +78,7 @@ def rss_bytes() -> int:
 
 def max_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024   # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -94,20 +108,42 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) if cuda else max_rss_bytes()
-    return {"classes_per_step": size, "images_per_step": size * cfg.learn.batch_size,
-            "base_mb": base / MB, "peak_mb": peak / MB, "step_mb": (peak - base) / MB,
-            "bounded_by_loading": (not cuda) and peak <= loading_peak,
-            "first_step_s": ends[1] - ends[0], "step_s": ends[-1] - ends[-2],
-            "measure": "cuda max_memory_allocated" if cuda else "ru_maxrss - rss after loading"}
+    return {
+        "classes_per_step": size,
+        "images_per_step": size * cfg.learn.batch_size,
+        "base_mb": base / MB,
+        "peak_mb": peak / MB,
+        "step_mb": (peak - base) / MB,
+        "bounded_by_loading": (not cuda) and peak <= loading_peak,
+        "first_step_s": ends[1] - ends[0],
+        "step_s": ends[-1] - ends[-2],
+        "measure": "cuda max_memory_allocated" if cuda else "ru_maxrss - rss after loading",
+    }
 
 
 def run_worker(args: argparse.Namespace, size: int) -> dict:
     """Measure one size in a fresh interpreter (a process's peak memory can only go up)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), "--threads", str(args.threads),
-           "--device", args.device, "--preset", args.preset, "--labels", str(args.labels)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(size),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--preset",
+        args.preset,
+        "--labels",
+        str(args.labels),
+    ]
     cmd += ["--quick"] * args.quick + ["--gradient-checkpointing"] * args.gradient_checkpointing
-    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--objective", args.objective),
-                        ("--dtype", args.dtype)):
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--steps", args.steps),
+        ("--objective", args.objective),
+        ("--dtype", args.dtype),
+    ):
         if value:
             cmd += [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -127,24 +163,56 @@ def main(argv: list[str] | None = None) -> dict | None:
         sizes = [1] + sizes  # the ratios are to size 1
     cfg = toy_config(args, learn=learn_overrides(args, 1))
     print_environment(env)
-    print(f"one learner step: {cfg.learn.batch_size} images per class, {cfg.learn.num_inference_steps} denoising "
-          f"steps ({cfg.learn.grad_steps} with gradient, objective {cfg.learn.objective}), gradient checkpointing "
-          f"{'on' if cfg.learn.gradient_checkpointing else 'off'}")
+    print(
+        f"one learner step: {cfg.learn.batch_size} images per class, {cfg.learn.num_inference_steps} denoising "
+        f"steps ({cfg.learn.grad_steps} with gradient, objective {cfg.learn.objective}), gradient checkpointing "
+        f"{'on' if cfg.learn.gradient_checkpointing else 'off'}"
+    )
     rows_data = []
     for size in sizes:
         rows_data.append(run_worker(args, size))
-        print(f"  {size} classes per step: {rows_data[-1]['step_mb']:.0f} MB, {rows_data[-1]['step_s']:.2f} s",
-              flush=True)
+        print(
+            f"  {size} classes per step: {rows_data[-1]['step_mb']:.0f} MB, {rows_data[-1]['step_s']:.2f} s", flush=True
+        )
     one = rows_data[0]
-    rows = [[r["classes_per_step"], r["images_per_step"], ("≤ " if r["bounded_by_loading"] else "") + f"{r['step_mb']:.0f}",
-             r["step_mb"] / one["step_mb"], round(r["step_s"], 2), r["step_s"] / one["step_s"],
-             r["classes_per_step"] * one["step_s"] / r["step_s"]] for r in rows_data]
-    print(markdown_table(["classes/step", "images/step", "step memory MB", "memory × size 1", "step s",
-                          "time × size 1", "throughput × size 1"], rows))
+    rows = [
+        [
+            r["classes_per_step"],
+            r["images_per_step"],
+            ("≤ " if r["bounded_by_loading"] else "") + f"{r['step_mb']:.0f}",
+            r["step_mb"] / one["step_mb"],
+            round(r["step_s"], 2),
+            r["step_s"] / one["step_s"],
+            r["classes_per_step"] * one["step_s"] / r["step_s"],
+        ]
+        for r in rows_data
+    ]
+    print(
+        markdown_table(
+            [
+                "classes/step",
+                "images/step",
+                "step memory MB",
+                "memory × size 1",
+                "step s",
+                "time × size 1",
+                "throughput × size 1",
+            ],
+            rows,
+        )
+    )
     print(f"\nmemory: {one['measure']}; models loaded: {one['base_mb']:.0f} MB; time: the second of two steps")
-    results = {"benchmark": "memory", "quick": args.quick, "environment": env, "learn": {
-        "batch_size": cfg.learn.batch_size, "num_inference_steps": cfg.learn.num_inference_steps,
-        "gradient_checkpointing": cfg.learn.gradient_checkpointing}, "sizes": rows_data}
+    results = {
+        "benchmark": "memory",
+        "quick": args.quick,
+        "environment": env,
+        "learn": {
+            "batch_size": cfg.learn.batch_size,
+            "num_inference_steps": cfg.learn.num_inference_steps,
+            "gradient_checkpointing": cfg.learn.gradient_checkpointing,
+        },
+        "sizes": rows_data,
+    }
     save_results(args.out, results)
     return results
 

@@ -28,7 +28,7 @@ def jpeg(size: int, seed: int) -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)   # smooth-ish, compresses like a photo
+    small = rng.integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)  # smooth-ish, compresses like a photo
     img = Image.fromarray(small).resize((size, size), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95)
@@ -61,7 +61,9 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
     pending = [c for c in labels.classes if not is_learned(out, c)]
     t = phase("learn: pending scan", t)
     for c in pending:
-        save_token(out, c, labels.token(c), torch.randn(768), {"class": c.name, "token": labels.token(c), "history": [{}] * 20})
+        save_token(
+            out, c, labels.token(c), torch.randn(768), {"class": c.name, "token": labels.token(c), "history": [{}] * 20}
+        )
     t = phase("learn: token files", t)
     with ClaimBoard(out, "learn-bench", 0) as board:
         queue = ClaimQueue(board, labels.classes, key=lambda c: c.slug, done=lambda c: False)
@@ -78,16 +80,26 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
     write_s = manifest_s = last = 0.0
     for u in units:
         t1 = time.perf_counter()
-        sample = {"__key__": shards.sample_key(u.position, 0), "jpg": image, "cls": str(u.position).encode(),
-                  "json": json.dumps({"class": labels.classes[u.position].name}).encode()}
+        sample = {
+            "__key__": shards.sample_key(u.position, 0),
+            "jpg": image,
+            "cls": str(u.position).encode(),
+            "json": json.dumps({"class": labels.classes[u.position].name}).encode(),
+        }
         m = shards.write_unit(out, labels.name, u, [sample], chash)
         t2 = time.perf_counter()
         done[m["unit"]] = m
-        if every is None or t2 - last >= every or u is units[-1]:   # as `augment generate` records progress
+        if every is None or t2 - last >= every or u is units[-1]:  # as `augment generate` records progress
             last = t2
-            update_manifest(out, "generate", {"labels": labels.names(), "config_hash": chash,
-                                              "shards": {k: {"sha256": v["sha256"], "count": v["count"]}
-                                                         for k, v in sorted(done.items())}})
+            update_manifest(
+                out,
+                "generate",
+                {
+                    "labels": labels.names(),
+                    "config_hash": chash,
+                    "shards": {k: {"sha256": v["sha256"], "count": v["count"]} for k, v in sorted(done.items())},
+                },
+            )
         write_s += t2 - t1
         manifest_s += time.perf_counter() - t2
     times["generate: write units (1 image each)"] = write_s
@@ -109,21 +121,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, nargs="+", default=[200, 1000])
     ap.add_argument("--image-size", type=int, default=512)
-    ap.add_argument("--manifest-every-unit", action="store_true",
-                    help="rewrite the manifest after every unit (before: O(units²)) instead of every "
-                         "MANIFEST_EVERY seconds as generate does now")
+    ap.add_argument(
+        "--manifest-every-unit",
+        action="store_true",
+        help="rewrite the manifest after every unit (before: O(units²)) instead of every "
+        "MANIFEST_EVERY seconds as generate does now",
+    )
     args = ap.parse_args()
     from augment.commands.common import versions
     from augment.commands.generate import MANIFEST_EVERY as every
 
-    versions()   # imports diffusers and transformers once, outside the timings (the manifest records versions)
+    versions()  # imports diffusers and transformers once, outside the timings (the manifest records versions)
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.classes:
             results[n] = measure(n, Path(tmp), args.image_size, None if args.manifest_every_unit else every)
     names = list(results[args.classes[0]])
-    print(f"| phase | " + " | ".join(f"{n} classes: s (ms/class)" for n in args.classes) + " |")
+    print("| phase | " + " | ".join(f"{n} classes: s (ms/class)" for n in args.classes) + " |")
     print("|---|" + "---|" * len(args.classes))
     for name in names + ["total"]:
         cells = []

@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         save_random_pipeline("sd14", root / "sd14")
-        plain = StableDiffusionPipeline.from_pretrained(str(root / "sd14"), safety_checker=None,
-                                                        requires_safety_checker=False).to(dev, dt)
+        plain = StableDiffusionPipeline.from_pretrained(
+            str(root / "sd14"), safety_checker=None, requires_safety_checker=False
+        ).to(dev, dt)
         plain.set_progress_bar_config(disable=True)
         prompts = [f"A photo of {c.name}" for c in labels.classes[:2] for _ in range(per_class)]
         seeds = [image_seed(0, c.position, i) for c in labels.classes[:2] for i in range(per_class)]
@@ -76,23 +77,36 @@ def main(argv: list[str] | None = None) -> int:
         def run_plain() -> float:
             t0 = time.time()
             for lo in range(0, len(prompts), args.batch_size):
-                gens = [torch.Generator().manual_seed(s) for s in seeds[lo:lo + args.batch_size]]
+                gens = [torch.Generator().manual_seed(s) for s in seeds[lo : lo + args.batch_size]]
                 with torch.no_grad():
-                    images = plain(prompt=prompts[lo:lo + args.batch_size], generator=gens,
-                                   num_inference_steps=args.steps, guidance_scale=7.0, height=args.size,
-                                   width=args.size).images
+                    images = plain(
+                        prompt=prompts[lo : lo + args.batch_size],
+                        generator=gens,
+                        num_inference_steps=args.steps,
+                        guidance_scale=7.0,
+                        height=args.size,
+                        width=args.size,
+                    ).images
                 for k, im in enumerate(images):
                     im.save(root / f"plain_{lo + k}.jpg", quality=95)
             return time.time() - t0
 
         pipe = load_generator(str(root / "sd14"), dev, dt)
-        own = pipe.scheduler                                  # SD-1.4's PNDM config
+        own = pipe.scheduler  # SD-1.4's PNDM config
         units = [u for u in plan_units(range(2), per_class, per_class)]
 
         def run_augment(scheduler: str, steps: int, name: str) -> float:
-            cfg = GenerateConfig(images_per_class=per_class, shard_size=per_class, batch_size=args.batch_size,
-                                 num_inference_steps=steps, guidance_scale=7.0, height=args.size, width=args.size,
-                                 prompts=["A photo of {token} {name}"], scheduler=scheduler)
+            cfg = GenerateConfig(
+                images_per_class=per_class,
+                shard_size=per_class,
+                batch_size=args.batch_size,
+                num_inference_steps=steps,
+                guidance_scale=7.0,
+                height=args.size,
+                width=args.size,
+                prompts=["A photo of {token} {name}"],
+                scheduler=scheduler,
+            )
             pipe.scheduler = make_scheduler(own, scheduler)
             t0 = time.time()
             generate_units(pipe, labels, None, cfg, units, root / name, "bench")
@@ -101,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():  # one warm-up call each (allocations, kernel choice)
             plain(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
             pipe(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
-        timings = {"plain (PNDM)": (run_plain(), args.steps),
-                   "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
-                   f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"),
-                                                         fast_steps)}
+        timings = {
+            "plain (PNDM)": (run_plain(), args.steps),
+            "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
+            f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"), fast_steps),
+        }
         base = args.images / timings["plain (PNDM)"][0]
         for name, (secs, steps) in timings.items():
             ips = args.images / secs
@@ -128,18 +143,31 @@ def main(argv: list[str] | None = None) -> int:
         learner.step(states)
         step_s = time.time() - t0
         learner.injector.remove()
-    calls = args.steps + 1                                   # PNDM: N steps, N + 1 UNet calls
-    per_step_evals = 2 * lcfg.batch_size * calls              # forward, both CFG halves
-    print(f"full-size SD-1.4, random weights, {args.size} px, {dev} {str(dt).removeprefix('torch.')}, "
-          f"{args.images} images, batch {args.batch_size}")
+    calls = args.steps + 1  # PNDM: N steps, N + 1 UNet calls
+    per_step_evals = 2 * lcfg.batch_size * calls  # forward, both CFG halves
+    print(
+        f"full-size SD-1.4, random weights, {args.size} px, {dev} {str(dt).removeprefix('torch.')}, "
+        f"{args.images} images, batch {args.batch_size}"
+    )
     print(markdown_table(["path", "steps", "seconds", "images/s", "vs plain"], rows))
-    print(f"learner step (sd14-cub learner, 1 class × {lcfg.batch_size} images, {args.steps} PNDM steps, "
-          f"{lcfg.grad_steps} calls with gradient): {step_s:.1f} s; {per_step_evals} UNet forward evaluations "
-          f"+ {lcfg.grad_steps * lcfg.batch_size} with backward per class step (the paper's procedure, 5 images "
-          f"× 50 steps × 2 for CFG: 500 per step)")
+    print(
+        f"learner step (sd14-cub learner, 1 class × {lcfg.batch_size} images, {args.steps} PNDM steps, "
+        f"{lcfg.grad_steps} calls with gradient): {step_s:.1f} s; {per_step_evals} UNet forward evaluations "
+        f"+ {lcfg.grad_steps * lcfg.batch_size} with backward per class step (the paper's procedure, 5 images "
+        f"× 50 steps × 2 for CFG: 500 per step)"
+    )
     results["learner_step_seconds"] = step_s
-    save_results(args.out, {"size": args.size, "device": str(dev), "dtype": str(dt), "images": args.images,
-                            "batch_size": args.batch_size, "results": results})
+    save_results(
+        args.out,
+        {
+            "size": args.size,
+            "device": str(dev),
+            "dtype": str(dt),
+            "images": args.images,
+            "batch_size": args.batch_size,
+            "results": results,
+        },
+    )
     return 0
 
 

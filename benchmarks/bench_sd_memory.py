@@ -36,7 +36,7 @@ from benchmarks.common import markdown_table, save_results
 GIB = 1024**3
 
 
-PARAMS: set[int] = set()   # storages of model weights: saved for backward too, but not activation memory
+PARAMS: set[int] = set()  # storages of model weights: saved for backward too, but not activation memory
 
 
 class SavedBytes:
@@ -84,6 +84,7 @@ def block_peak(blocks, run) -> int:
         def post(mod, args, out, box=box):
             box["sb"].__exit__(None, None, None)
             sizes.append(box["sb"].total)
+
         handles += [b.register_forward_pre_hook(pre), b.register_forward_hook(post)]
     try:
         run()
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in dtypes:
         dt = resolve_dtype(name, torch.device("cpu"))
         pipe.to(dtype=dt)
-        guide.to(dtype=torch.float32)                     # guides run in fp32 (augment.guide)
+        guide.to(dtype=torch.float32)  # guides run in fp32 (augment.guide)
         PARAMS.clear()
         for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide):
             m.requires_grad_(False)
@@ -136,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(1, 4, latent, latent, dtype=dt)
         cond = torch.randn(1, 77, pipe.text_encoder.config.hidden_size, dtype=dt, requires_grad=True)
         t = torch.tensor(500)
-        unet_call = lambda: pipe.unet(x, t, encoder_hidden_states=cond).sample  # noqa: E731
+        unet_call = lambda: pipe.unet(x, t, encoder_hidden_states=cond).sample  # noqa: E731, B023 (used in this iteration)
         z = x.clone().requires_grad_(True)
-        decode = lambda: pipe.vae.decode(z / 0.18215).sample  # noqa: E731
+        decode = lambda: pipe.vae.decode(z / 0.18215).sample  # noqa: E731, B023
         img = torch.rand(1, 3, 224, 224, requires_grad=True)
         for ckpt in (False, True):
             for m in (pipe.unet, pipe.vae):
@@ -153,14 +154,43 @@ def main(argv: list[str] | None = None) -> int:
                 rec_u = block_peak([*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks], unet_call)
                 rec_d = block_peak([pipe.vae.decoder.mid_block, *pipe.vae.decoder.up_blocks], decode)
             secs = time.time() - t1
-            row = {"dtype": name, "checkpointing": ckpt, "unet_call": u, "vae_decode": d, "guide": g,
-                   "unet_recompute_peak": rec_u, "decode_recompute_peak": rec_d, "seconds": round(secs, 1)}
+            row = {
+                "dtype": name,
+                "checkpointing": ckpt,
+                "unet_call": u,
+                "vae_decode": d,
+                "guide": g,
+                "unet_recompute_peak": rec_u,
+                "decode_recompute_peak": rec_d,
+                "seconds": round(secs, 1),
+            }
             results.append(row)
-            rows.append([name, "on" if ckpt else "off", f"{u / GIB:.3f}", f"{d / GIB:.3f}", f"{g / GIB:.3f}",
-                         f"{rec_u / GIB:.3f}" if ckpt else "-", f"{rec_d / GIB:.3f}" if ckpt else "-"])
+            rows.append(
+                [
+                    name,
+                    "on" if ckpt else "off",
+                    f"{u / GIB:.3f}",
+                    f"{d / GIB:.3f}",
+                    f"{g / GIB:.3f}",
+                    f"{rec_u / GIB:.3f}" if ckpt else "-",
+                    f"{rec_d / GIB:.3f}" if ckpt else "-",
+                ]
+            )
             print(f"  {name} checkpointing {'on' if ckpt else 'off'}: {secs:.0f} s", flush=True)
-    print(markdown_table(["dtype", "checkpointing", "UNet call GiB", "VAE decode GiB", "guide GiB",
-                          "UNet recompute GiB", "decode recompute GiB"], rows))
+    print(
+        markdown_table(
+            [
+                "dtype",
+                "checkpointing",
+                "UNet call GiB",
+                "VAE decode GiB",
+                "guide GiB",
+                "UNet recompute GiB",
+                "decode recompute GiB",
+            ],
+            rows,
+        )
+    )
     save_results(args.out, {"architecture": args.architecture, "size": size, "per_image": results})
     return 0
 
@@ -171,11 +201,10 @@ def learner_step(args) -> int:
     import tempfile
 
     from augment.config import load_config
-    from augment.generator import resolve_device, resolve_dtype
+    from augment.generator import load_generator, resolve_device, resolve_dtype
+    from augment.guide import load_guide
     from augment.labels import read_label_set
     from augment.memory import step_bytes
-    from augment.generator import load_generator
-    from augment.guide import load_guide
     from augment.testing import save_random_pipeline, save_vit_mae_cub
     from augment.tokens import TokenLearner
 
@@ -212,8 +241,9 @@ def learner_step(args) -> int:
                 else:
                     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
                 learner.injector.remove()
-                est = step_bytes(k, cfg.batch_size, cfg.grad_steps, cfg.decode_batch, size, size,
-                                 resolve_dtype(name, dev), True)
+                est = step_bytes(
+                    k, cfg.batch_size, cfg.grad_steps, cfg.decode_batch, size, size, resolve_dtype(name, dev), True
+                )
                 rows.append([name, k, f"{peak / GIB:.2f}", f"{est / GIB:.2f}", f"{secs:.1f}"])
                 print(f"  {name} {k} class(es): peak {peak / GIB:.2f} GiB above the models, {secs:.1f} s", flush=True)
     print(f"one sd14-cub learner step at {size} px on {dev} (batch 5, grad_steps 2, checkpointing, decode_batch 1)")

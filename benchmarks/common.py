@@ -26,8 +26,9 @@ TOY_LABELS = ROOT / "manifests" / "fashion-mnist.txt"
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test that ends in under a minute")
     p.add_argument("--out", type=Path, help="also save the results as JSON here")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="torch CPU threads (default: all cores, %(default)s here)")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores, %(default)s here)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
     p.add_argument("--dtype", help="fp32, bf16, fp16 (default: the preset's; auto = fp32 on CPU, bf16 or fp16 on CUDA)")
     p.add_argument("--preset", default="toy", help="augment preset (default: toy)")
@@ -55,20 +56,28 @@ def environment(device: str, dtype: str = "auto") -> dict[str, Any]:
 
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": str(dev), "device_name": name,
-            "dtype": str(resolve_dtype(dtype, dev)).removeprefix("torch."),
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(dev),
+        "device_name": name,
+        "dtype": str(resolve_dtype(dtype, dev)).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def print_environment(env: dict[str, Any]) -> None:
     load = f"; load average {env['load_average'][0]:.2f}" if env.get("load_average") else ""
-    print(f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}; "
-          f"device {env['device']} ({env['device_name']}), {env.get('dtype', '?')}, "
-          f"{env['threads']} threads of {env['cpu_count']} cores"
-          + load)
+    print(
+        f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}; "
+        f"device {env['device']} ({env['device_name']}), {env.get('dtype', '?')}, "
+        f"{env['threads']} threads of {env['cpu_count']} cores" + load
+    )
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -91,14 +100,12 @@ def save_results(path: Path | None, results: dict[str, Any]) -> None:
         print(f"results saved to {path}")
 
 
-def toy_config(args: argparse.Namespace, learn: dict[str, Any] | None = None,
-               generate: dict[str, Any] | None = None):
+def toy_config(args: argparse.Namespace, learn: dict[str, Any] | None = None, generate: dict[str, Any] | None = None):
     """The preset's RunConfig with the device forced to --device and some learn/generate fields replaced."""
     from augment.config import load_config
 
     cfg = load_config(args.preset, None, {"device": args.device, **({"dtype": args.dtype} if args.dtype else {})})
-    return replace(cfg, learn=replace(cfg.learn, **(learn or {})),
-                   generate=replace(cfg.generate, **(generate or {})))
+    return replace(cfg, learn=replace(cfg.learn, **(learn or {})), generate=replace(cfg.generate, **(generate or {})))
 
 
 def read_labels(path: Path, count: int | None = None):
@@ -151,7 +158,7 @@ def top1(classifier, images: np.ndarray, targets: list[int], batch: int = 100) -
     correct = 0
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).float().permute(0, 3, 1, 2).to(device)
+            x = torch.from_numpy(images[i : i + batch]).float().permute(0, 3, 1, 2).to(device)
             pred = classifier(x).argmax(1).cpu()
-            correct += int((pred == torch.tensor(targets[i:i + batch])).sum())
+            correct += int((pred == torch.tensor(targets[i : i + batch])).sum())
     return 100.0 * correct / max(len(images), 1)

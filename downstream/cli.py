@@ -33,25 +33,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, metavar="SPEC",
-                   help="cub:DIR | inat:DIR | imagefolder:DIR | hf:ID_OR_DIR | fashion-mnist[:DIR]")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="SPEC",
+        help="cub:DIR | inat:DIR | imagefolder:DIR | hf:ID_OR_DIR | fashion-mnist[:DIR]",
+    )
     p.add_argument("--labels", required=True, metavar="FILE", help="label set (manifests/*.txt)")
-    p.add_argument("--synthetic", action="append", default=[], metavar="NAME=DIR",
-                   help="a synthetic set written by `augment generate` (repeatable)")
+    p.add_argument(
+        "--synthetic",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a synthetic set written by `augment generate` (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the shot picks and the training of each trial")
     t = p.add_argument_group("training (defaults depend on the dataset: see downstream/train.py)")
     t.add_argument("--model", help="timm model name (toy: half-width resnet18; real: resnet50)")
     t.add_argument("--model-kwargs", type=json.loads, metavar="JSON", help="extra timm.create_model kwargs")
-    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="timm's ImageNet weights (real data default: on; needs the hub or its cache)")
+    t.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="timm's ImageNet weights (real data default: on; needs the hub or its cache)",
+    )
     t.add_argument("--image-size", type=int)
     t.add_argument("--steps", type=int, help="optimisation steps per classifier (fixed whatever the data size)")
     t.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--real-fraction", type=float, metavar="F",
-                   help="share of each batch drawn from the real shots when there are synthetic images too "
-                        "(default: none, uniform over all images)")
+    t.add_argument(
+        "--real-fraction",
+        type=float,
+        metavar="F",
+        help="share of each batch drawn from the real shots when there are synthetic images too "
+        "(default: none, uniform over all images)",
+    )
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adamw"])
     t.add_argument("--loader-workers", type=int, dest="workers", help="DataLoader workers (real-size images)")
@@ -61,21 +78,37 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="downstream", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="downstream",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fewshot,train}")
-    f = sub.add_parser("fewshot", help="the grid {real, +synthetic sets} × shots × trials → OUT/results.*",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f = sub.add_parser(
+        "fewshot",
+        help="the grid {real, +synthetic sets} × shots × trials → OUT/results.*",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(f)
     f.add_argument("--shots", default="0,3,9,15", help="comma-separated real images per class")
     f.add_argument("--trials", type=int, default=3)
     f.add_argument("--out", required=True, type=Path, help="output directory (resumable)")
     f.add_argument("--overwrite", action="store_true", help="recompute cells made under another configuration")
-    f.add_argument("--num-workers", type=int, default=1,
-                   help="split the pending cells over N processes (e.g. N one-thread processes on N cores) ...")
+    f.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="split the pending cells over N processes (e.g. N one-thread processes on N cores) ...",
+    )
     f.add_argument("--worker-index", type=int, default=0, help="... this one being 0..N-1; rerun once to collect")
-    t = sub.add_parser("train", help="train and score one classifier; optionally save it as a ckpt: guide",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train and score one classifier; optionally save it as a ckpt: guide",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(t)
     t.add_argument("--shots", default="all", help="real images per class, or 'all' (default)")
     t.add_argument("--trial", type=int, default=0, help="which trial's shot picks")
@@ -94,8 +127,19 @@ def _train_config(args: argparse.Namespace, kind: str):
         if not isinstance(args.model_kwargs, dict):
             raise UserError("--model-kwargs must be a JSON object")
         config.model_kwargs = args.model_kwargs
-    for name in ("pretrained", "image_size", "steps", "epochs", "batch_size", "lr", "real_fraction", "weight_decay",
-                 "optimizer", "workers", "device"):
+    for name in (
+        "pretrained",
+        "image_size",
+        "steps",
+        "epochs",
+        "batch_size",
+        "lr",
+        "real_fraction",
+        "weight_decay",
+        "optimizer",
+        "workers",
+        "device",
+    ):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     for name in ("image_size", "steps", "batch_size"):
@@ -124,7 +168,7 @@ def _load_inputs(args: argparse.Namespace):
     from downstream.datasets import parse_spec
     from downstream.synthetic import load_synthetic, parse_synthetic_arg
 
-    parse_spec(args.dataset)                                  # cheap checks first
+    parse_spec(args.dataset)  # cheap checks first
     synthetic_args = [parse_synthetic_arg(s) for s in args.synthetic]
     labels = read_label_set(args.labels)
     from downstream.datasets import load_dataset
@@ -138,7 +182,7 @@ def _check_pretrained(config, num_classes: int) -> None:
     if config.pretrained:
         from downstream.train import create_model
 
-        create_model(config, num_classes)                     # fetches (or finds cached) weights, or fails here
+        create_model(config, num_classes)  # fetches (or finds cached) weights, or fails here
 
 
 def _versions() -> dict[str, str]:
@@ -161,9 +205,15 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
     from augment.atomic import write_json
     from downstream.fewshot import GridConfig, check_grid, run_grid
 
-    grid = GridConfig(shots=_parse_shots(args.shots), trials=args.trials, seed=args.seed,
-                      overwrite=args.overwrite, progress=not args.no_progress,
-                      worker_index=args.worker_index, num_workers=args.num_workers)
+    grid = GridConfig(
+        shots=_parse_shots(args.shots),
+        trials=args.trials,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        worker_index=args.worker_index,
+        num_workers=args.num_workers,
+    )
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a directory")
     labels, dataset, synthetic = _load_inputs(args)
@@ -171,15 +221,32 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
     check_grid(dataset, grid, synthetic, config, args.out)
     _check_pretrained(config, len(labels))
 
-    args.out.mkdir(parents=True, exist_ok=True)               # validation is over: from here on, writing
+    args.out.mkdir(parents=True, exist_ok=True)  # validation is over: from here on, writing
     manifest = {
-        "command": ["downstream", *argv], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None,
-        "dataset": {"spec": dataset.spec, "kind": dataset.kind, "matched_by": dataset.matched_by,
-                    "train_images": len(dataset.train), "test_images": len(dataset.test)},
+        "command": ["downstream", *argv],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": None,
+        "dataset": {
+            "spec": dataset.spec,
+            "kind": dataset.kind,
+            "matched_by": dataset.matched_by,
+            "train_images": len(dataset.train),
+            "test_images": len(dataset.test),
+        },
         "labels": {"path": args.labels, "sha256": _sha256(args.labels), "classes": labels.names()},
-        "synthetic": [{"name": s.name, "dir": str(s.directory), "shards": len(s.shards), "images": len(s.split),
-                       "manifest_sha256": s.manifest_sha256} for s in synthetic],
-        "grid": dataclasses.asdict(grid), "train": dataclasses.asdict(config), "versions": _versions(),
+        "synthetic": [
+            {
+                "name": s.name,
+                "dir": str(s.directory),
+                "shards": len(s.shards),
+                "images": len(s.split),
+                "manifest_sha256": s.manifest_sha256,
+            }
+            for s in synthetic
+        ],
+        "grid": dataclasses.asdict(grid),
+        "train": dataclasses.asdict(config),
+        "versions": _versions(),
     }
     write_json(args.out / "manifest.json", manifest, indent=2)
     run_grid(dataset, synthetic, config, grid, args.out)
@@ -204,8 +271,16 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
     config = _train_config(args, dataset.kind)
     real = dataset.train
     if shots is not None:
-        real = real.subset(sample_kshot(real.labels, shots[0], num_classes=len(labels), seed=args.seed,
-                                        trial=args.trial, class_names=labels.names()))
+        real = real.subset(
+            sample_kshot(
+                real.labels,
+                shots[0],
+                num_classes=len(labels),
+                seed=args.seed,
+                trial=args.trial,
+                class_names=labels.names(),
+            )
+        )
     parts = [real] + [s.split for s in synthetic]
     n = sum(len(p) for p in parts)
     if n == 0:
@@ -213,18 +288,34 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
     _check_pretrained(config, len(labels))
 
     t0 = time.time()
-    model = train_classifier(parts, len(labels), config, seed=trial_seed(args.seed, args.trial),
-                             progress=not args.no_progress)
-    result = {**evaluate(model, dataset.test, config), "dataset": dataset.spec, "shots": args.shots,
-              "trial": args.trial, "train_images": {"real": len(real), "synthetic": n - len(real)},
-              "test_images": len(dataset.test), "steps": num_steps(config, n),
-              "seconds": round(time.time() - t0, 2)}
+    model = train_classifier(
+        parts, len(labels), config, seed=trial_seed(args.seed, args.trial), progress=not args.no_progress
+    )
+    result = {
+        **evaluate(model, dataset.test, config),
+        "dataset": dataset.spec,
+        "shots": args.shots,
+        "trial": args.trial,
+        "train_images": {"real": len(real), "synthetic": n - len(real)},
+        "test_images": len(dataset.test),
+        "steps": num_steps(config, n),
+        "seconds": round(time.time() - t0, 2),
+    }
     if args.save_classifier is not None:
-        trained = {"tool": "downstream train", "command": ["downstream", *argv], "dataset": dataset.spec,
-                   "labels": args.labels, "shots": args.shots, "seed": args.seed, "trial": args.trial,
-                   "synthetic": {s.name: str(s.directory) for s in synthetic},
-                   "test_top1": round(result["top1"], 3), "test_top5": round(result["top5"], 3),
-                   "config": dataclasses.asdict(config), "versions": _versions()}
+        trained = {
+            "tool": "downstream train",
+            "command": ["downstream", *argv],
+            "dataset": dataset.spec,
+            "labels": args.labels,
+            "shots": args.shots,
+            "seed": args.seed,
+            "trial": args.trial,
+            "synthetic": {s.name: str(s.directory) for s in synthetic},
+            "test_top1": round(result["top1"], 3),
+            "test_top5": round(result["top5"], 3),
+            "config": dataclasses.asdict(config),
+            "versions": _versions(),
+        }
         save(model, args.save_classifier, config, labels.names(), trained)
         result["classifier"] = str(args.save_classifier)
     line = json.dumps(result, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))

@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from augment.errors import UserError
@@ -27,8 +28,18 @@ from downstream.images import FileImages, GreyImages, HFImages, ImageSource, Spl
 
 KINDS = ("cub", "inat", "imagefolder", "hf", "fashion-mnist")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-FASHION_MNIST_OFFICIAL = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                          "Bag", "Ankle boot"]
+FASHION_MNIST_OFFICIAL = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass
@@ -40,13 +51,13 @@ class LabelledDataset:
     classes: list[str]
     train: Split
     test: Split
-    matched_by: str                        # "name" or "index"
+    matched_by: str  # "name" or "index"
 
 
 # ---------------------------------------------------------------- loaders: (class aliases, train, test) in dataset terms
 @dataclass
 class _Raw:
-    class_aliases: list[tuple[str, ...]]   # names a dataset class may be matched by, in the dataset's class order
+    class_aliases: list[tuple[str, ...]]  # names a dataset class may be matched by, in the dataset's class order
     train: tuple[ImageSource, np.ndarray]
     test: tuple[ImageSource, np.ndarray]
 
@@ -77,14 +88,18 @@ def _load_cub(location: str) -> _Raw:
     parts: dict[bool, tuple[list[str], list[int]]] = {True: ([], []), False: ([], [])}
     for image_id, rel in paths.items():
         if image_id not in labels or image_id not in is_train or labels[image_id] not in class_index:
-            raise UserError(f"{root}: image {image_id} lacks a valid class or split in image_class_labels.txt / "
-                            "train_test_split.txt")
+            raise UserError(
+                f"{root}: image {image_id} lacks a valid class or split in image_class_labels.txt / "
+                "train_test_split.txt"
+            )
         files, ys = parts[is_train[image_id].strip() == "1"]
         files.append(str(root / "images" / rel))
         ys.append(class_index[labels[image_id]])
     _check_first_file(parts[True][0] or parts[False][0], root)
-    return _Raw([(name,) for _, name in classes],
-                *[(FileImages(parts[t][0]), np.array(parts[t][1], dtype=np.int64)) for t in (True, False)])
+    return _Raw(
+        [(name,) for _, name in classes],
+        *[(FileImages(parts[t][0]), np.array(parts[t][1], dtype=np.int64)) for t in (True, False)],
+    )
 
 
 def _load_inat(location: str) -> _Raw:
@@ -105,8 +120,9 @@ def _load_inat(location: str) -> _Raw:
         index = {c["id"]: i for i, c in enumerate(categories)}
         if any(cid not in index for _, cid in pairs):
             raise UserError(f"{path}: annotation with a category id not in {train_json.name}'s categories")
-        splits.append((FileImages([str(root / f) for f, _ in pairs]),
-                       np.array([index[cid] for _, cid in pairs], dtype=np.int64)))
+        splits.append(
+            (FileImages([str(root / f) for f, _ in pairs]), np.array([index[cid] for _, cid in pairs], dtype=np.int64))
+        )
     _check_first_file(splits[0][0].paths, root)
     aliases = [tuple(str(c[k]) for k in ("name", "common_name") if c.get(k)) for c in categories]
     return _Raw(aliases, splits[0], splits[1])
@@ -143,8 +159,9 @@ def _load_hf(location: str) -> _Raw:
     import datasets
 
     try:
-        if Path(location).is_dir() and any((Path(location) / f).is_file()
-                                           for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if Path(location).is_dir() and any(
+            (Path(location) / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
             data = datasets.load_from_disk(location)
         else:
             data = datasets.load_dataset(location)
@@ -162,8 +179,9 @@ def _load_hf(location: str) -> _Raw:
     if image_col is None or label_col is None:
         raise UserError(f"hf:{location}: needs an Image column and a ClassLabel column, has {dict(features)}")
     names = features[label_col].names
-    splits = [(HFImages(data[s], image_col), np.asarray(data[s][label_col], dtype=np.int64))
-              for s in ("train", test_name)]
+    splits = [
+        (HFImages(data[s], image_col), np.asarray(data[s][label_col], dtype=np.int64)) for s in ("train", test_name)
+    ]
     return _Raw([(n,) for n in names], splits[0], splits[1])
 
 
@@ -178,8 +196,13 @@ def _load_fashion_mnist(location: str | None) -> _Raw:
     return _Raw(list(zip(FINE_NAMES, FASHION_MNIST_OFFICIAL)), splits[0], splits[1])
 
 
-LOADERS = {"cub": _load_cub, "inat": _load_inat, "imagefolder": _load_imagefolder, "hf": _load_hf,
-           "fashion-mnist": _load_fashion_mnist}
+LOADERS = {
+    "cub": _load_cub,
+    "inat": _load_inat,
+    "imagefolder": _load_imagefolder,
+    "hf": _load_hf,
+    "fashion-mnist": _load_fashion_mnist,
+}
 
 
 def _check_first_file(paths: list[str], root: Path) -> None:
@@ -193,8 +216,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     kind, sep, location = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise UserError(f"unknown dataset kind {kind!r} in {spec!r}; expected one of {', '.join(KINDS)} "
-                        "(e.g. cub:/data/CUB_200_2011)")
+        raise UserError(
+            f"unknown dataset kind {kind!r} in {spec!r}; expected one of {', '.join(KINDS)} "
+            "(e.g. cub:/data/CUB_200_2011)"
+        )
     if not location:
         if kind != "fashion-mnist":
             raise UserError(f"dataset spec {spec!r} needs a location: {kind}:PATH")
@@ -225,15 +250,20 @@ def match_classes(labels: LabelSet, class_aliases: list[tuple[str, ...]], where:
     if all(c.index is not None for c in labels.classes):
         outside = [c for c in labels.classes if c.index >= n]
         if outside:
-            raise UserError(f"{where}: {labels.path} line {outside[0].line} has index {outside[0].index} but the "
-                            f"dataset has {n} classes (names did not all match either)")
-        clash = [(c, by_name[c.position]) for c in labels.classes
-                 if c.position in by_name and by_name[c.position] != c.index]
+            raise UserError(
+                f"{where}: {labels.path} line {outside[0].line} has index {outside[0].index} but the "
+                f"dataset has {n} classes (names did not all match either)"
+            )
+        clash = [
+            (c, by_name[c.position]) for c in labels.classes if c.position in by_name and by_name[c.position] != c.index
+        ]
         if clash:
             c, d = clash[0]
-            raise UserError(f"{where}: {labels.path} line {c.line}: {c.name!r} has index {c.index} but is the "
-                            f"dataset's class {d} {class_aliases[d][0]!r} by name; the indices don't follow "
-                            "this dataset's class order")
+            raise UserError(
+                f"{where}: {labels.path} line {c.line}: {c.name!r} has index {c.index} but is the "
+                f"dataset's class {d} {class_aliases[d][0]!r} by name; the indices don't follow "
+                "this dataset's class order"
+            )
         return [c.index for c in labels.classes], "index"
     keys = list(by_key)
     shown = []
@@ -244,8 +274,10 @@ def match_classes(labels: LabelSet, class_aliases: list[tuple[str, ...]], where:
             near = difflib.get_close_matches(normalise_name(c.name), keys, n=2, cutoff=0.6)
             shown.append(f"{c.name!r} (nearest: {', '.join(repr(shown_name[k]) for k in near) or 'none'})")
     more = f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
-    raise UserError(f"{where}: {len(unmatched)} of {len(labels)} classes of {labels.path} not found among the "
-                    f"dataset's {n} classes: {'; '.join(shown)}{more}; fix the names or use 'index<TAB>name' lines")
+    raise UserError(
+        f"{where}: {len(unmatched)} of {len(labels)} classes of {labels.path} not found among the "
+        f"dataset's {n} classes: {'; '.join(shown)}{more}; fix the names or use 'index<TAB>name' lines"
+    )
 
 
 def load_dataset(spec: str, labels: LabelSet) -> LabelledDataset:
@@ -272,8 +304,9 @@ def trial_seed(seed: int, trial: int) -> int:
     return int(np.random.SeedSequence([seed, trial]).generate_state(1)[0])
 
 
-def sample_kshot(labels: np.ndarray, k: int, *, num_classes: int, seed: int, trial: int,
-                 class_names: list[str] | None = None) -> np.ndarray:
+def sample_kshot(
+    labels: np.ndarray, k: int, *, num_classes: int, seed: int, trial: int, class_names: list[str] | None = None
+) -> np.ndarray:
     """Sorted indices of exactly k images of every class, the same for the same (seed, trial).
 
     The picks are nested: for one trial, the 3-shot set is part of the 9-shot set, which is part of the 15-shot
@@ -285,7 +318,7 @@ def sample_kshot(labels: np.ndarray, k: int, *, num_classes: int, seed: int, tri
     picks = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
-        order = rng.permutation(len(members))       # drawn whatever k is: this makes the picks nested
+        order = rng.permutation(len(members))  # drawn whatever k is: this makes the picks nested
         if len(members) < k:
             name = f" {class_names[c]!r}" if class_names else ""
             raise UserError(f"class {c}{name} has {len(members)} training image(s), fewer than {k} shots")

@@ -35,10 +35,10 @@ class GridConfig:
     shots: list[int]
     trials: int = 3
     seed: int = 0
-    overwrite: bool = False               # recompute cells made under another configuration
+    overwrite: bool = False  # recompute cells made under another configuration
     progress: bool = True
-    worker_index: int = 0                 # this process runs cells[worker_index::num_workers] not yet done ...
-    num_workers: int = 1                  # ... so N one-thread processes can share N cores
+    worker_index: int = 0  # this process runs cells[worker_index::num_workers] not yet done ...
+    num_workers: int = 1  # ... so N one-thread processes can share N cores
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,27 @@ def plan_cells(set_names: list[str], shots: list[int], trials: int) -> list[Cell
 def cell_hash(dataset: LabelledDataset, synthetic: SyntheticSet | None, train: TrainConfig, seed: int) -> str:
     """What determines a cell besides (set, shots, trial); devices and worker counts don't count."""
     cfg = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("device", "workers", "eval_batch_size")}
-    if cfg.get("real_fraction") is None or synthetic is None:   # no effect there: cells made before the
-        cfg.pop("real_fraction", None)                           # option existed keep their hash
-    payload = {"dataset": dataset.spec, "classes": dataset.classes, "seed": seed, "train": cfg,
-               "synthetic": None if synthetic is None else
-               {"dir": str(synthetic.directory.resolve()), "manifest_sha256": synthetic.manifest_sha256,
-                "images": len(synthetic.split)}}
+    if cfg.get("real_fraction") is None or synthetic is None:  # no effect there: cells made before the
+        cfg.pop("real_fraction", None)  # option existed keep their hash
+    payload = {
+        "dataset": dataset.spec,
+        "classes": dataset.classes,
+        "seed": seed,
+        "train": cfg,
+        "synthetic": None
+        if synthetic is None
+        else {
+            "dir": str(synthetic.directory.resolve()),
+            "manifest_sha256": synthetic.manifest_sha256,
+            "images": len(synthetic.split),
+        },
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-
-def check_grid(dataset: LabelledDataset, grid: GridConfig, synthetic: list[SyntheticSet], train: TrainConfig,
-               out: Path) -> None:
+def check_grid(
+    dataset: LabelledDataset, grid: GridConfig, synthetic: list[SyntheticSet], train: TrainConfig, out: Path
+) -> None:
     """Everything that can be wrong with the inputs, before OUT is touched."""
     if not grid.shots or any(k < 0 for k in grid.shots) or len(set(grid.shots)) != len(grid.shots):
         raise UserError(f"--shots must be distinct non-negative integers, got {grid.shots}")
@@ -86,8 +95,10 @@ def check_grid(dataset: LabelledDataset, grid: GridConfig, synthetic: list[Synth
     k = max(grid.shots)
     if k > counts.min():
         c = int(counts.argmin())
-        raise UserError(f"{k} shots asked for but class {dataset.classes[c]!r} has only {counts[c]} training "
-                        f"image(s) in {dataset.spec}")
+        raise UserError(
+            f"{k} shots asked for but class {dataset.classes[c]!r} has only {counts[c]} training "
+            f"image(s) in {dataset.spec}"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if not grid.overwrite:
@@ -96,8 +107,10 @@ def check_grid(dataset: LabelledDataset, grid: GridConfig, synthetic: list[Synth
         for cell in plan_cells([REAL] + names, grid.shots, grid.trials):
             done = _read_cell(out / "cells" / f"{cell.id}.json")
             if done is not None and done.get("config_hash") != hashes[cell.set_name]:
-                raise UserError(f"{out}/cells/{cell.id}.json was made with another configuration; "
-                                "use a new --out or pass --overwrite")
+                raise UserError(
+                    f"{out}/cells/{cell.id}.json was made with another configuration; "
+                    "use a new --out or pass --overwrite"
+                )
 
 
 def _read_cell(path: Path) -> dict | None:
@@ -106,11 +119,12 @@ def _read_cell(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        return None                        # unreadable: recompute (atomic writes make this unlikely)
+        return None  # unreadable: recompute (atomic writes make this unlikely)
 
 
-def run_grid(dataset: LabelledDataset, synthetic: list[SyntheticSet], train: TrainConfig, grid: GridConfig,
-             out: Path) -> list[dict]:
+def run_grid(
+    dataset: LabelledDataset, synthetic: list[SyntheticSet], train: TrainConfig, grid: GridConfig, out: Path
+) -> list[dict]:
     """Run (or resume) every cell and write OUT/cells/*.json and the reports; returns the cell records."""
     from tqdm import tqdm
 
@@ -122,36 +136,54 @@ def run_grid(dataset: LabelledDataset, synthetic: list[SyntheticSet], train: Tra
     hashes.update({s.name: cell_hash(dataset, s, train, grid.seed) for s in synthetic})
     cells = plan_cells(sets, grid.shots, grid.trials)
     records = _collect(cells_dir, cells, hashes)
-    mine = set(cells[grid.worker_index :: grid.num_workers])   # by position in the plan: timing-independent
+    mine = set(cells[grid.worker_index :: grid.num_workers])  # by position in the plan: timing-independent
     pending = [c for c in cells if c not in records and c in mine]
     test = synthetic_data = None
     bar = tqdm(total=len(cells), initial=len(records), desc="cells", disable=not grid.progress)
     for cell in pending:
         bar.set_postfix_str(cell.id)
-        if test is None:                   # decode once, and only if there is work to do
+        if test is None:  # decode once, and only if there is work to do
             test = prepare(dataset.test, train)
             synthetic_data = {s.name: prepare(s.split, train) for s in synthetic}
         t0 = time.time()
-        real = dataset.train.subset(sample_kshot(dataset.train.labels, cell.shots, num_classes=len(dataset.classes),
-                                                 seed=grid.seed, trial=cell.trial, class_names=dataset.classes))
+        real = dataset.train.subset(
+            sample_kshot(
+                dataset.train.labels,
+                cell.shots,
+                num_classes=len(dataset.classes),
+                seed=grid.seed,
+                trial=cell.trial,
+                class_names=dataset.classes,
+            )
+        )
         parts = [real] + ([synthetic_data[cell.set_name]] if cell.set_name != REAL else [])
         n_synthetic = len(by_name[cell.set_name].split) if cell.set_name != REAL else 0
-        record = {"set": cell.set_name, "shots": cell.shots, "trial": cell.trial,
-                  "train_images": {"real": len(real), "synthetic": n_synthetic}}
+        record = {
+            "set": cell.set_name,
+            "shots": cell.shots,
+            "trial": cell.trial,
+            "train_images": {"real": len(real), "synthetic": n_synthetic},
+        }
         if len(real) + n_synthetic == 0:
-            record.update(top1=0.0, top5=0.0, steps=0, trained=False,
-                          note="nothing to train on (0 shots, no synthetic images): recorded as 0")
+            record.update(
+                top1=0.0,
+                top5=0.0,
+                steps=0,
+                trained=False,
+                note="nothing to train on (0 shots, no synthetic images): recorded as 0",
+            )
         else:
-            model = train_classifier(parts, len(dataset.classes), train, seed=trial_seed(grid.seed, cell.trial),
-                                     progress=grid.progress)
-            record.update(evaluate(model, test, train), steps=num_steps(train, len(real) + n_synthetic),
-                          trained=True)
-        record.update(seconds=round(time.time() - t0, 2), test_images=len(dataset.test),
-                      config_hash=hashes[cell.set_name])
+            model = train_classifier(
+                parts, len(dataset.classes), train, seed=trial_seed(grid.seed, cell.trial), progress=grid.progress
+            )
+            record.update(evaluate(model, test, train), steps=num_steps(train, len(real) + n_synthetic), trained=True)
+        record.update(
+            seconds=round(time.time() - t0, 2), test_images=len(dataset.test), config_hash=hashes[cell.set_name]
+        )
         write_json(cells_dir / f"{cell.id}.json", record, indent=2)
         bar.update(1)
         bar.set_postfix_str(f"{cell.id} top1 {record['top1']:.1f}")
-        records = _collect(cells_dir, cells, hashes)             # other workers' cells too
+        records = _collect(cells_dir, cells, hashes)  # other workers' cells too
         write_results(out, [records[c] for c in cells if c in records], sets, grid.shots, plot=False)
     bar.close()
     records = _collect(cells_dir, cells, hashes)
@@ -182,8 +214,10 @@ def summarise(records: list[dict], sets: list[str], shots: list[int]) -> dict[st
             entry: dict[str, Any] = {"n": len(rows), "trained": any(r.get("trained", True) for r in rows)}
             for metric in ("top1", "top5"):
                 v = np.array([r[metric] for r in rows], dtype=float)
-                entry[metric] = {"mean": round(float(v.mean()), 3),
-                                 "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 3)}
+                entry[metric] = {
+                    "mean": round(float(v.mean()), 3),
+                    "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 3),
+                }
             summary[s][str(k)] = entry
     return summary
 
@@ -191,11 +225,13 @@ def summarise(records: list[dict], sets: list[str], shots: list[int]) -> dict[st
 def write_results(out: Path, records: list[dict], sets: list[str], shots: list[int], plot: bool = True) -> None:
     """results.json (every cell + summary), results.md (the paper-style table) and results.png."""
     summary = summarise(records, sets, shots)
-    write_json(out / "results.json", {"cells": records, "summary": summary, "sets": sets, "shots": shots},
-               indent=2)
-    lines = ["# Few-shot top-1 accuracy (%), mean ± std over trials", "",
-             "| set | " + " | ".join(f"{k} shots" for k in shots) + " |",
-             "|---|" + "---|" * len(shots)]
+    write_json(out / "results.json", {"cells": records, "summary": summary, "sets": sets, "shots": shots}, indent=2)
+    lines = [
+        "# Few-shot top-1 accuracy (%), mean ± std over trials",
+        "",
+        "| set | " + " | ".join(f"{k} shots" for k in shots) + " |",
+        "|---|" + "---|" * len(shots),
+    ]
     for s in sets:
         row = []
         for k in shots:
@@ -208,8 +244,12 @@ def write_results(out: Path, records: list[dict], sets: list[str], shots: list[i
                 row.append(f"{e['top1']['mean']:.1f} ± {e['top1']['std']:.1f}")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     trials = max((r["trial"] for r in records), default=-1) + 1
-    lines += ["", f"{len(records)} cells, up to {trials} trial(s) each. '—': nothing to train on (0 real shots "
-              "and no synthetic images), recorded as 0 in results.json. '…': not run yet.", ""]
+    lines += [
+        "",
+        f"{len(records)} cells, up to {trials} trial(s) each. '—': nothing to train on (0 real shots "
+        "and no synthetic images), recorded as 0 in results.json. '…': not run yet.",
+        "",
+    ]
     write_text(out / "results.md", "\n".join(lines))
     if plot:
         _plot(out / "results.png", summary, sets, shots)

@@ -129,8 +129,12 @@ class Split:
         if isinstance(source, GreyImages):
             x = torch.from_numpy(source.rgb_uint8(idx))
             if size != 32:
-                x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear",
-                                                    antialias=True).round().clamp(0, 255).to(torch.uint8)
+                x = (
+                    torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                )
             return x
         out = torch.empty((len(self), 3, size, size), dtype=torch.uint8)
         for i in range(len(self)):

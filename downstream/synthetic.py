@@ -66,7 +66,7 @@ def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
     labels = None
-    if isinstance(manifest, dict):   # augment writes generate.labels; a top-level list is accepted too
+    if isinstance(manifest, dict):  # augment writes generate.labels; a top-level list is accepted too
         generate = manifest.get("generate")
         labels = manifest.get("labels", generate.get("labels") if isinstance(generate, dict) else None)
     if labels is not None:
@@ -110,12 +110,18 @@ def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet
             raise UserError(f"synthetic set {name} ({where}): unreadable cls/json ({e})") from None
         if cls_map is not None:
             if not 0 <= cls < len(cls_map):
-                raise UserError(f"synthetic set {name} ({where}): cls {cls} outside manifest.json's "
-                                f"{len(cls_map)} labels")
-            if isinstance(meta, dict) and "class" in meta and \
-                    normalise_name(str(meta["class"])) != normalise_name(generated_names[cls]):
-                raise UserError(f"synthetic set {name} ({where}): json class {meta['class']!r} but cls {cls} is "
-                                f"{generated_names[cls]!r} in manifest.json")
+                raise UserError(
+                    f"synthetic set {name} ({where}): cls {cls} outside manifest.json's {len(cls_map)} labels"
+                )
+            if (
+                isinstance(meta, dict)
+                and "class" in meta
+                and normalise_name(str(meta["class"])) != normalise_name(generated_names[cls])
+            ):
+                raise UserError(
+                    f"synthetic set {name} ({where}): json class {meta['class']!r} but cls {cls} is "
+                    f"{generated_names[cls]!r} in manifest.json"
+                )
             ys.append(cls_map[cls])
         elif isinstance(meta, dict) and "class" in meta:
             ys.append(to_position(str(meta["class"]), where))
@@ -127,7 +133,7 @@ def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet
     ys_arr = np.array(ys, dtype=np.int64)
     missing = [n for i, n in enumerate(labels.names()) if not (ys_arr == i).any()]
     if missing:
-        raise UserError(f"synthetic set {name}: no images of {len(missing)} class(es) of {labels.path}, e.g. "
-                        f"{missing[0]!r}")
-    return SyntheticSet(name, directory, Split(EncodedImages(blobs), ys_arr), [str(s) for s in shards],
-                        manifest_sha)
+        raise UserError(
+            f"synthetic set {name}: no images of {len(missing)} class(es) of {labels.path}, e.g. {missing[0]!r}"
+        )
+    return SyntheticSet(name, directory, Split(EncodedImages(blobs), ys_arr), [str(s) for s in shards], manifest_sha)

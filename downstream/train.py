@@ -24,39 +24,51 @@ from augment.mixing import index_batches, mixed_batches
 from downstream.images import Split, concat
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3   # as the toy world's classifiers
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
 
 
 @dataclass
 class TrainConfig:
     """How one classifier is trained; `default_config(kind)` gives the defaults of a dataset kind."""
 
-    model: str = "resnet50"                    # a timm model name
+    model: str = "resnet50"  # a timm model name
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = True                    # timm's ImageNet weights (needs the hub or its cache)
+    pretrained: bool = True  # timm's ImageNet weights (needs the hub or its cache)
     image_size: int = 224
-    steps: int = 2000                          # optimisation steps, whatever the amount of data ...
-    epochs: float | None = None                # ... unless set: steps = ceil(epochs · images / batch)
+    steps: int = 2000  # optimisation steps, whatever the amount of data ...
+    epochs: float | None = None  # ... unless set: steps = ceil(epochs · images / batch)
     batch_size: int = 32
     lr: float = 0.01
-    real_fraction: float | None = None         # share of each batch drawn from the real shots when synthetic
-                                               # images are there too; None: uniform over all training images
+    real_fraction: float | None = None  # share of each batch drawn from the real shots when synthetic
+    # images are there too; None: uniform over all training images
     weight_decay: float = 1e-4
-    optimizer: str = "sgd"                     # "sgd" (momentum 0.9, Nesterov) or "adamw"
-    warmup: float = 0.05                       # share of steps with linear warm-up, then cosine decay to 0
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adamw"
+    warmup: float = 0.05  # share of steps with linear warm-up, then cosine decay to 0
     label_smoothing: float = 0.1
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875                    # evaluation: resize to size/crop_pct, centre-crop to size
+    crop_pct: float = 0.875  # evaluation: resize to size/crop_pct, centre-crop to size
     eval_batch_size: int = 256
-    workers: int = 2                           # DataLoader workers (real-size path only)
+    workers: int = 2  # DataLoader workers (real-size path only)
     device: str = "auto"
 
 
 TOY_CONFIG = TrainConfig(
-    model="resnet18", model_kwargs={"channels": [32, 64, 128, 256], "stem_width": 32},  # half width: 2.8 M params
-    pretrained=False, image_size=32, steps=600, batch_size=64, lr=2e-3, weight_decay=0.05, optimizer="adamw",
-    mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, crop_pct=1.0, eval_batch_size=1000, workers=0)
+    model="resnet18",
+    model_kwargs={"channels": [32, 64, 128, 256], "stem_width": 32},  # half width: 2.8 M params
+    pretrained=False,
+    image_size=32,
+    steps=600,
+    batch_size=64,
+    lr=2e-3,
+    weight_decay=0.05,
+    optimizer="adamw",
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    crop_pct=1.0,
+    eval_batch_size=1000,
+    workers=0,
+)
 REAL_CONFIG = TrainConfig()
 
 
@@ -105,18 +117,24 @@ def create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     host = _hub_host()
     online = not config.pretrained or _reachable(host)
     try:
-        with contextlib.nullcontext() if online else _hub_offline():   # cache only: no minute of retries
-            return timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes,
-                                     **config.model_kwargs)
+        with contextlib.nullcontext() if online else _hub_offline():  # cache only: no minute of retries
+            return timm.create_model(
+                config.model, pretrained=config.pretrained, num_classes=num_classes, **config.model_kwargs
+            )
     except TypeError as e:
         raise UserError(f"model {config.model!r}: bad model kwargs {config.model_kwargs} ({e})") from None
     except Exception as e:  # hub / network / cache errors come in many types
         if not config.pretrained:
             raise
-        why = "not in the Hugging Face cache and {} unreachable".format(host) if not online else \
-            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
-        raise UserError(f"could not get pretrained weights for {config.model} ({why}); run once online to fill "
-                        "the cache, or pass --no-pretrained") from None
+        why = (
+            f"not in the Hugging Face cache and {host} unreachable"
+            if not online
+            else f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+        )
+        raise UserError(
+            f"could not get pretrained weights for {config.model} ({why}); run once online to fill "
+            "the cache, or pass --no-pretrained"
+        ) from None
 
 
 def _hub_host() -> str:
@@ -189,8 +207,11 @@ def _transform(config: TrainConfig, train: bool):
     from torchvision import transforms as T
 
     size = config.image_size
-    head = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if train
-            else [T.Resize(round(size / config.crop_pct)), T.CenterCrop(size)])
+    head = (
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        if train
+        else [T.Resize(round(size / config.crop_pct)), T.CenterCrop(size)]
+    )
     return T.Compose(head + [T.ToTensor(), T.Normalize(config.mean, config.std)])
 
 
@@ -198,8 +219,9 @@ def _optimiser(model: torch.nn.Module, config: TrainConfig, steps: int):
     if config.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     elif config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
-                              weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
     else:
         raise UserError(f"unknown optimizer {config.optimizer!r} (sgd or adamw)")
     warm = max(1, round(config.warmup * steps))
@@ -212,8 +234,9 @@ def _optimiser(model: torch.nn.Module, config: TrainConfig, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *, seed: int,
-                     progress: bool = False) -> torch.nn.Module:
+def train_classifier(
+    parts: list[Data], num_classes: int, config: TrainConfig, *, seed: int, progress: bool = False
+) -> torch.nn.Module:
     """A classifier trained from scratch (or from pretrained weights) on the union of `parts`; parts[0] is the
     real images, the rest synthetic (`config.real_fraction` fixes the real share of each batch).
 
@@ -243,9 +266,13 @@ def train_classifier(parts: list[Data], num_classes: int, config: TrainConfig, *
             stream = ((_augment_small(x[i], g), y[i]) for i in batches)
         else:
             dataset = _Transformed(concat([p for p in parts if isinstance(p, Split)]), _transform(config, True))
-            stream = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
-                                                 num_workers=config.workers, generator=g,
-                                                 persistent_workers=False)
+            stream = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=[b.tolist() for b in batches],
+                num_workers=config.workers,
+                generator=g,
+                persistent_workers=False,
+            )
         for xb, yb in tqdm(stream, total=steps, desc="train", leave=False, disable=not progress):
             if in_memory(config):
                 xb = _normalise(xb, config, device)
@@ -264,11 +291,14 @@ def evaluate(model: torch.nn.Module, test: Data, config: TrainConfig) -> dict[st
     model.eval()
     if in_memory(config):
         test = prepare(test, config)
-        batches = ((_normalise(test.x[i : i + config.eval_batch_size], config, device),
-                    test.y[i : i + config.eval_batch_size]) for i in range(0, len(test), config.eval_batch_size))
+        batches = (
+            (_normalise(test.x[i : i + config.eval_batch_size], config, device), test.y[i : i + config.eval_batch_size])
+            for i in range(0, len(test), config.eval_batch_size)
+        )
     else:
-        batches = torch.utils.data.DataLoader(_Transformed(test, _transform(config, False)),
-                                              batch_size=config.eval_batch_size, num_workers=config.workers)
+        batches = torch.utils.data.DataLoader(
+            _Transformed(test, _transform(config, False)), batch_size=config.eval_batch_size, num_workers=config.workers
+        )
     correct1 = correct5 = total = 0
     for xb, yb in batches:
         logits = model(xb.to(device))
@@ -281,12 +311,22 @@ def evaluate(model: torch.nn.Module, test: Data, config: TrainConfig) -> dict[st
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
-def save(model: torch.nn.Module, out_dir: str | Path, config: TrainConfig, classes: list[str],
-         trained: dict[str, Any]) -> Path:
+def save(
+    model: torch.nn.Module, out_dir: str | Path, config: TrainConfig, classes: list[str], trained: dict[str, Any]
+) -> Path:
     """Write the classifier in the `ckpt:` format so `augment` can use it as a guide or held-out scorer."""
     from augment.checkpoint import save_classifier
 
-    return save_classifier(model.cpu(), out_dir, architecture=f"timm:{config.model}", labels=list(classes),
-                           input_size=(3, config.image_size, config.image_size), mean=list(config.mean),
-                           std=list(config.std), model_kwargs=dict(config.model_kwargs), interpolation="bilinear",
-                           crop_pct=config.crop_pct, trained=trained)
+    return save_classifier(
+        model.cpu(),
+        out_dir,
+        architecture=f"timm:{config.model}",
+        labels=list(classes),
+        input_size=(3, config.image_size, config.image_size),
+        mean=list(config.mean),
+        std=list(config.std),
+        model_kwargs=dict(config.model_kwargs),
+        interpolation="bilinear",
+        crop_pct=config.crop_pct,
+        trained=trained,
+    )

@@ -14,9 +14,30 @@ CLI = [sys.executable, "-c", "import sys; from augment.cli import main; sys.exit
 
 def build_cmd(labels, out, *extra) -> list[str]:
     """A small toy build: 3 classes, 2 per learner step (so the queue matters), 5 steps at most."""
-    return [*CLI, "build", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--learn-batch-size", "2",
-            "--classes-per-step", "2", "--max-steps", "5", "--images-per-class", "4", "--shard-size", "2",
-            "--batch-size", "2", "--no-progress", *extra]
+    return [
+        *CLI,
+        "build",
+        "--preset",
+        "toy",
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--learn-batch-size",
+        "2",
+        "--classes-per-step",
+        "2",
+        "--max-steps",
+        "5",
+        "--images-per-class",
+        "4",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def token_bytes(out: Path) -> dict[str, bytes]:

@@ -15,16 +15,39 @@ def world(tmp_path_factory, tokenizer_dir):
     root = tmp_path_factory.mktemp("world")
     tiny_pipeline(tokenizer_dir).save_pretrained(root / "generator")
     torch.manual_seed(0)
-    save_classifier(build_model("timm:resnet10t", 3), root / "guide", architecture="timm:resnet10t",
-                    labels=COLOURS, input_size=(3, 16, 16), mean=[0.5] * 3, std=[0.5] * 3)
+    save_classifier(
+        build_model("timm:resnet10t", 3),
+        root / "guide",
+        architecture="timm:resnet10t",
+        labels=COLOURS,
+        input_size=(3, 16, 16),
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+    )
     (root / "colours.txt").write_text("\n".join(COLOURS) + "\n")
     return root
 
 
 def learn_argv(world, out, *extra):
-    return ["learn", "--labels", str(world / "colours.txt"), "--out", str(out), "--generator",
-            str(world / "generator"), "--guide", f"ckpt:{world / 'guide'}", "--steps", "2", "--max-steps", "2",
-            "--batch-size", "2", "--no-progress", *extra]
+    return [
+        "learn",
+        "--labels",
+        str(world / "colours.txt"),
+        "--out",
+        str(out),
+        "--generator",
+        str(world / "generator"),
+        "--guide",
+        f"ckpt:{world / 'guide'}",
+        "--steps",
+        "2",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_learn_writes_every_token_and_a_manifest_then_skips_on_rerun(world, tmp_path, capsys):

@@ -15,9 +15,22 @@ from tests.helpers import REPO, tar_samples
 from tests.test_downstream import write_image
 
 CUB200 = REPO / "manifests" / "cub200.txt"
-TINY_CLASSIFIER = ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}',
-                   "--no-pretrained", "--image-size", "16", "--steps", "2", "--batch-size", "32", "--device", "cpu",
-                   "--no-progress"]
+TINY_CLASSIFIER = [
+    "--model",
+    "resnet18",
+    "--model-kwargs",
+    '{"channels": [8, 8, 16, 16], "stem_width": 8}',
+    "--no-pretrained",
+    "--image-size",
+    "16",
+    "--steps",
+    "2",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def make_cub200(root, train: int = 1, test: int = 1):
@@ -46,23 +59,65 @@ def test_200_cub_classes_flow_by_name_and_index_from_guide_to_tokens_shards_and_
     assert len(labels) == 200
     cub = make_cub200(tmp_path / "data")
     guide = tmp_path / "guide"
-    assert downstream_main(["train", "--dataset", f"cub:{cub}", "--labels", str(CUB200), "--shots", "all",
-                            "--save-classifier", str(guide), *TINY_CLASSIFIER]) == 0
+    assert (
+        downstream_main(
+            [
+                "train",
+                "--dataset",
+                f"cub:{cub}",
+                "--labels",
+                str(CUB200),
+                "--shots",
+                "all",
+                "--save-classifier",
+                str(guide),
+                *TINY_CLASSIFIER,
+            ]
+        )
+        == 0
+    )
     assert json.loads((guide / "config.json").read_text())["labels"] == labels.names()
 
     out = tmp_path / "run"
-    assert augment_main(["build", "--preset", "toy", "--labels", str(CUB200), "--guide", f"ckpt:{guide}",
-                         "--out", str(out), "--max-steps", "1", "--learn-batch-size", "1", "--classes-per-step", "200",
-                         "--steps", "2", "--images-per-class", "1", "--shard-size", "1", "--batch-size", "8",
-                         "--no-progress"]) == 0
+    assert (
+        augment_main(
+            [
+                "build",
+                "--preset",
+                "toy",
+                "--labels",
+                str(CUB200),
+                "--guide",
+                f"ckpt:{guide}",
+                "--out",
+                str(out),
+                "--max-steps",
+                "1",
+                "--learn-batch-size",
+                "1",
+                "--classes-per-step",
+                "200",
+                "--steps",
+                "2",
+                "--images-per-class",
+                "1",
+                "--shard-size",
+                "1",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metas = {p.parent.name: json.loads(p.read_text()) for p in (out / "tokens").glob("*/meta.json")}
     assert len(metas) == 200
-    for c in labels.classes:                        # each token was learned towards its own guide class
+    for c in labels.classes:  # each token was learned towards its own guide class
         meta = metas[c.slug]
         assert meta["class"] == c.name and meta["guide_index"] == c.index, meta
     samples = tar_samples(out)
     assert len(samples) == 200
-    for key, s in samples.items():                  # shard c{position}: cls = position, json names the class
+    for key, s in samples.items():  # shard c{position}: cls = position, json names the class
         record = json.loads(s["json"])
         position = int(s["cls"])
         assert key == f"c{position:04d}_000000" and record["class"] == labels.classes[position].name
@@ -73,9 +128,27 @@ def test_200_cub_classes_flow_by_name_and_index_from_guide_to_tokens_shards_and_
     assert augment_main(["verify", str(out)]) == 0
 
     fs = tmp_path / "fewshot"
-    assert downstream_main(["fewshot", "--dataset", f"cub:{cub}", "--labels", str(CUB200), "--synthetic",
-                            f"tokens={out}", "--shots", "0,1", "--trials", "1", "--out", str(fs),
-                            *TINY_CLASSIFIER]) == 0
+    assert (
+        downstream_main(
+            [
+                "fewshot",
+                "--dataset",
+                f"cub:{cub}",
+                "--labels",
+                str(CUB200),
+                "--synthetic",
+                f"tokens={out}",
+                "--shots",
+                "0,1",
+                "--trials",
+                "1",
+                "--out",
+                str(fs),
+                *TINY_CLASSIFIER,
+            ]
+        )
+        == 0
+    )
     cells = json.loads((fs / "results.json").read_text())["cells"]
     by = {(c["set"], c["shots"]): c for c in cells}
     assert by[("tokens", 0)]["train_images"] == {"real": 0, "synthetic": 200}

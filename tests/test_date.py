@@ -23,8 +23,9 @@ PROMPTS = ["a photo of a thing"] * len(SEEDS)
 
 
 def config(**refine: object) -> GenerateConfig:
-    return GenerateConfig(num_inference_steps=4, guidance_scale=3.0, refine="date" if refine else None,
-                          refine_options=dict(refine))
+    return GenerateConfig(
+        num_inference_steps=4, guidance_scale=3.0, refine="date" if refine else None, refine_options=dict(refine)
+    )
 
 
 def mean_log_prob(guide, images: np.ndarray, target: int) -> float:
@@ -74,8 +75,10 @@ def test_predicted_x0_is_the_schedulers(prediction):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
     x, out = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    for sched in (DDIMScheduler(prediction_type=prediction, clip_sample=False),
-                  EulerDiscreteScheduler(prediction_type=prediction)):
+    for sched in (
+        DDIMScheduler(prediction_type=prediction, clip_sample=False),
+        EulerDiscreteScheduler(prediction_type=prediction),
+    ):
         sched.set_timesteps(10)
         t = sched.timesteps[3]
         sched._step_index = 3  # Euler's position in its sigmas (DDIM has none)
@@ -92,9 +95,15 @@ def test_refined_steps_follow_the_options():
     assert DateOptions(step_size=0.0).refined_steps(10) == []
     assert refine_options(None, {"bogus": 1}) is None
     assert refine_options("date", {"step_size": 1}) == DateOptions(step_size=1.0)
-    for method, options in [("dart", {}), ("date", {"bogus": 1}), ("date", {"every": 0}),
-                            ("date", {"step_size": "big"}), ("date", {"start": 0.8, "stop": 0.2}),
-                            ("date", {"updates": 1.5}), ("date", {"from_original": 1})]:
+    for method, options in [
+        ("dart", {}),
+        ("date", {"bogus": 1}),
+        ("date", {"every": 0}),
+        ("date", {"step_size": "big"}),
+        ("date", {"start": 0.8, "stop": 0.2}),
+        ("date", {"updates": 1.5}),
+        ("date", {"from_original": 1}),
+    ]:
         with pytest.raises(UserError):
             refine_options(method, options)
 
@@ -102,8 +111,15 @@ def test_refined_steps_follow_the_options():
 def test_units_record_the_refine_settings(pipe, tmp_path):
     (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
     labels = read_label_set(tmp_path / "colours.txt")
-    cfg = GenerateConfig(images_per_class=2, shard_size=2, batch_size=2, num_inference_steps=2, guidance_scale=3.0,
-                         refine="date", refine_options={"step_size": 0.5})
+    cfg = GenerateConfig(
+        images_per_class=2,
+        shard_size=2,
+        batch_size=2,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        refine="date",
+        refine_options={"step_size": 0.5},
+    )
     generate_units(pipe, labels, None, cfg, plan_units([1], 2, 2), tmp_path / "out", "h", colour_guide(), [0, 1, 2])
     samples = load_samples(tmp_path / "out")
     assert len(samples) == 2
@@ -111,19 +127,35 @@ def test_units_record_the_refine_settings(pipe, tmp_path):
         assert s["meta"]["refine"] == {"method": "date", **DateOptions(step_size=0.5).__dict__}
 
 
-@pytest.mark.parametrize("extra, config_text", [
-    (["--refine", "date", "--refine-every", "0"], None),
-    (["--refine", "date", "--refine-step-size", "-1"], None),
-    (["--refine-step-size", "1"], None),  # without --refine date
-    (["--refine", "date"], "generate:\n  refine_options: {bogus: 1}\n"),
-    ([], "generate:\n  refine: dart\n"),
-])
+@pytest.mark.parametrize(
+    "extra, config_text",
+    [
+        (["--refine", "date", "--refine-every", "0"], None),
+        (["--refine", "date", "--refine-step-size", "-1"], None),
+        (["--refine-step-size", "1"], None),  # without --refine date
+        (["--refine", "date"], "generate:\n  refine_options: {bogus: 1}\n"),
+        ([], "generate:\n  refine: dart\n"),
+    ],
+)
 def test_cli_rejects_bad_refine_options_before_loading_models(tmp_path, capsys, extra, config_text):
     (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
     out = tmp_path / "out"
-    args = ["generate", "--labels", str(tmp_path / "colours.txt"), "--out", str(out), "--no-tokens",
-            "--generator", str(tmp_path / "no-such-generator"), "--guide", "ckpt:" + str(tmp_path / "no-guide"),
-            "--no-progress", "--device", "cpu", *extra]
+    args = [
+        "generate",
+        "--labels",
+        str(tmp_path / "colours.txt"),
+        "--out",
+        str(out),
+        "--no-tokens",
+        "--generator",
+        str(tmp_path / "no-such-generator"),
+        "--guide",
+        "ckpt:" + str(tmp_path / "no-guide"),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     if config_text is not None:
         (tmp_path / "c.yaml").write_text(config_text)
         args += ["--config", str(tmp_path / "c.yaml")]
@@ -139,15 +171,49 @@ def test_cli_generates_with_date(pipe, tmp_path):
     from augment.checkpoint import save_classifier
 
     pipe.save_pretrained(tmp_path / "pipe")
-    save_classifier(timm.create_model("test_resnet", pretrained=False, num_classes=3), tmp_path / "guide",
-                    architecture="timm:test_resnet", labels=COLOURS, input_size=(3, 16, 16), mean=[0.5] * 3,
-                    std=[0.5] * 3)
+    save_classifier(
+        timm.create_model("test_resnet", pretrained=False, num_classes=3),
+        tmp_path / "guide",
+        architecture="timm:test_resnet",
+        labels=COLOURS,
+        input_size=(3, 16, 16),
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+    )
     (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
     out = tmp_path / "out"
-    assert main(["generate", "--labels", str(tmp_path / "colours.txt"), "--out", str(out), "--no-tokens",
-                 "--generator", str(tmp_path / "pipe"), "--guide", f"ckpt:{tmp_path / 'guide'}", "--refine", "date",
-                 "--refine-step-size", "0.5", "--images-per-class", "1", "--shard-size", "1", "--steps", "2",
-                 "--no-progress", "--device", "cpu", "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--labels",
+                str(tmp_path / "colours.txt"),
+                "--out",
+                str(out),
+                "--no-tokens",
+                "--generator",
+                str(tmp_path / "pipe"),
+                "--guide",
+                f"ckpt:{tmp_path / 'guide'}",
+                "--refine",
+                "date",
+                "--refine-step-size",
+                "0.5",
+                "--images-per-class",
+                "1",
+                "--shard-size",
+                "1",
+                "--steps",
+                "2",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     samples = load_samples(out)
     assert len(samples) == 3
     assert all(s["meta"]["refine"]["step_size"] == 0.5 for s in samples)

@@ -49,8 +49,12 @@ def make_cub(root: Path, train: int = 4, test: int = 2) -> Path:
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {c}")
             split.append(f"{image_id} {int(i < train)}")
-    for name, rows in (("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split),
-                       ("classes.txt", [f"{i} {n}" for i, n in enumerate(CUB_NAMES, start=1)])):
+    for name, rows in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("classes.txt", [f"{i} {n}" for i, n in enumerate(CUB_NAMES, start=1)]),
+    ):
         (root / name).write_text("\n".join(rows) + "\n")
     return root
 
@@ -65,9 +69,11 @@ def make_imagefolder(root: Path, train: int = 4, test: int = 2, names=("red bird
 
 
 def make_inat(root: Path, train: int = 4, test: int = 2) -> Path:
-    categories = [{"id": 0, "name": "Rubra avis", "common_name": "Red bird"},
-                  {"id": 1, "name": "Viridis avis", "common_name": "Green bird"},
-                  {"id": 2, "name": "Caerulea avis", "common_name": "Blue bird"}]
+    categories = [
+        {"id": 0, "name": "Rubra avis", "common_name": "Red bird"},
+        {"id": 1, "name": "Viridis avis", "common_name": "Green bird"},
+        {"id": 2, "name": "Caerulea avis", "common_name": "Blue bird"},
+    ]
     for split, n in (("train", train), ("val", test)):
         images, annotations = [], []
         for cat, colour in zip(categories, COLOURS.values()):
@@ -77,13 +83,15 @@ def make_inat(root: Path, train: int = 4, test: int = 2) -> Path:
                 write_image(root / rel, colour, image_id, fmt="JPEG")
                 images.append({"id": image_id, "file_name": rel, "width": 8, "height": 8})
                 annotations.append({"id": image_id, "image_id": image_id, "category_id": cat["id"]})
-        (root / f"{split}.json").write_text(json.dumps(
-            {"images": images, "annotations": annotations, "categories": categories}))
+        (root / f"{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
     return root
 
 
-def make_synthetic(root: Path, per_class: int = 2, names=("Red bird", "Green bird", "Blue bird"),
-                   size: int = 8) -> Path:
+def make_synthetic(
+    root: Path, per_class: int = 2, names=("Red bird", "Green bird", "Blue bird"), size: int = 8
+) -> Path:
     """A synthetic DIR as `augment generate` writes it: shards/*.tar + manifest.json."""
     import webdataset as wds
     from PIL import Image
@@ -97,8 +105,14 @@ def make_synthetic(root: Path, per_class: int = 2, names=("Red bird", "Green bir
                 pixels = np.clip(np.array(colour) + rng.integers(-25, 26, (size, size, 3)), 0, 255).astype(np.uint8)
                 buf = io.BytesIO()
                 Image.fromarray(pixels).save(buf, format="JPEG")
-                sink.write({"__key__": f"c{c:04d}_{i:06d}", "jpg": buf.getvalue(), "cls": str(c).encode(),
-                            "json": json.dumps({"class": name, "seed": i}).encode()})
+                sink.write(
+                    {
+                        "__key__": f"c{c:04d}_{i:06d}",
+                        "jpg": buf.getvalue(),
+                        "cls": str(c).encode(),
+                        "json": json.dumps({"class": name, "seed": i}).encode(),
+                    }
+                )
     (root / "shards" / "syn-c0000-0001.tar.tmp").write_bytes(b"unfinished")
     return root
 
@@ -125,7 +139,7 @@ def test_kshot_exact_counts_and_determinism():
     assert np.array_equal(picks, sample_kshot(labels, 15, num_classes=4, seed=0, trial=0))
     assert not np.array_equal(picks, sample_kshot(labels, 15, num_classes=4, seed=0, trial=1))
     assert not np.array_equal(picks, sample_kshot(labels, 15, num_classes=4, seed=1, trial=0))
-    three = sample_kshot(labels, 3, num_classes=4, seed=0, trial=0)       # nested within a trial
+    three = sample_kshot(labels, 3, num_classes=4, seed=0, trial=0)  # nested within a trial
     assert set(three.tolist()) <= set(picks.tolist())
     assert len(sample_kshot(labels, 0, num_classes=4, seed=0, trial=0)) == 0
     with pytest.raises(UserError, match="class 2 'c' has 15 training image"):
@@ -137,7 +151,7 @@ def _check_colour_dataset(ds, train: int = 4, test: int = 2):
     assert ds.classes == ["Red bird", "Green bird", "Blue bird"]
     assert np.bincount(ds.train.labels).tolist() == [train] * 3
     assert np.bincount(ds.test.labels).tolist() == [test] * 3
-    for split in (ds.train, ds.test):                 # each image's colour says its class
+    for split in (ds.train, ds.test):  # each image's colour says its class
         for i in range(len(split)):
             im = np.asarray(split.images(i), dtype=float)
             assert im.shape == (8, 8, 3)
@@ -147,7 +161,7 @@ def _check_colour_dataset(ds, train: int = 4, test: int = 2):
 def test_cub_loader(tmp_path):
     root = make_cub(tmp_path)
     labels = read_label_set(write_labels(tmp_path / "l.txt"))
-    ds = load_dataset(f"cub:{root.parent}", labels)            # the parent of CUB_200_2011 works too
+    ds = load_dataset(f"cub:{root.parent}", labels)  # the parent of CUB_200_2011 works too
     _check_colour_dataset(ds)
     assert ds.matched_by == "name" and ds.kind == "cub"
 
@@ -159,7 +173,7 @@ def test_cub_subset_and_order(tmp_path):
     ds = load_dataset(f"cub:{root}", labels)
     assert len(ds.train) == 8 and len(ds.test) == 4
     im = np.asarray(ds.train.images(int(np.flatnonzero(ds.train.labels == 0)[0])), dtype=float)
-    assert im.mean(axis=(0, 1)).argmax() == 2                  # position 0 is the blue class
+    assert im.mean(axis=(0, 1)).argmax() == 2  # position 0 is the blue class
 
 
 def test_inat_loader_matches_common_names(tmp_path):
@@ -186,12 +200,13 @@ def test_hf_loader_from_disk(tmp_path):
     import datasets
     from PIL import Image
 
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=["red_bird", "green_bird", "blue_bird"])})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["red_bird", "green_bird", "blue_bird"])}
+    )
     rows = {s: {"image": [], "label": []} for s in ("train", "test")}
     for s, n in (("train", 4), ("test", 2)):
         for c, colour in enumerate(COLOURS.values()):
-            for i in range(n):
+            for _ in range(n):
                 rows[s]["image"].append(Image.new("RGB", (8, 8), colour))
                 rows[s]["label"].append(c)
     dd = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows[s], features=features) for s in rows})
@@ -218,8 +233,10 @@ def test_class_mismatch_is_one_clear_error(tmp_path):
         load_dataset(f"cub:{root}", labels)
 
 
-@pytest.mark.parametrize("spec, message", [("mnist:/x", "unknown dataset kind"), ("cub:/nonexistent", "not found"),
-                                           ("cub", "needs a location")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [("mnist:/x", "unknown dataset kind"), ("cub:/nonexistent", "not found"), ("cub", "needs a location")],
+)
 def test_bad_specs(spec, message):
     with pytest.raises(UserError, match=message):
         parse_spec(spec)
@@ -232,7 +249,7 @@ def test_synthetic_shards_map_by_name(tmp_path):
     name, path = parse_synthetic_arg(f"tokens={syn}")
     s = load_synthetic(name, path, labels)
     assert s.name == "tokens" and len(s.split) == 6 and s.manifest_sha256
-    for i in range(6):                                          # generated cls 0 (red) is position 2 here
+    for i in range(6):  # generated cls 0 (red) is position 2 here
         colour = np.asarray(s.split.images(i), dtype=float).mean(axis=(0, 1)).argmax()
         assert s.split.labels[i] == 2 - colour
 
@@ -254,12 +271,22 @@ def test_synthetic_errors(tmp_path):
 def _tiny_config(**changes):
     from downstream.train import TrainConfig
 
-    base = dict(model="resnet18", model_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8}, pretrained=False,
-                image_size=16, steps=3, batch_size=4, lr=1e-2, optimizer="adamw", workers=0, device="cpu")
+    base = dict(
+        model="resnet18",
+        model_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8},
+        pretrained=False,
+        image_size=16,
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
+        optimizer="adamw",
+        workers=0,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **changes})
 
 
-@pytest.mark.parametrize("image_size", [16, 72])       # in-memory path and DataLoader path
+@pytest.mark.parametrize("image_size", [16, 72])  # in-memory path and DataLoader path
 def test_train_is_deterministic_and_evaluates(tmp_path, image_size):
     from downstream.train import evaluate, train_classifier
 
@@ -270,7 +297,7 @@ def test_train_is_deterministic_and_evaluates(tmp_path, image_size):
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
     result = evaluate(a, ds.test, config)
-    assert 0 <= result["top1"] <= result["top5"] == 100.0       # top-5 of 3 classes is always right
+    assert 0 <= result["top1"] <= result["top5"] == 100.0  # top-5 of 3 classes is always right
     with pytest.raises(UserError, match="nothing to train on"):
         train_classifier([ds.train.subset(np.zeros(0, dtype=np.int64))], 3, config, seed=0)
 
@@ -297,8 +324,8 @@ def test_real_fraction_fixes_the_real_share_of_every_batch():
     batches = _mixed_batches(n_real=6, n=106, batch=8, steps=30, real_fraction=0.25, g=g)
     assert len(batches) == 30 and all(len(b) == 8 for b in batches)
     real = torch.cat([b[b < 6] for b in batches])
-    assert all(int((b < 6).sum()) == 2 for b in batches)            # round(0.25 · 8) real images per batch
-    assert torch.bincount(real, minlength=6).tolist() == [10] * 6      # 60 draws walk whole permutations
+    assert all(int((b < 6).sum()) == 2 for b in batches)  # round(0.25 · 8) real images per batch
+    assert torch.bincount(real, minlength=6).tolist() == [10] * 6  # 60 draws walk whole permutations
     assert int(torch.cat(batches).max()) < 106
     everything = _mixed_batches(6, 106, 8, 3, 1.0, torch.Generator().manual_seed(0))
     assert all(bool((b < 6).all()) for b in everything)
@@ -310,12 +337,12 @@ def test_mixed_batch_sampler_feeds_a_dataloader_over_real_and_synthetic():
 
     from augment.mixing import MixedBatchSampler
 
-    real = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long))          # label 0 = real
-    synthetic = TensorDataset(torch.ones(100, 1), torch.ones(100, dtype=torch.long))   # label 1 = synthetic
+    real = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long))  # label 0 = real
+    synthetic = TensorDataset(torch.ones(100, 1), torch.ones(100, dtype=torch.long))  # label 1 = synthetic
     sampler = MixedBatchSampler(len(real), len(synthetic), batch_size=8, real_fraction=0.5, steps=12, seed=3)
     loader = DataLoader(ConcatDataset([real, synthetic]), batch_sampler=sampler, num_workers=2)
     batches = [y for _, y in loader]
     assert len(batches) == 12 and all(int((y == 0).sum()) == 4 and len(y) == 8 for y in batches)
-    assert list(sampler) == list(sampler)                                             # deterministic per seed
+    assert list(sampler) == list(sampler)  # deterministic per seed
     with pytest.raises(ValueError):
         MixedBatchSampler(0, 10, 8, 0.5, 1)

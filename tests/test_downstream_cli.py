@@ -9,21 +9,53 @@ import pytest
 from downstream.cli import main
 from tests.test_downstream import make_cub, make_synthetic, write_labels
 
-TINY = ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}',
-        "--no-pretrained", "--image-size", "16", "--steps", "2", "--batch-size", "4", "--device", "cpu",
-        "--no-progress"]
+TINY = [
+    "--model",
+    "resnet18",
+    "--model-kwargs",
+    '{"channels": [8, 8, 16, 16], "stem_width": 8}',
+    "--no-pretrained",
+    "--image-size",
+    "16",
+    "--steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    return {"cub": make_cub(tmp_path / "data"), "labels": write_labels(tmp_path / "labels.txt"),
-            "syn": make_synthetic(tmp_path / "syn", per_class=2)}
+    return {
+        "cub": make_cub(tmp_path / "data"),
+        "labels": write_labels(tmp_path / "labels.txt"),
+        "syn": make_synthetic(tmp_path / "syn", per_class=2),
+    }
 
 
 def _fewshot(inputs, out, *extra):
-    return main(["fewshot", "--dataset", f"cub:{inputs['cub']}", "--labels", str(inputs["labels"]),
-                 "--synthetic", f"tokens={inputs['syn']}", "--shots", "0,2", "--trials", "2", "--out", str(out),
-                 *TINY, *extra])
+    return main(
+        [
+            "fewshot",
+            "--dataset",
+            f"cub:{inputs['cub']}",
+            "--labels",
+            str(inputs["labels"]),
+            "--synthetic",
+            f"tokens={inputs['syn']}",
+            "--shots",
+            "0,2",
+            "--trials",
+            "2",
+            "--out",
+            str(out),
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def _count_training(monkeypatch) -> list[int]:
@@ -43,7 +75,7 @@ def test_fewshot_writes_results_and_resumes(inputs, tmp_path, monkeypatch, capsy
     out = tmp_path / "out"
     calls = _count_training(monkeypatch)
     assert _fewshot(inputs, out) == 0
-    assert len(calls) == 6                                    # 8 cells; real-only at 0 shots is not trained
+    assert len(calls) == 6  # 8 cells; real-only at 0 shots is not trained
     results = json.loads((out / "results.json").read_text())
     assert len(results["cells"]) == 8
     cell = next(c for c in results["cells"] if c["set"] == "tokens" and c["shots"] == 2)
@@ -61,7 +93,7 @@ def test_fewshot_writes_results_and_resumes(inputs, tmp_path, monkeypatch, capsy
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert len(mtimes) == 8 and not list((out / "cells").glob("*.tmp"))
 
-    calls.clear()                                             # rerun: nothing recomputed
+    calls.clear()  # rerun: nothing recomputed
     assert _fewshot(inputs, out) == 0
     assert calls == [] and {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == mtimes
 
@@ -70,7 +102,7 @@ def test_fewshot_writes_results_and_resumes(inputs, tmp_path, monkeypatch, capsy
     assert len(calls) == 1
 
     capsys.readouterr()
-    assert _fewshot(inputs, out, "--lr", "0.5") == 2          # other config: refused, not mixed in
+    assert _fewshot(inputs, out, "--lr", "0.5") == 2  # other config: refused, not mixed in
     assert "another configuration" in capsys.readouterr().err
 
 
@@ -83,33 +115,62 @@ def test_train_saves_a_classifier_that_scores_the_same(inputs, tmp_path, capsys)
     from downstream.train import TrainConfig, evaluate
 
     ckpt = tmp_path / "ckpt"
-    assert main(["train", "--dataset", f"cub:{inputs['cub']}", "--labels", str(inputs["labels"]),
-                 "--synthetic", f"tokens={inputs['syn']}", "--save-classifier", str(ckpt), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"cub:{inputs['cub']}",
+                "--labels",
+                str(inputs["labels"]),
+                "--synthetic",
+                f"tokens={inputs['syn']}",
+                "--save-classifier",
+                str(ckpt),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["train_images"] == {"real": 12, "synthetic": 6}
     model, cfg = load_classifier(ckpt)
     assert cfg["labels"] == ["Red bird", "Green bird", "Blue bird"] and cfg["trained"]["tool"] == "downstream train"
-    config = TrainConfig(image_size=cfg["input_size"][1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                         crop_pct=cfg["crop_pct"], device="cpu")
+    config = TrainConfig(
+        image_size=cfg["input_size"][1],
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        crop_pct=cfg["crop_pct"],
+        device="cpu",
+    )
     ds = load_dataset(f"cub:{inputs['cub']}", read_label_set(inputs["labels"]))
     with torch.no_grad():
         assert evaluate(model, ds.test, config)["top1"] == pytest.approx(result["top1"])
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--dataset": "mnist:/data"}, "unknown dataset kind 'mnist'"),
-    ({"--dataset": "cub:/no/such/dir"}, "directory /no/such/dir not found"),
-    ({"--shots": "0,5"}, "5 shots asked for but class 'Red bird' has only 4"),
-    ({"--shots": "0,three"}, "expected comma-separated integers"),
-    ({"--synthetic": "tokens"}, "expected NAME=DIR"),
-    ({"--synthetic": "tokens=/no/such/dir"}, "not found"),
-    ({"--labels": "/no/such/labels.txt"}, "label file not found"),
-    ({"--steps": "zero"}, "invalid int value"),
-    ({"--real-fraction": "1.5"}, "--real-fraction must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--dataset": "mnist:/data"}, "unknown dataset kind 'mnist'"),
+        ({"--dataset": "cub:/no/such/dir"}, "directory /no/such/dir not found"),
+        ({"--shots": "0,5"}, "5 shots asked for but class 'Red bird' has only 4"),
+        ({"--shots": "0,three"}, "expected comma-separated integers"),
+        ({"--synthetic": "tokens"}, "expected NAME=DIR"),
+        ({"--synthetic": "tokens=/no/such/dir"}, "not found"),
+        ({"--labels": "/no/such/labels.txt"}, "label file not found"),
+        ({"--steps": "zero"}, "invalid int value"),
+        ({"--real-fraction": "1.5"}, "--real-fraction must be between 0 and 1"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(inputs, tmp_path, capsys, change, message):
-    args = {"--dataset": f"cub:{inputs['cub']}", "--labels": str(inputs["labels"]),
-            "--synthetic": f"tokens={inputs['syn']}", "--shots": "0,3", "--out": str(tmp_path / "out"), **change}
+    args = {
+        "--dataset": f"cub:{inputs['cub']}",
+        "--labels": str(inputs["labels"]),
+        "--synthetic": f"tokens={inputs['syn']}",
+        "--shots": "0,3",
+        "--out": str(tmp_path / "out"),
+        **change,
+    }
     argv = ["fewshot", *[x for kv in args.items() for x in kv], *TINY]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -131,7 +192,7 @@ def test_fewshot_workers_split_the_cells(inputs, tmp_path, monkeypatch):
     first = len(calls)
     assert 0 < first < 6 and len(json.loads((out / "results.json").read_text())["cells"]) < 8
     assert _fewshot(inputs, out, "--num-workers", "2", "--worker-index", "0") == 0
-    assert len(calls) == 6                                    # together: every trained cell exactly once
+    assert len(calls) == 6  # together: every trained cell exactly once
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 8
     assert _fewshot(inputs, out, "--num-workers", "2", "--worker-index", "2") == 2
 
@@ -143,8 +204,23 @@ def test_pretrained_weights_offline_is_one_line_error(inputs, tmp_path, monkeypa
 
     monkeypatch.setattr(downstream.train, "_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    argv = ["fewshot", "--dataset", f"cub:{inputs['cub']}", "--labels", str(inputs["labels"]), "--shots", "1",
-            "--out", str(tmp_path / "out"), "--model", "resnet10t", "--pretrained", "--steps", "1", "--no-progress"]
+    argv = [
+        "fewshot",
+        "--dataset",
+        f"cub:{inputs['cub']}",
+        "--labels",
+        str(inputs["labels"]),
+        "--shots",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        "resnet10t",
+        "--pretrained",
+        "--steps",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("downstream: error: could not get pretrained weights for resnet10t") and err.count("\n") == 1

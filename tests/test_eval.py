@@ -10,12 +10,19 @@ import torch
 
 from augment import shards
 from augment.cli import main
-from augment.evaluate import (extract_features, fid_kid, per_class_precision_recall, precision_recall,
-                              reference_images, score_shards, shard_label_set)
+from augment.evaluate import (
+    extract_features,
+    fid_kid,
+    per_class_precision_recall,
+    precision_recall,
+    reference_images,
+    score_shards,
+    shard_label_set,
+)
 from augment.guide import load_guide
 
 CLASSIFIER_LABELS = [f"kind {i}" for i in range(8)]
-SET_LABELS = ["kind 5", "kind 2", "kind 7", "kind 0"]      # label-set order ≠ classifier order
+SET_LABELS = ["kind 5", "kind 2", "kind 7", "kind 0"]  # label-set order ≠ classifier order
 PER_CLASS = [6, 5, 7, 4]
 ARCH = dict(architecture="timm:resnet18", model_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8})
 
@@ -29,8 +36,9 @@ def make_classifier(path) -> str:
     model = build_model(ARCH["architecture"], len(CLASSIFIER_LABELS), ARCH["model_kwargs"])
     with torch.no_grad():
         model.get_classifier().weight.mul_(50.0)
-    save_classifier(model, path, labels=CLASSIFIER_LABELS, input_size=(3, 16, 16), mean=[0.5] * 3,
-                    std=[0.25] * 3, **ARCH)
+    save_classifier(
+        model, path, labels=CLASSIFIER_LABELS, input_size=(3, 16, 16), mean=[0.5] * 3, std=[0.25] * 3, **ARCH
+    )
     return f"ckpt:{path}"
 
 
@@ -44,9 +52,14 @@ def make_shards(out, seed: int, brightness: float = 0.0):
             samples = []
             for i in range(unit.start, unit.stop):
                 pixels = np.clip(0.5 * rng.uniform(0, 1, (16, 16, 3)) + 0.5 * tint + brightness, 0, 1)
-                samples.append({"__key__": shards.sample_key(position, i),
-                                "png": shards.encode_image(pixels, "png"), "cls": str(position).encode(),
-                                "json": json.dumps({"class": SET_LABELS[position]}).encode()})
+                samples.append(
+                    {
+                        "__key__": shards.sample_key(position, i),
+                        "png": shards.encode_image(pixels, "png"),
+                        "cls": str(position).encode(),
+                        "json": json.dumps({"class": SET_LABELS[position]}).encode(),
+                    }
+                )
             shards.write_unit(out, "set", unit, samples, "hash")
     (out / "manifest.json").write_text(json.dumps({"generate": {"labels": SET_LABELS}}))
     return out
@@ -55,8 +68,12 @@ def make_shards(out, seed: int, brightness: float = 0.0):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    return {"spec": make_classifier(root / "clf"), "a": make_shards(root / "a", seed=1),
-            "b": make_shards(root / "b", seed=2, brightness=0.4), "root": root}
+    return {
+        "spec": make_classifier(root / "clf"),
+        "a": make_shards(root / "a", seed=1),
+        "b": make_shards(root / "b", seed=2, brightness=0.4),
+        "root": root,
+    }
 
 
 def hand_count(directory, spec):
@@ -70,8 +87,10 @@ def hand_count(directory, spec):
     top1 = (logits.argmax(1) == target).numpy()
     top5 = (logits.topk(5, dim=1).indices == target[:, None]).any(1).numpy()
     cls = np.array([s["cls"] for s in samples])
-    per_class = [(int((cls == c).sum()), 100 * top1[cls == c].mean(), 100 * top5[cls == c].mean())
-                 for c in range(len(SET_LABELS))]
+    per_class = [
+        (int((cls == c).sum()), 100 * top1[cls == c].mean(), 100 * top5[cls == c].mean())
+        for c in range(len(SET_LABELS))
+    ]
     return per_class, 100 * top1.mean(), 100 * top5.mean(), logits.argmax(1)
 
 
@@ -95,7 +114,7 @@ def test_fid_kid_in_classifier_features(world):
     labels = shard_label_set(world["a"])
     scored = score_shards(world["a"], guide, labels, features=guide)
     a, a_classes = torch.cat(scored.features), torch.cat(scored.feature_classes)
-    assert a.shape == (sum(PER_CLASS), 16)                      # resnet's pooled 16 channels
+    assert a.shape == (sum(PER_CLASS), 16)  # resnet's pooled 16 channels
     count, images = reference_images(str(world["a"]), labels)
     a_again, again_classes = extract_features(images, guide, "cpu", batch_size=5)
     assert count == len(a_again) and torch.allclose(a, a_again, atol=1e-5)
@@ -103,11 +122,11 @@ def test_fid_kid_in_classifier_features(world):
     same = fid_kid(a, a_again)
     count, images = reference_images(str(world["b"]), labels)
     other = fid_kid(a, extract_features(images, guide, "cpu")[0])
-    scale = a.var(0).sum().item()                                # FID is in squared feature units
+    scale = a.var(0).sum().item()  # FID is in squared feature units
     assert abs(same["fid"]) < 1e-6 * scale + 1e-6
-    assert abs(same["kid"]) < other["kid"] / 3                  # unbiased MMD²: ≈ 0, may be slightly negative
+    assert abs(same["kid"]) < other["kid"] / 3  # unbiased MMD²: ≈ 0, may be slightly negative
     assert other["fid"] > 0.1 * scale and other["kid"] > 0
-    assert same["kid_subset_size"] == sum(PER_CLASS)           # capped by the smaller set
+    assert same["kid_subset_size"] == sum(PER_CLASS)  # capped by the smaller set
 
 
 def test_precision_recall_separates_fidelity_from_diversity():
@@ -122,7 +141,7 @@ def test_precision_recall_separates_fidelity_from_diversity():
     assert same["precision"] > 85 and same["recall"] > 85
     assert collapsed["precision"] > 95 and collapsed["recall"] < 20
     assert scattered["precision"] < 50 and scattered["recall"] > 90
-    assert precision_recall(reference[:5], reference) is None          # k = 5 needs more than 5 points
+    assert precision_recall(reference[:5], reference) is None  # k = 5 needs more than 5 points
 
 
 def test_precision_recall_is_per_class():
@@ -143,11 +162,11 @@ def test_reference_shards_classes_are_matched_by_name(world, tmp_path):
     """A reference set made from another label file (other order, one class the scored set lacks) yields
     positions in the scored set's label set, -1 for the missing class."""
     other = make_shards(tmp_path / "other", seed=3)
-    order = ["kind 0", "kind 7", "Kind 2", "kind 6"]           # its cls 0..3; names matched case-insensitively
+    order = ["kind 0", "kind 7", "Kind 2", "kind 6"]  # its cls 0..3; names matched case-insensitively
     (other / "manifest.json").write_text(json.dumps({"generate": {"labels": order}}))
     count, pairs = reference_images(str(other), shard_label_set(world["a"]))
     positions = [p for _, p in pairs]
-    expected = {0: 3, 1: 2, 2: 1, 3: -1}                       # SET_LABELS = kind 5, kind 2, kind 7, kind 0
+    expected = {0: 3, 1: 2, 2: 1, 3: -1}  # SET_LABELS = kind 5, kind 2, kind 7, kind 0
     assert count == sum(PER_CLASS) and positions == [expected[c] for c, n in enumerate(PER_CLASS) for _ in range(n)]
 
 
@@ -158,14 +177,30 @@ def test_reference_limit_is_a_subset(world):
 
 def test_cli_writes_json_with_feature_name(world, capsys):
     out = world["root"] / "result.json"
-    code = main(["eval", "--shards", str(world["a"]), "--classifier", world["spec"], "--reference", str(world["b"]),
-                 "--features", world["spec"], "--out", str(out), "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--shards",
+            str(world["a"]),
+            "--classifier",
+            world["spec"],
+            "--reference",
+            str(world["b"]),
+            "--features",
+            world["spec"],
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["features"]["name"].startswith(world["spec"]) and "penultimate" in report["features"]["name"]
     assert report["classifier"] == world["spec"] and report["images"] == sum(PER_CLASS)
     assert [c["n"] for c in report["classes"]] == PER_CLASS and report["fid"] > 0
-    pr = report["precision_recall"]                              # classes with > 5 images on both sides: 0, 2
+    pr = report["precision_recall"]  # classes with > 5 images on both sides: 0, 2
     assert pr["k"] == 5 and pr["classes"] == 2 and 0 <= pr["precision"] <= 100 and 0 <= pr["recall"] <= 100
     assert [c["recall"] is None for c in report["classes"]] == [False, True, False, True]
     per_class, micro1, _, _ = hand_count(world["a"], world["spec"])
@@ -178,8 +213,25 @@ def test_cli_writes_json_with_feature_name(world, capsys):
 
 def test_cli_default_features_are_named(world, tmp_path):
     out = tmp_path / "r.json"
-    assert main(["eval", "--shards", str(world["a"]), "--classifier", world["spec"], "--reference",
-                 str(world["a"]), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--shards",
+                str(world["a"]),
+                "--classifier",
+                world["spec"],
+                "--reference",
+                str(world["a"]),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     name = json.loads(out.read_text())["features"]["name"]
     assert name.startswith("inception") or name.startswith(world["spec"])
 
@@ -192,16 +244,45 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_cli_errors(world, tmp_path, capsys):
-    assert "no such directory" in _one_line_error(capsys, ["eval", "--shards", str(tmp_path / "nope"),
-                                                          "--classifier", world["spec"]])
-    assert "no .tar shards" in _one_line_error(capsys, ["eval", "--shards", str(tmp_path), "--classifier",
-                                                        world["spec"]])
+    assert "no such directory" in _one_line_error(
+        capsys, ["eval", "--shards", str(tmp_path / "nope"), "--classifier", world["spec"]]
+    )
+    assert "no .tar shards" in _one_line_error(
+        capsys, ["eval", "--shards", str(tmp_path), "--classifier", world["spec"]]
+    )
     assert "no classifier" in _one_line_error(capsys, ["eval", "--shards", str(world["a"])])
-    assert "no such directory" in _one_line_error(capsys, ["eval", "--shards", str(world["a"]), "--classifier",
-                                                          f"ckpt:{tmp_path / 'missing'}"])
-    assert "dataset" in _one_line_error(capsys, ["eval", "--shards", str(world["a"]), "--classifier", world["spec"],
-                                                 "--reference", "cub:/nonexistent/dir", "--features", world["spec"]])
+    assert "no such directory" in _one_line_error(
+        capsys, ["eval", "--shards", str(world["a"]), "--classifier", f"ckpt:{tmp_path / 'missing'}"]
+    )
+    assert "dataset" in _one_line_error(
+        capsys,
+        [
+            "eval",
+            "--shards",
+            str(world["a"]),
+            "--classifier",
+            world["spec"],
+            "--reference",
+            "cub:/nonexistent/dir",
+            "--features",
+            world["spec"],
+        ],
+    )
     out = tmp_path / "never.json"
-    _one_line_error(capsys, ["eval", "--shards", str(world["a"]), "--features", "inception", "--classifier",
-                             world["spec"], "--reference", "nosuchkind:x", "--out", str(out)])
+    _one_line_error(
+        capsys,
+        [
+            "eval",
+            "--shards",
+            str(world["a"]),
+            "--features",
+            "inception",
+            "--classifier",
+            world["spec"],
+            "--reference",
+            "nosuchkind:x",
+            "--out",
+            str(out),
+        ],
+    )
     assert not out.exists()

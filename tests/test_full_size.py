@@ -36,13 +36,14 @@ def reference_mean_pooled_logits(model, x):
         h = layer(h)
         h = h[0] if isinstance(h, tuple) else h
     norm = vit.layernorm
-    pooled = torch.nn.functional.layer_norm(h[:, 1:, :].mean(dim=1), norm.normalized_shape, norm.weight,
-                                            norm.bias, norm.eps)
+    pooled = torch.nn.functional.layer_norm(
+        h[:, 1:, :].mean(dim=1), norm.normalized_shape, norm.weight, norm.bias, norm.eps
+    )
     return model.classifier(pooled)
 
 
 def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_guide_dir):
-    guide = load_guide(f"hf:{cub_guide_dir}")                      # a directory named vit-mae-cub
+    guide = load_guide(f"hf:{cub_guide_dir}")  # a directory named vit-mae-cub
     assert all(p.dtype == torch.float32 for p in guide.parameters())  # its checkpoint is fp16
     x = torch.rand(2, 3, 256, 256)
     logits = guide(x)
@@ -50,14 +51,15 @@ def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_g
         expected = reference_mean_pooled_logits(guide.model, guide.preprocess(x))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     cls = load_guide(f"hf:{cub_guide_dir}?pool=cls")(x)
-    assert (cls - logits).abs().max() > 0.1                        # CLS pooling is another classifier
+    assert (cls - logits).abs().max() > 0.1  # CLS pooling is another classifier
     assert parse_hf_spec("vesteinn/vit-mae-cub", "s")[1] == "mean"  # the hub id of the paper's guide
     assert parse_hf_spec("google/vit-large-patch16-224", "s")[1] == "cls"
     assert parse_hf_spec("/models/vit-mae-inat21/", "s")[1] == "mean"
 
 
-@pytest.mark.parametrize("spec, needle", [("?pool=max", "pool must be"), ("?size=3", "unknown option"),
-                                          ("?crop_pct=2", "crop_pct")])
+@pytest.mark.parametrize(
+    "spec, needle", [("?pool=max", "pool must be"), ("?size=3", "unknown option"), ("?crop_pct=2", "crop_pct")]
+)
 def test_bad_hf_guide_options_are_user_errors(cub_guide_dir, spec, needle):
     from augment.errors import UserError
 
@@ -77,8 +79,19 @@ def test_presets_learn_under_the_generators_sampler_with_the_original_gradient_p
 
 
 def grads(pipe, guide, labels, **kw):
-    cfg = LearnConfig(**{"init_word": "bird", "batch_size": 2, "height": 64, "width": 64, "num_inference_steps": 3,
-                         "grad_steps": 2, "decode_batch": 1, "max_classes_per_step": 2, **kw})
+    cfg = LearnConfig(
+        **{
+            "init_word": "bird",
+            "batch_size": 2,
+            "height": 64,
+            "width": 64,
+            "num_inference_steps": 3,
+            "grad_steps": 2,
+            "decode_batch": 1,
+            "max_classes_per_step": 2,
+            **kw,
+        }
+    )
     learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, "unused")
     states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
     learner.losses(states, backward=True)
@@ -100,20 +113,49 @@ def test_full_size_token_gradient_in_bf16_and_with_checkpointing(sd14_dir, cub_g
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_sd14_cub_preset_learns_and_generates_through_the_cli(sd14_dir, cub_guide_dir, two_cub_classes,
-                                                             tmp_path, dtype, capsys):
+def test_sd14_cub_preset_learns_and_generates_through_the_cli(
+    sd14_dir, cub_guide_dir, two_cub_classes, tmp_path, dtype, capsys
+):
     small = tmp_path / "small.yaml"
     small.write_text(SMALL)
-    common = ["--preset", "sd14-cub", "--config", str(small), "--labels", str(two_cub_classes),
-              "--generator", str(sd14_dir), "--guide", f"hf:{cub_guide_dir}", "--dtype", dtype, "--no-progress"]
+    common = [
+        "--preset",
+        "sd14-cub",
+        "--config",
+        str(small),
+        "--labels",
+        str(two_cub_classes),
+        "--generator",
+        str(sd14_dir),
+        "--guide",
+        f"hf:{cub_guide_dir}",
+        "--dtype",
+        dtype,
+        "--no-progress",
+    ]
     out = tmp_path / "run"
     assert main(["learn", *common, "--out", str(out)]) == 0
     meta = json.loads((out / "tokens" / "000-black-footed-albatross" / "meta.json").read_text())
     assert meta["steps"] == 1 and meta["config"]["scheduler"] == "pipeline" and meta["classes_per_step"] >= 1
     assert meta["guide_index"] == 0 and meta["history"][0]["grad_norm"] > 0
     assert main(["generate", *common, "--tokens", str(out), "--out", str(out)]) == 0
-    assert main(["generate", *common, "--tokens", str(out), "--refine", "date", "--refine-step-size", "1",
-                 "--out", str(tmp_path / "date")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                *common,
+                "--tokens",
+                str(out),
+                "--refine",
+                "date",
+                "--refine-step-size",
+                "1",
+                "--out",
+                str(tmp_path / "date"),
+            ]
+        )
+        == 0
+    )
     for d in (out, tmp_path / "date"):
         info = json.loads((d / "_info.json").read_text())
         assert info["splits"]["train"]["num_samples"] == 4
@@ -128,12 +170,13 @@ def test_auto_classes_per_step_fits_the_papers_footprint():
     weights, and auto grows with free memory."""
     from augment.memory import GIB, step_bytes
 
-    weights = (860e6 + 84e6 + 123e6) * 2 + 86e6 * 4            # SD-1.4 in bf16, a ViT-B guide in fp32
+    weights = (860e6 + 84e6 + 123e6) * 2 + 86e6 * 4  # SD-1.4 in bf16, a ViT-B guide in fp32
     one = step_bytes(1, 5, 2, 1, 512, 512, torch.bfloat16, True)
     assert weights + one < 10e9
     assert step_bytes(1, 5, 2, 1, 512, 512, torch.float32, True) == pytest.approx(2 * one, rel=0.05)
-    assert step_bytes(1, 5, 2, 1, 512, 512, torch.float32, False) > 2.5 * step_bytes(1, 5, 2, 1, 512, 512,
-                                                                                      torch.float32, True)
+    assert step_bytes(1, 5, 2, 1, 512, 512, torch.float32, False) > 2.5 * step_bytes(
+        1, 5, 2, 1, 512, 512, torch.float32, True
+    )
     assert step_bytes(4, 5, 2, 1, 512, 512, torch.bfloat16, True) < 24 * GIB - weights
 
 
@@ -142,7 +185,16 @@ def test_one_learner_step_at_512_px(sd14_dir, cub_guide_dir, two_cub_classes):
     """One real-size step of the sd14-cub preset's learner (bf16, checkpointing, decode_batch 1, PNDM)."""
     guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
     pipe = load_generator(str(sd14_dir), "cpu", "bf16")
-    g = grads(pipe, guide, read_label_set(two_cub_classes), height=512, width=512, batch_size=1,
-              num_inference_steps=2, gradient_checkpointing=True, max_classes_per_step=1)
+    g = grads(
+        pipe,
+        guide,
+        read_label_set(two_cub_classes),
+        height=512,
+        width=512,
+        batch_size=1,
+        num_inference_steps=2,
+        gradient_checkpointing=True,
+        max_classes_per_step=1,
+    )
     assert torch.isfinite(g).all() and g.norm() > 0
     assert len(labels) == 2

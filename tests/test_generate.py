@@ -21,20 +21,33 @@ from augment.config import GenerateConfig
 from augment.generate import generate_units, unit_samples
 from augment.labels import read_label_set
 from augment.shards import load_samples, plan_units, webdataset_pipeline
-from tests.test_tokens import learn_config
 from tests.helpers import tar_samples
+from tests.test_tokens import learn_config
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["--images-per-class", "4", "--shard-size", "2", "--batch-size", "2", "--steps", "2", "--no-progress",
-         "--device", "cpu", "--dtype", "fp32"]
+SMALL = [
+    "--images-per-class",
+    "4",
+    "--shard-size",
+    "2",
+    "--batch-size",
+    "2",
+    "--steps",
+    "2",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--dtype",
+    "fp32",
+]
 
 
 @pytest.fixture(scope="module")
 def world(tokenizer_dir, tmp_path_factory):
     """A saved tiny pipeline, a label file and tokens learned for it (1 step)."""
-    from augment.tokens import TokenLearner
     from augment.generator import text_encoder_fingerprint
+    from augment.tokens import TokenLearner
 
     root = tmp_path_factory.mktemp("world")
     (root / "colours.txt").write_text("\n".join(COLOURS) + "\n")
@@ -43,13 +56,29 @@ def world(tokenizer_dir, tmp_path_factory):
     pipe.save_pretrained(root / "pipe")
     info = {"text_encoder": text_encoder_fingerprint(pipe)}
     TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=1), root / "learned", info).run()
-    return {"root": root, "labels_file": root / "colours.txt", "labels": labels, "pipe": root / "pipe",
-            "tokens": root / "learned"}
+    return {
+        "root": root,
+        "labels_file": root / "colours.txt",
+        "labels": labels,
+        "pipe": root / "pipe",
+        "tokens": root / "learned",
+    }
 
 
 def cli_args(world, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--labels", str(world["labels_file"]), "--out", str(out), "--generator", str(world["pipe"]),
-            "--tokens", str(world["tokens"]), *SMALL, *extra]
+    return [
+        "generate",
+        "--labels",
+        str(world["labels_file"]),
+        "--out",
+        str(out),
+        "--generator",
+        str(world["pipe"]),
+        "--tokens",
+        str(world["tokens"]),
+        *SMALL,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +120,21 @@ def test_shards_load_with_webdataset_datasets_and_augment(reference, world):
     rows = list(webdataset_pipeline(reference, shuffle=0))
     assert len(rows) == 12
     assert rows[0][0].size == (16, 16) and rows[0][1] == 0 and rows[0][2]["index"] == 0
-    assert sorted(r[2]["index"] + 100 * r[1] for r in webdataset_pipeline(reference, shuffle=5)) == \
-        sorted(r[2]["index"] + 100 * r[1] for r in rows)
+    assert sorted(r[2]["index"] + 100 * r[1] for r in webdataset_pipeline(reference, shuffle=5)) == sorted(
+        r[2]["index"] + 100 * r[1] for r in rows
+    )
 
     listed = load_samples(reference)
     assert [s["key"] for s in listed] == sorted(samples) and listed[5]["cls"] == 1
 
     import datasets
 
-    ds = datasets.load_dataset("webdataset", data_files={"train": str(reference / "shards" / "*.tar")},
-                               split="train", cache_dir=str(reference.parent / "hf-cache"))
+    ds = datasets.load_dataset(
+        "webdataset",
+        data_files={"train": str(reference / "shards" / "*.tar")},
+        split="train",
+        cache_dir=str(reference.parent / "hf-cache"),
+    )
     assert len(ds) == 12 and {"jpg", "cls", "json"} <= set(ds.column_names)
     assert ds[0]["jpg"].size == (16, 16)
 
@@ -115,25 +149,33 @@ def test_two_workers_make_disjoint_units_whose_union_is_a_one_worker_run(world, 
     assert first and set(both) - first and first < set(both)
     assert both == tar_samples(reference)
     assert (out / "_info.json").read_text() == (reference / "_info.json").read_text()
-    sha = lambda d: {p.name: json.loads(p.read_text())["sha256"] for p in (d / "shards").glob("*.json")}
+
+    def sha(d):
+        return {p.name: json.loads(p.read_text())["sha256"] for p in (d / "shards").glob("*.json")}
+
     assert sha(out) == sha(reference)  # tars are byte-identical (fixed mtime, deterministic encoding)
 
 
 def test_sigkill_at_random_moments_then_restart_gives_the_uninterrupted_samples(world, reference, tmp_path):
     out = tmp_path / "out"
     rng = random.Random(0)
-    cmd = [sys.executable, "-c", "import sys; from augment.cli import main; sys.exit(main(sys.argv[1:]))",
-           *cli_args(world, out, "--shard-size", "1", "--batch-size", "1")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from augment.cli import main; sys.exit(main(sys.argv[1:]))",
+        *cli_args(world, out, "--shard-size", "1", "--batch-size", "1"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     kills, progress = 0, [0]
     for round_ in range(4):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if round_ == 0:  # once during start-up
             time.sleep(rng.uniform(0.2, 2.0))
-        else:            # then at a random moment after the next unit has finished
+        else:  # then at a random moment after the next unit has finished
             deadline = time.time() + 120
-            while proc.poll() is None and len(list(out.glob("shards/*.json"))) <= progress[-1] \
-                    and time.time() < deadline:
+            while (
+                proc.poll() is None and len(list(out.glob("shards/*.json"))) <= progress[-1] and time.time() < deadline
+            ):
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.15))
         if proc.poll() is None:
@@ -191,8 +233,9 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad)
         args += ["--shard-size", "0"]
     # diffusers' deprecation warnings (torch_dtype; the tiny scheduler's steps_offset) are not ours
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "augment.cli", *args], cwd=REPO, env=env, capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "augment.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("augment: error:")
     assert not out.exists()
@@ -201,8 +244,14 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad)
 def test_images_do_not_depend_on_batch_size_and_no_tokens_keeps_seeds(world, tokenizer_dir, tmp_path):
     labels = world["labels"]
     pipe = tiny_pipeline(tokenizer_dir)
-    cfg = GenerateConfig(images_per_class=3, shard_size=3, num_inference_steps=2, guidance_scale=3.0,
-                         prompts=["a photo of {token} {name}", "{name}"], image_format="png")
+    cfg = GenerateConfig(
+        images_per_class=3,
+        shard_size=3,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        prompts=["a photo of {token} {name}", "{name}"],
+        image_format="png",
+    )
     unit = plan_units([1], 3, 3)[0]
     from augment.tokens_io import load_tokens
 
@@ -215,7 +264,7 @@ def test_images_do_not_depend_on_batch_size_and_no_tokens_keeps_seeds(world, tok
         assert a["__key__"] == b["__key__"] and a["json"] == b["json"]
         pa = np.asarray(Image.open(io.BytesIO(a["png"]))).astype(int)
         pb = np.asarray(Image.open(io.BytesIO(b["png"]))).astype(int)
-        assert np.abs(pa - pb).max() <= 1   # batched BLAS may round one step differently, nothing more
+        assert np.abs(pa - pb).max() <= 1  # batched BLAS may round one step differently, nothing more
     plain = unit_samples(pipe, labels, None, GenerateConfig(**{**cfg.__dict__, "batch_size": 3}), unit)
     for a, b in zip(three, plain):
         ma, mb = json.loads(a["json"]), json.loads(b["json"])
@@ -244,17 +293,43 @@ def ckpt_guide(tmp_path_factory):
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     d = tmp_path_factory.mktemp("guide") / "ckpt"
-    save_classifier(model, d, architecture="timm:test_resnet", labels=COLOURS, input_size=(3, 16, 16),
-                    mean=[0.5] * 3, std=[0.5] * 3)
+    save_classifier(
+        model, d, architecture="timm:test_resnet", labels=COLOURS, input_size=(3, 16, 16), mean=[0.5] * 3, std=[0.5] * 3
+    )
     return f"ckpt:{d}"
 
 
 def test_build_learns_then_generates_into_one_out_and_score_records_guide_prob(world, ckpt_guide, tmp_path):
     out = tmp_path / "out"
-    args = ["build", "--labels", str(world["labels_file"]), "--out", str(out), "--generator", str(world["pipe"]),
-            "--guide", ckpt_guide, "--max-steps", "1", "--learn-batch-size", "1", "--images-per-class", "2",
-            "--shard-size", "2", "--batch-size", "2", "--steps", "2", "--no-progress", "--device", "cpu",
-            "--dtype", "fp32", "--score"]
+    args = [
+        "build",
+        "--labels",
+        str(world["labels_file"]),
+        "--out",
+        str(out),
+        "--generator",
+        str(world["pipe"]),
+        "--guide",
+        ckpt_guide,
+        "--max-steps",
+        "1",
+        "--learn-batch-size",
+        "1",
+        "--images-per-class",
+        "2",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--score",
+    ]
     assert main(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"learn", "generate"} <= set(manifest)
@@ -262,7 +337,7 @@ def test_build_learns_then_generates_into_one_out_and_score_records_guide_prob(w
     assert len(samples) == 6
     for s in samples:
         assert s["meta"]["token"] in s["meta"]["prompt"] and 0 <= s["meta"]["guide_prob"] <= 1
-    card = (out / "README.md").read_text()             # the card: per class its count and mean probability
+    card = (out / "README.md").read_text()  # the card: per class its count and mean probability
     for position, name in enumerate(COLOURS):
         probs = [s["meta"]["guide_prob"] for s in samples if s["meta"]["position"] == position]
         assert f"| {name} | 2 | {sum(probs) / 2:.3f} |" in card
@@ -280,15 +355,22 @@ def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, t
     labels = world["labels"]
     pipe = tiny_pipeline(tokenizer_dir)
     tokens = load_tokens(pipe, world["tokens"], labels)
-    cfg = GenerateConfig(images_per_class=5, shard_size=2, batch_size=2, num_inference_steps=2, guidance_scale=3.0,
-                         prompts=["a photo of {token} {name}", "{name}"], image_format="png")
+    cfg = GenerateConfig(
+        images_per_class=5,
+        shard_size=2,
+        batch_size=2,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        prompts=["a photo of {token} {name}", "{name}"],
+        image_format="png",
+    )
     prompts = [f"a photo of {tokens[1]} green", "green", f"a photo of {tokens[1]} green"]
     calls = []
     cache = PromptCache(pipe, cfg.guidance_scale)
     handle = pipe.text_encoder.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
     cached = generate_images(pipe, prompts, [1, 2, 3], cfg, cache=cache)
     cached_again = generate_images(pipe, prompts, [1, 2, 3], cfg, cache=cache)
-    assert len(calls) == 4                    # 2 distinct prompts × (conditional, unconditional), once
+    assert len(calls) == 4  # 2 distinct prompts × (conditional, unconditional), once
     handle.remove()
     plain = generate_images(pipe, prompts, [1, 2, 3], cfg)
     assert np.array_equal(cached, plain) and np.array_equal(cached_again, plain)
@@ -297,8 +379,17 @@ def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, t
     seen = {}
     for overlap in (False, True):
         order = []
-        generate_units(pipe, labels, tokens, cfg, units, tmp_path / str(overlap), "h", overlap=overlap,
-                       on_unit=lambda u, m, order=order: order.append(m["unit"]))
+        generate_units(
+            pipe,
+            labels,
+            tokens,
+            cfg,
+            units,
+            tmp_path / str(overlap),
+            "h",
+            overlap=overlap,
+            on_unit=lambda u, m, order=order: order.append(m["unit"]),
+        )
         seen[overlap] = order
     assert seen[True] == seen[False] == [u.name(labels.name) for u in units]
     for serial in sorted((tmp_path / "False" / "shards").iterdir()):
@@ -317,7 +408,7 @@ def test_downstream_reads_real_augment_output_through_its_manifest(world, refere
     synthetic = load_synthetic("tokens", reference, read_label_set(reordered))
     ys = synthetic.split.labels
     assert sorted(np.bincount(ys).tolist()) == [4, 4, 4]
-    assert (ys[:4] == 1).all()                       # red (cls 0 in the shards) is position 1 here
+    assert (ys[:4] == 1).all()  # red (cls 0 in the shards) is position 1 here
 
 
 def test_a_run_and_its_generator_can_move_and_continue(world, reference, tmp_path, capsys):
@@ -361,7 +452,7 @@ def test_verify_catches_a_truncated_tar_and_a_tampered_token(world, reference, t
     tar.write_bytes(tar.read_bytes()[:-700])
     weights = sorted((run / "tokens").glob("*/learned_embeds.safetensors"))[1]
     data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01                                                 # one bit of the embedding
+    data[-1] ^= 0x01  # one bit of the embedding
     weights.write_bytes(bytes(data))
     (run / "shards" / sorted(p.name for p in (run / "shards").glob("*.json"))[-1]).unlink()
     assert main(["verify", str(run)]) == 1

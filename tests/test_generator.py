@@ -14,7 +14,7 @@ def test_a_saved_pipeline_loads_from_its_directory_with_the_same_fingerprint(tok
     loaded = load_generator(str(tmp_path / "gen"), "cpu", "fp32")
     assert loaded.safety_checker is None
     assert text_encoder_fingerprint(loaded) == text_encoder_fingerprint(pipe)
-    half = load_generator(str(tmp_path / "gen"), "cpu", "fp16")     # the same model in another dtype
+    half = load_generator(str(tmp_path / "gen"), "cpu", "fp16")  # the same model in another dtype
     assert half.unet.dtype == torch.float16
     assert text_encoder_fingerprint(half) == text_encoder_fingerprint(pipe)
     assert text_encoder_fingerprint(tiny_pipeline(tokenizer_dir, seed=1)) != text_encoder_fingerprint(pipe)
@@ -47,6 +47,7 @@ def test_the_committed_toy_generator_loads_with_a_plain_from_pretrained_and_gene
     pipe = StableDiffusionPipeline.from_pretrained(str(WEIGHTS_DIR / "generator"))
     pipe.set_progress_bar_config(disable=True)
     assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
-    image = pipe("a photo of a top", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                 output_type="np").images
+    image = pipe(
+        "a photo of a top", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert image.shape == (1, 32, 32, 3)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from augment.checkpoint import build_model, save_classifier
-from augment.config import load_config, list_presets
+from augment.config import list_presets, load_config
 from augment.errors import UserError
 from augment.guide import load_guide
 
@@ -13,8 +13,15 @@ from augment.guide import load_guide
 def ckpt_dir(tmp_path):
     torch.manual_seed(0)
     model = build_model("timm:resnet10t", 3)
-    return save_classifier(model, tmp_path / "clf", architecture="timm:resnet10t", labels=["a", "b", "c"],
-                           input_size=(3, 32, 32), mean=[0.5] * 3, std=[0.25] * 3), model
+    return save_classifier(
+        model,
+        tmp_path / "clf",
+        architecture="timm:resnet10t",
+        labels=["a", "b", "c"],
+        input_size=(3, 32, 32),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    ), model
 
 
 def test_ckpt_guide_matches_the_saved_model_and_is_differentiable(ckpt_dir):
@@ -40,8 +47,17 @@ def test_preprocessing_resizes_larger_images_to_the_input_size(ckpt_dir):
 def test_hf_guide_from_a_local_directory(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
+    cfg = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        id2label={0: "cat", 1: "dog"},
+        label2id={"cat": 0, "dog": 1},
+    )
     ViTForImageClassification(cfg).save_pretrained(tmp_path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
     guide = load_guide(f"hf:{tmp_path}")
@@ -49,12 +65,15 @@ def test_hf_guide_from_a_local_directory(tmp_path):
     assert guide(torch.rand(3, 3, 64, 64)).shape == (3, 2)
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("resnet50", "expected one of"),
-    ("magic:resnet50", "expected one of"),
-    ("ckpt:/no/such/dir", "no such directory"),
-    ("timm:not_a_real_model_name", "not_a_real_model_name"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("resnet50", "expected one of"),
+        ("magic:resnet50", "expected one of"),
+        ("ckpt:/no/such/dir", "no such directory"),
+        ("timm:not_a_real_model_name", "not_a_real_model_name"),
+    ],
+)
 def test_bad_guide_specs_are_user_errors(spec, needle):
     with pytest.raises(UserError, match=needle):
         load_guide(spec)

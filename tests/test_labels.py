@@ -44,6 +44,7 @@ def assert_safe(labels: LabelSet) -> None:
 
 # --- shipped manifests ---------------------------------------------------------------------------------
 
+
 def test_cub200_manifest():
     labels = read_label_set(MANIFESTS / "cub200.txt")
     assert labels.name == "cub200" and len(labels) == 200
@@ -57,8 +58,9 @@ def test_cub200_manifest():
 
 def test_cub200_matches_official_folder_names_by_name():
     labels = read_label_set(MANIFESTS / "cub200.txt")
-    unindexed = LabelSet(labels.path, labels.name, tuple(
-        type(c)(c.position, c.name, None, c.slug, c.line) for c in labels.classes))
+    unindexed = LabelSet(
+        labels.path, labels.name, tuple(type(c)(c.position, c.name, None, c.slug, c.line) for c in labels.classes)
+    )
     folders = [f"{i + 1:03d}.{c.name.replace(' ', '_')}" for i, c in enumerate(labels.classes)]
     assert match_to_guide(unindexed, folders[::-1]) == list(range(199, -1, -1))
 
@@ -68,7 +70,7 @@ def test_imagenet1k_manifest():
     assert len(labels) == 1000 and [c.index for c in labels.classes] == list(range(1000))
     assert len({normalise_name(n) for n in labels.names()}) == 1000
     assert labels.classes[0].name == "tench" and labels.classes[999].name == "toilet tissue"
-    assert labels.classes[134].name != labels.classes[517].name       # the two "crane"s are told apart
+    assert labels.classes[134].name != labels.classes[517].name  # the two "crane"s are told apart
     assert_safe(labels)
 
 
@@ -85,14 +87,23 @@ def test_fashion_mnist_manifest_matches_toy_world():
 
 # --- accepted variations ------------------------------------------------------------------------------
 
+
 def test_bom_crlf_comments_and_whitespace(tmp_path):
-    path = write(tmp_path, b"\xef\xbb\xbf# header\r\n\r\n  Laysan Albatross  \r\nSooty Albatross  # seabird\r\n"
-                           b"   # indented comment\r\nT-shirt/top\rCaf\xc3\xa9 bird\n", name="My Birds.txt")
+    path = write(
+        tmp_path,
+        b"\xef\xbb\xbf# header\r\n\r\n  Laysan Albatross  \r\nSooty Albatross  # seabird\r\n"
+        b"   # indented comment\r\nT-shirt/top\rCaf\xc3\xa9 bird\n",
+        name="My Birds.txt",
+    )
     labels = read_label_set(path)
     assert labels.names() == ["Laysan Albatross", "Sooty Albatross", "T-shirt/top", "Café bird"]
     assert [c.line for c in labels.classes] == [3, 4, 6, 7]
-    assert [c.slug for c in labels.classes] == ["000-laysan-albatross", "001-sooty-albatross", "002-t-shirt-top",
-                                                "003-cafe-bird"]
+    assert [c.slug for c in labels.classes] == [
+        "000-laysan-albatross",
+        "001-sooty-albatross",
+        "002-t-shirt-top",
+        "003-cafe-bird",
+    ]
     assert all(c.index is None for c in labels.classes)
     assert labels.name == "my-birds" and labels.token(labels.classes[2]) == "<my-birds-002>"
 
@@ -100,7 +111,10 @@ def test_bom_crlf_comments_and_whitespace(tmp_path):
 def test_indexed_lines_keep_file_order(tmp_path):
     labels = read_label_set(write(tmp_path, "207\tgolden retriever\n1\tgoldfish\n 3 \tshark # big\n"))
     assert [(c.position, c.index, c.name) for c in labels.classes] == [
-        (0, 207, "golden retriever"), (1, 1, "goldfish"), (2, 3, "shark")]
+        (0, 207, "golden retriever"),
+        (1, 1, "goldfish"),
+        (2, 3, "shark"),
+    ]
 
 
 def test_non_ascii_only_name_gets_a_numeric_slug(tmp_path):
@@ -114,6 +128,7 @@ def test_long_names_give_bounded_slugs(tmp_path):
 
 
 # --- malformed files ----------------------------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
@@ -137,7 +152,7 @@ def test_empty_and_comment_only(tmp_path):
 def test_blank_name_after_index(tmp_path):
     fails(tmp_path, "0\tbird\n3\t\n", ":2:", "empty class name")
     fails(tmp_path, "0\tbird\n3\t   # comment\n", ":2:", "empty class name")
-    fails(tmp_path, "0\tbird\n3\t# comment\n", ":2:", "empty class name")   # not the name "3"
+    fails(tmp_path, "0\tbird\n3\t# comment\n", ":2:", "empty class name")  # not the name "3"
 
 
 def test_duplicate_names_after_normalisation(tmp_path):
@@ -166,8 +181,10 @@ def test_mixed_indexed_and_unindexed(tmp_path):
     fails(tmp_path, "dog\n0\tcat\n", ":1:", "line 2")
 
 
-@pytest.mark.parametrize("name, code", [("bad\x07bell", "U+0007"), ("zero\u200bwidth", "U+200B"),
-                                        ("nul\x00byte", "U+0000"), ("esc\x1b[31m", "U+001B")])
+@pytest.mark.parametrize(
+    "name, code",
+    [("bad\x07bell", "U+0007"), ("zero\u200bwidth", "U+200B"), ("nul\x00byte", "U+0000"), ("esc\x1b[31m", "U+001B")],
+)
 def test_control_characters(tmp_path, name, code):
     message = fails(tmp_path, f"ok\n{name}\n", ":2:", "control", code)
     assert "\x00" not in message and "\x1b" not in message
@@ -184,12 +201,13 @@ def test_punctuation_only_name(tmp_path):
 
 # --- names, slugs, matching -----------------------------------------------------------------------------
 
+
 def test_normalise_name():
     assert normalise_name("001.Black_footed_Albatross") == "black footed albatross"
-    assert normalise_name("1 001.Black_footed_Albatross") == "black footed albatross"   # a classes.txt line
+    assert normalise_name("1 001.Black_footed_Albatross") == "black footed albatross"  # a classes.txt line
     assert normalise_name("Black-footed  albatross") == "black footed albatross"
     assert normalise_name("Forster's Tern") == normalise_name("Forsters_Tern")
-    assert normalise_name("7.62mm round") == "7.62mm round"          # not a "NNN." numbering
+    assert normalise_name("7.62mm round") == "7.62mm round"  # not a "NNN." numbering
 
 
 def test_slugify():
@@ -212,9 +230,9 @@ def test_unmatched_names_suggest_nearest(tmp_path):
         match_to_guide(labels, guide)
     message = str(info.value)
     assert "\n" not in message and "2 class name(s)" in message
-    assert "line 2 'Blak footed Albatros' (nearest: '001.Black_footed_Albatross'" in message   # best first
+    assert "line 2 'Blak footed Albatros' (nearest: '001.Black_footed_Albatross'" in message  # best first
     assert "line 3 'Penguin' (nearest: none close)" in message
-    assert "line 1" not in message                                  # matched classes are not reported
+    assert "line 1" not in message  # matched classes are not reported
 
 
 def test_many_unmatched_names_are_summarised(tmp_path):

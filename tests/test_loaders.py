@@ -16,9 +16,30 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("set") / "run"
     labels = out.parent / "fm3.txt"
     labels.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
-    assert main(["generate", "--preset", "toy", "--labels", str(labels), "--no-tokens", "--out", str(out),
-                 "--images-per-class", "4", "--shard-size", "2", "--batch-size", "4", "--steps", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "toy",
+                "--labels",
+                str(labels),
+                "--no-tokens",
+                "--out",
+                str(out),
+                "--images-per-class",
+                "4",
+                "--shard-size",
+                "2",
+                "--batch-size",
+                "4",
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -37,7 +58,7 @@ def test_dataloader_with_workers_reads_every_sample_once(shards):
     for images, cls, index in loader:
         assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.uint8
         seen += list(zip(cls.tolist(), index.tolist()))
-    assert sorted(seen) == EXPECTED                      # split by worker: no sample twice, none missing
+    assert sorted(seen) == EXPECTED  # split by worker: no sample twice, none missing
 
 
 def test_pipeline_never_unpickles_a_member(shards, tmp_path):
@@ -69,8 +90,9 @@ def test_hf_datasets_streaming_reads_the_shards(shards):
     """README recipe: `datasets.load_dataset("webdataset", ..., streaming=True)`."""
     import datasets
 
-    ds = datasets.load_dataset("webdataset", data_files={"train": str(shards / "shards" / "*.tar")},
-                               split="train", streaming=True)
+    ds = datasets.load_dataset(
+        "webdataset", data_files={"train": str(shards / "shards" / "*.tar")}, split="train", streaming=True
+    )
     rows = [(int(r["cls"]), r["json"]["index"], r["png"].size) for r in ds]
     assert sorted((c, i) for c, i, _ in rows) == EXPECTED and {s for _, _, s in rows} == {(32, 32)}
 

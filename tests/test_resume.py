@@ -13,6 +13,7 @@ import pytest
 from augment.cli import main
 from tests.helpers import ENV, REPO, build_cmd, tar_samples, token_bytes
 
+
 @pytest.fixture(scope="module")
 def labels3(tmp_path_factory):
     path = tmp_path_factory.mktemp("labels") / "fm3.txt"
@@ -33,14 +34,17 @@ def test_kill_9_during_learning_and_generation_gives_the_uninterrupted_bytes(lab
     rng = random.Random(1)
     ckpt = out / "checkpoints"
     # wait for: a learner checkpoint, a checkpoint again (later step), a finished token, a shard marker
-    moments = [lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
-               lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
-               lambda: any((out / "tokens").glob("*/meta.json")) if (out / "tokens").is_dir() else False,
-               lambda: any(out.glob("shards/*.json"))]
+    moments = [
+        lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
+        lambda: ckpt.is_dir() and any(ckpt.glob("*.json")),
+        lambda: any((out / "tokens").glob("*/meta.json")) if (out / "tokens").is_dir() else False,
+        lambda: any(out.glob("shards/*.json")),
+    ]
     killed_in = []
     for ready in moments:
-        proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 300
         while proc.poll() is None and not ready() and time.time() < deadline:
             time.sleep(0.01)
@@ -53,9 +57,9 @@ def test_kill_9_during_learning_and_generation_gives_the_uninterrupted_bytes(lab
     r = subprocess.run(build_cmd(labels3, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert token_bytes(out) == token_bytes(uninterrupted) and len(token_bytes(out)) == 3
-    assert tar_samples(out) == tar_samples(uninterrupted)          # fails on a duplicate key too
+    assert tar_samples(out) == tar_samples(uninterrupted)  # fails on a duplicate key too
     assert not list(out.rglob("*.tmp")) and not ckpt.exists()
-    for slug in token_bytes(out):                                  # the same learning, step for step
+    for slug in token_bytes(out):  # the same learning, step for step
         a = json.loads((out / "tokens" / slug / "meta.json").read_text())
         b = json.loads((uninterrupted / "tokens" / slug / "meta.json").read_text())
         assert a["history"] == b["history"] and a["stop_reason"] == b["stop_reason"]
@@ -82,8 +86,23 @@ def interrupted_after_one_step():
 
 
 def learn_args(labels, out, *extra):
-    return ["learn", "--preset", "toy", "--labels", str(labels), "--out", str(out), "--batch-size", "2",
-            "--classes-per-step", "2", "--max-steps", "2", "--no-progress", *extra]
+    return [
+        "learn",
+        "--preset",
+        "toy",
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--classes-per-step",
+        "2",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_the_checkpoint_is_json_and_safetensors_and_restores_the_learner(labels3, tmp_path, capsys):
@@ -101,7 +120,8 @@ def test_the_checkpoint_is_json_and_safetensors_and_restores_the_learner(labels3
     state = json.loads((out / "checkpoints" / "learn-w0of1.json").read_text())
     assert [e["step"] for e in state["active"]] == [1, 1] and state["queue"] == [2]
     assert set(load_file(str(out / "checkpoints" / files[0]))) == {
-        f"{p}.{k}" for p in (0, 1) for k in ("embedding", "exp_avg", "exp_avg_sq")}
+        f"{p}.{k}" for p in (0, 1) for k in ("embedding", "exp_avg", "exp_avg_sq")
+    }
     assert main(learn_args(labels3, out)) == 0
     assert token_bytes(out) == token_bytes(ref)
     assert not (out / "checkpoints").exists()
@@ -117,14 +137,24 @@ def test_corrupt_or_foreign_checkpoints_are_reported(labels3, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "unreadable learner checkpoint" in err[0]
 
-    bad.write_text(json.dumps({"format": "augment-learner-checkpoint/1", "serial": 1, "fingerprint": "other",
-                               "env": {"device": "cpu", "dtype": "float32"}, "tensors": "learn-w0of1-1.safetensors",
-                               "active": [], "queue": [0, 1, 2]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "format": "augment-learner-checkpoint/1",
+                "serial": 1,
+                "fingerprint": "other",
+                "env": {"device": "cpu", "dtype": "float32"},
+                "tensors": "learn-w0of1-1.safetensors",
+                "active": [],
+                "queue": [0, 1, 2],
+            }
+        )
+    )
     assert main(learn_args(labels3, out)) == 2
-    assert "unreadable" in capsys.readouterr().err               # its tensor file is missing
+    assert "unreadable" in capsys.readouterr().err  # its tensor file is missing
 
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(out / "checkpoints" / "learn-w0of1-1.safetensors"))
     assert main(learn_args(labels3, out)) == 2
@@ -153,8 +183,9 @@ def test_sigterm_stops_with_one_line_keeps_finished_work_and_a_rerun_completes(l
     """Slurm preemption sends SIGTERM: exit 143 with one line, finished shards and tokens kept, no partial
     shard visible; the rerun ends with the uninterrupted run's bytes."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while proc.poll() is None and not any(out.glob("shards/*.json")) and time.time() < deadline:
         time.sleep(0.01)
@@ -173,8 +204,9 @@ def test_sigterm_stops_with_one_line_keeps_finished_work_and_a_rerun_completes(l
 
 def test_a_second_process_on_the_same_worker_slot_is_refused(labels3, tmp_path, capsys):
     out = tmp_path / "run"
-    proc = subprocess.Popen(build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        build_cmd(labels3, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 300
         while proc.poll() is None and not (out / "manifest.json").is_file() and time.time() < deadline:
@@ -193,12 +225,27 @@ def test_torchrun_two_processes_build_the_one_process_bytes(labels3, tmp_path):
     other's tokens, then generates its shards. With one class per learner step the batches are the same as
     in one process, so tokens and shards are byte-identical."""
     one, two = tmp_path / "one", tmp_path / "two"
-    r = subprocess.run(build_cmd(labels3, one, "--classes-per-step", "1"), cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        build_cmd(labels3, one, "--classes-per-step", "1"),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     cmd = build_cmd(labels3, two, "--classes-per-step", "1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "augment.cli", *cmd[3:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "augment.cli",
+        *cmd[3:],
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert token_bytes(two) == token_bytes(one) and len(token_bytes(one)) == 3
@@ -206,17 +253,31 @@ def test_torchrun_two_processes_build_the_one_process_bytes(labels3, tmp_path):
 
 
 def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a_rerun_completes(
-        labels3, tmp_path, monkeypatch, capsys):
+    labels3, tmp_path, monkeypatch, capsys
+):
     import errno
 
     import augment.atomic
 
-    args = ["generate", "--preset", "toy", "--labels", str(labels3), "--no-tokens", "--images-per-class", "4",
-            "--shard-size", "2", "--batch-size", "2", "--no-progress"]
+    args = [
+        "generate",
+        "--preset",
+        "toy",
+        "--labels",
+        str(labels3),
+        "--no-tokens",
+        "--images-per-class",
+        "4",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     tars: list[str] = []
 
-    class FillsUp:                                  # the disk fills up halfway through the second shard
+    class FillsUp:  # the disk fills up halfway through the second shard
         def __init__(self, f):
             self.f = f
 
@@ -247,11 +308,11 @@ def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a
     assert main([*args, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err and "rerun" in err
-    assert len(tars) >= 2 and not list(out.rglob("*.tmp"))      # (the writer may have begun the next one)
+    assert len(tars) >= 2 and not list(out.rglob("*.tmp"))  # (the writer may have begun the next one)
     failed = tars[1].name.split(".tar.")[0]
     tars_now, markers = sorted(out.glob("shards/*.tar")), sorted(out.glob("shards/*.json"))
-    assert [p.stem for p in tars_now] == [p.stem for p in markers]                # every tar has its marker
-    assert failed not in [p.stem for p in tars_now] and 1 <= len(tars_now) < 6    # the finished ones only
+    assert [p.stem for p in tars_now] == [p.stem for p in markers]  # every tar has its marker
+    assert failed not in [p.stem for p in tars_now] and 1 <= len(tars_now) < 6  # the finished ones only
     monkeypatch.undo()
     assert main([*args, "--out", str(out)]) == 0
     assert tar_samples(out) == tar_samples(tmp_path / "ref") and len(tar_samples(out)) == 12

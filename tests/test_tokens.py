@@ -16,9 +16,19 @@ STEPS = 2
 
 
 def learn_config(**kw) -> LearnConfig:
-    base = dict(init_word="a", batch_size=2, max_classes_per_step=3, lr=0.05, max_steps=8, patience=100,
-                stop_window=1000, guidance_scale=3.0, num_inference_steps=STEPS, prompts=["a photo of {token} {name}"],
-                decode_batch=100)
+    base = dict(
+        init_word="a",
+        batch_size=2,
+        max_classes_per_step=3,
+        lr=0.05,
+        max_steps=8,
+        patience=100,
+        stop_window=1000,
+        guidance_scale=3.0,
+        num_inference_steps=STEPS,
+        prompts=["a photo of {token} {name}"],
+        decode_batch=100,
+    )
     return LearnConfig(**{**base, **kw})
 
 
@@ -36,8 +46,13 @@ def target_probability(pipe, guide, labels, seeds=range(100, 116)) -> list[float
         prompt = format_prompt("a photo of {token} {name}", labels.token(c), c.name)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         with torch.no_grad():
-            images = pipe(prompt=[prompt] * len(gens), generator=gens, num_inference_steps=STEPS,
-                          guidance_scale=3.0, output_type="pt").images
+            images = pipe(
+                prompt=[prompt] * len(gens),
+                generator=gens,
+                num_inference_steps=STEPS,
+                guidance_scale=3.0,
+                output_type="pt",
+            ).images
             probs.append(guide(images).softmax(1)[:, c.position].mean().item())
     return probs
 
@@ -72,7 +87,7 @@ def test_only_the_new_rows_change_and_models_stay_frozen(tokenizer_dir, labels, 
     emb_after = pipe.text_encoder.get_input_embeddings().weight.detach()
     n = emb_before.shape[0]
     assert emb_after.shape[0] == n + 3
-    assert torch.equal(emb_after[:n], emb_before)          # bit-identical, not merely close
+    assert torch.equal(emb_after[:n], emb_before)  # bit-identical, not merely close
     assert not torch.equal(emb_after[n:], emb_after[n:].mean(0).expand(3, -1))  # the new rows moved apart
     for k, v in pipe.unet.state_dict().items():
         assert torch.equal(v, unet_before[k]), k
@@ -101,8 +116,9 @@ def test_gradient_skipping_one_unet_call_with_grad_per_step(tokenizer_dir, label
     pipe = tiny_pipeline(tokenizer_dir)
     calls = []
     pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(torch.is_grad_enabled()))
-    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=2, num_inference_steps=4),
-                 tmp_path).run()
+    TokenLearner(
+        pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=2, num_inference_steps=4), tmp_path
+    ).run()
     # 2 steps, all 3 classes in one batch: per step 4 conditional + 4 unconditional calls, one of them with grad
     assert len(calls) == 2 * 2 * 4
     assert sum(calls) == 2
@@ -112,17 +128,24 @@ def test_grad_steps_puts_gradient_through_the_last_k_conditional_calls(tokenizer
     pipe = tiny_pipeline(tokenizer_dir)
     calls = []
     pipe.unet.register_forward_pre_hook(lambda module, args: calls.append((int(args[1]), torch.is_grad_enabled())))
-    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2],
-                 learn_config(max_steps=1, num_inference_steps=4, grad_steps=3), tmp_path).run()
+    TokenLearner(
+        pipe,
+        colour_guide(),
+        labels,
+        [0, 1, 2],
+        learn_config(max_steps=1, num_inference_steps=4, grad_steps=3),
+        tmp_path,
+    ).run()
     assert len(calls) == 2 * 4 and sum(g for _, g in calls) == 3
     timesteps = [t for t, _ in calls[::2]]
-    assert [g for _, g in calls[1::2]] == [False, True, True, True]   # the last 3 conditional calls
+    assert [g for _, g in calls[1::2]] == [False, True, True, True]  # the last 3 conditional calls
     assert timesteps == sorted(timesteps, reverse=True)
 
 
 @pytest.mark.parametrize("objective, chained", [("final", [False, False, True, True]), ("x0", [False] * 4)])
 def test_x0_objective_classifies_each_steps_prediction_without_backprop_through_the_chain(
-        tokenizer_dir, labels, tmp_path, objective, chained):
+    tokenizer_dir, labels, tmp_path, objective, chained
+):
     """With grad_steps 3 of 4: "final" classifies the last image once, and the gradient runs back through the
     chain (later UNet inputs carry grad); "x0" classifies each of the 3 steps' x̂0, and every UNet input is a
     detached latent, so each step's gradient reaches the token through that step's own call only."""
@@ -130,9 +153,15 @@ def test_x0_objective_classifies_each_steps_prediction_without_backprop_through_
     inputs, guide_calls = [], []
     pipe.unet.register_forward_pre_hook(lambda module, args: inputs.append(args[0].requires_grad))
     guide.model.register_forward_pre_hook(lambda module, args: guide_calls.append(len(args[0])))
-    TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(max_steps=1, num_inference_steps=4, grad_steps=3,
-                                                              objective=objective), tmp_path).run()
-    assert inputs[0::2] == chained                          # each step's UNet input (both CFG halves get it)
+    TokenLearner(
+        pipe,
+        guide,
+        labels,
+        [0, 1, 2],
+        learn_config(max_steps=1, num_inference_steps=4, grad_steps=3, objective=objective),
+        tmp_path,
+    ).run()
+    assert inputs[0::2] == chained  # each step's UNet input (both CFG halves get it)
     assert len(guide_calls) == (3 if objective == "x0" else 1) and set(guide_calls) == {3 * 2}
 
 
@@ -140,8 +169,14 @@ def test_x0_objective_classifies_each_steps_prediction_without_backprop_through_
 def test_backward_inside_losses_gives_the_same_gradient(tokenizer_dir, labels, tmp_path, objective):
     """The learner backpropagates inside `losses` (x0: step by step, one graph alive at a time); the token
     gradients equal those of one backward through the whole returned loss, class by class."""
-    learner = TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2],
-                           learn_config(num_inference_steps=3, grad_steps=3, objective=objective), tmp_path)
+    learner = TokenLearner(
+        tiny_pipeline(tokenizer_dir),
+        colour_guide(),
+        labels,
+        [0, 1, 2],
+        learn_config(num_inference_steps=3, grad_steps=3, objective=objective),
+        tmp_path,
+    )
     states = [learner.new_state(*entry) for entry in learner.prepare(list(labels.classes[:2]))]
     per_sample, _, _ = learner.losses(states)
     expected = torch.autograd.grad(per_sample.mean(1).sum(), [s.embedding for s in states])
@@ -150,7 +185,7 @@ def test_backward_inside_losses_gives_the_same_gradient(tokenizer_dir, labels, t
     assert torch.allclose(detached, per_sample.detach(), atol=1e-6)
     for s, g in zip(states, expected):
         assert g.norm() > 0 and torch.allclose(s.embedding.grad, g, rtol=1e-4, atol=1e-7)
-    assert not torch.allclose(expected[0], expected[1])           # each class gets its own gradient
+    assert not torch.allclose(expected[0], expected[1])  # each class gets its own gradient
     learner.injector.remove()
 
 
@@ -158,9 +193,14 @@ def test_steps_offset_sets_the_learners_last_timestep(tokenizer_dir, labels, tmp
     pipe = tiny_pipeline(tokenizer_dir)
     seen = []
     pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(int(args[1])))
-    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2],
-                 learn_config(max_steps=1, num_inference_steps=4, timestep_spacing="leading", steps_offset=150),
-                 tmp_path).run()
+    TokenLearner(
+        pipe,
+        colour_guide(),
+        labels,
+        [0, 1, 2],
+        learn_config(max_steps=1, num_inference_steps=4, timestep_spacing="leading", steps_offset=150),
+        tmp_path,
+    ).run()
     assert min(seen) == 150 and max(seen) == 150 + 3 * 250
 
 
@@ -179,7 +219,8 @@ def test_a_class_learns_the_same_alone_or_batched_with_others(tokenizer_dir, lab
     cfg = learn_config(max_steps=3)
     TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], cfg, tmp_path / "all").run()
     TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], cfg, tmp_path / "one").run(
-        classes=[labels.classes[1]])
+        classes=[labels.classes[1]]
+    )
     a = read_meta(tmp_path / "all", labels.classes[1])["history"]
     b = read_meta(tmp_path / "one", labels.classes[1])["history"]
     assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-3)
@@ -191,13 +232,14 @@ def test_stopping_rules(tokenizer_dir, labels, tmp_path):
     guide = colour_guide()
     guide.model.forward = lambda x: torch.tensor([[10.0, 0, 0]]).expand(len(x), 3) + 0 * x.mean()
     res = TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(stop_window=1), tmp_path).run(
-        classes=[labels.classes[0]])
+        classes=[labels.classes[0]]
+    )
     assert res[0]["stop_reason"] == "all correct" and res[0]["steps"] == 1
     # never right → runs to max_steps
-    res = TokenLearner(tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2], learn_config(max_steps=4),
-                       tmp_path / "b").run(classes=[labels.classes[1]])
+    res = TokenLearner(
+        tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2], learn_config(max_steps=4), tmp_path / "b"
+    ).run(classes=[labels.classes[1]])
     assert res[1]["stop_reason"] == "max steps" and res[1]["steps"] == 4
-
 
 
 def token_gradients(learner, classes) -> torch.Tensor:
@@ -217,8 +259,14 @@ def test_fp16_loss_scaling_keeps_small_token_gradients(tokenizer_dir, labels, tm
     def grads(dtype, scaled):
         guide = colour_guide()
         guide.model.weight.data *= 1e-4
-        learner = TokenLearner(tiny_pipeline(tokenizer_dir).to(dtype=dtype), guide, labels, [0, 1, 2],
-                               learn_config(num_inference_steps=3, grad_steps=2), tmp_path)
+        learner = TokenLearner(
+            tiny_pipeline(tokenizer_dir).to(dtype=dtype),
+            guide,
+            labels,
+            [0, 1, 2],
+            learn_config(num_inference_steps=3, grad_steps=2),
+            tmp_path,
+        )
         if not scaled:
             learner.scaler = LossScaler(False)
         assert learner.scaler.enabled == (scaled and dtype == torch.float16)
@@ -229,15 +277,22 @@ def test_fp16_loss_scaling_keeps_small_token_gradients(tokenizer_dir, labels, tm
     reference = grads(torch.float32, True)
     cos = lambda g: float(torch.nn.functional.cosine_similarity(g, reference, dim=0))  # noqa: E731
     assert cos(grads(torch.float16, True)) >= 0.999
-    assert cos(grads(torch.float16, False)) < 0.99        # what fp16 gave before loss scaling
+    assert cos(grads(torch.float16, False)) < 0.99  # what fp16 gave before loss scaling
 
 
 def test_fp16_overflow_retries_the_step_with_half_the_scale(tokenizer_dir, labels, tmp_path):
     """A scaled loss that overflows fp16 is retried on the same noise with a smaller scale: the step that
     lands equals the fp32 step's direction and no class loses or repeats a step."""
+
     def one_step(dtype):
-        learner = TokenLearner(tiny_pipeline(tokenizer_dir).to(dtype=dtype), colour_guide(), labels, [0, 1, 2],
-                               learn_config(num_inference_steps=3, grad_steps=2, max_steps=1), tmp_path / str(dtype))
+        learner = TokenLearner(
+            tiny_pipeline(tokenizer_dir).to(dtype=dtype),
+            colour_guide(),
+            labels,
+            [0, 1, 2],
+            learn_config(num_inference_steps=3, grad_steps=2, max_steps=1),
+            tmp_path / str(dtype),
+        )
         states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
         before = torch.stack([s.embedding.detach().clone() for s in states])
         learner.step(states)
@@ -246,7 +301,7 @@ def test_fp16_overflow_retries_the_step_with_half_the_scale(tokenizer_dir, label
 
     l16, states, d16 = one_step(torch.float16)
     _, _, d32 = one_step(torch.float32)
-    assert l16.scaler.scale < 2.0**16                        # it overflowed (the full-size logits are large)
+    assert l16.scaler.scale < 2.0**16  # it overflowed (the full-size logits are large)
     assert all(s.step == 1 for s in states) and torch.isfinite(d16).all()
     assert float(torch.nn.functional.cosine_similarity(d16.flatten(), d32.flatten(), dim=0)) > 0.99
 
@@ -258,8 +313,14 @@ def test_decode_batch_changes_memory_not_gradients(tokenizer_dir, labels, tmp_pa
     def grads(decode_batch):
         guide = colour_guide()
         guide.model.register_forward_pre_hook(lambda m, a: guide_calls.append(len(a[0])))
-        learner = TokenLearner(tiny_pipeline(tokenizer_dir), guide, labels, [0, 1, 2],
-                               learn_config(num_inference_steps=3, grad_steps=2, decode_batch=decode_batch), tmp_path)
+        learner = TokenLearner(
+            tiny_pipeline(tokenizer_dir),
+            guide,
+            labels,
+            [0, 1, 2],
+            learn_config(num_inference_steps=3, grad_steps=2, decode_batch=decode_batch),
+            tmp_path,
+        )
         return token_gradients(learner, labels.classes)
 
     whole = grads(100)
@@ -277,23 +338,41 @@ def test_pipeline_sampler_counts_grad_steps_in_unet_calls_like_the_original_code
     from diffusers import PNDMScheduler
 
     pipe = tiny_pipeline(tokenizer_dir)
-    pipe.scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-                                   prediction_type="v_prediction")
+    pipe.scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        prediction_type="v_prediction",
+    )
     calls = []
     pipe.unet.register_forward_pre_hook(lambda m, a: calls.append((int(a[1]), torch.is_grad_enabled())))
-    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2],
-                 learn_config(max_steps=1, num_inference_steps=30, grad_steps=2, scheduler="pipeline"), tmp_path).run()
-    cond = calls[1::2]                                          # the conditional half of each call
+    TokenLearner(
+        pipe,
+        colour_guide(),
+        labels,
+        [0, 1, 2],
+        learn_config(max_steps=1, num_inference_steps=30, grad_steps=2, scheduler="pipeline"),
+        tmp_path,
+    ).run()
+    cond = calls[1::2]  # the conditional half of each call
     assert len(cond) == 31
     assert [t for t, g in cond if g] == [34, 1]
     ddim = []
     pipe2 = tiny_pipeline(tokenizer_dir)
     pipe2.scheduler = pipe.scheduler
     pipe2.unet.register_forward_pre_hook(lambda m, a: ddim.append(int(a[1])))
-    TokenLearner(pipe2, colour_guide(), labels, [0, 1, 2],
-                 learn_config(max_steps=1, num_inference_steps=30, scheduler="ddim"), tmp_path / "ddim").run()
-    assert len(ddim) == 2 * 30                                  # the learner's own DDIM stays one flag away
+    TokenLearner(
+        pipe2,
+        colour_guide(),
+        labels,
+        [0, 1, 2],
+        learn_config(max_steps=1, num_inference_steps=30, scheduler="ddim"),
+        tmp_path / "ddim",
+    ).run()
+    assert len(ddim) == 2 * 30  # the learner's own DDIM stays one flag away
 
 
 def test_original_codes_stopping_rules_and_fixed_noise(tokenizer_dir, labels, tmp_path):
@@ -302,21 +381,32 @@ def test_original_codes_stopping_rules_and_fixed_noise(tokenizer_dir, labels, tm
     pipe = tiny_pipeline(tokenizer_dir)
     guide = colour_guide()
     right = iter([True] * 4 + [False] + [True] * 100)
-    guide.model.forward = lambda x: torch.stack(  # noqa: E731
-        [torch.tensor([10.0, 0, 0]) if next(right) else torch.tensor([0, 10.0, 0]) for _ in range(len(x))]) + 0 * x.mean()
-    res = TokenLearner(pipe, guide, labels, [0, 1, 2], learn_config(batch_size=5, stop_accuracy=0.8, stop_window=1),
-                       tmp_path / "a").run(classes=[labels.classes[0]])
+    guide.model.forward = lambda x: (
+        torch.stack(  # noqa: E731
+            [torch.tensor([10.0, 0, 0]) if next(right) else torch.tensor([0, 10.0, 0]) for _ in range(len(x))]
+        )
+        + 0 * x.mean()
+    )
+    res = TokenLearner(
+        pipe, guide, labels, [0, 1, 2], learn_config(batch_size=5, stop_accuracy=0.8, stop_window=1), tmp_path / "a"
+    ).run(classes=[labels.classes[0]])
     assert res[0]["steps"] == 1 and res[0]["stop_reason"] == "at least 80% correct"
 
     flat = colour_guide()
     flat.model.forward = lambda x: torch.tensor([[0.0, 5.0, 0]]).expand(len(x), 3) + 0 * x.mean()  # noqa: E731
-    res = TokenLearner(tiny_pipeline(tokenizer_dir), flat, labels, [0, 1, 2],
-                       learn_config(patience=3, patience_min_accuracy=0.0, max_steps=50), tmp_path / "b").run(
-        classes=[labels.classes[0]])
+    res = TokenLearner(
+        tiny_pipeline(tokenizer_dir),
+        flat,
+        labels,
+        [0, 1, 2],
+        learn_config(patience=3, patience_min_accuracy=0.0, max_steps=50),
+        tmp_path / "b",
+    ).run(classes=[labels.classes[0]])
     assert res[0]["stop_reason"] == "no loss improvement for 3 steps" and res[0]["steps"] == 4
 
-    learner = TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2],
-                           learn_config(noise="fixed"), tmp_path / "c")
+    learner = TokenLearner(
+        tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], learn_config(noise="fixed"), tmp_path / "c"
+    )
     state = learner.new_state(*learner.prepare([labels.classes[0]])[0])
     first = learner._noise(state)
     state.step = 7

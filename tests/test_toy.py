@@ -16,11 +16,16 @@ def test_committed_pipeline_loads_with_diffusers_and_generates():
 
     pipe = StableDiffusionPipeline.from_pretrained(str(GENERATOR_DIR), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe("a photo of a trouser", num_inference_steps=4, guidance_scale=4.0, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a photo of a trouser",
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     image = out.images[0]
     assert image.shape == (32, 32, 3)
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05   # not a blank or saturated frame
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05  # not a blank or saturated frame
 
 
 @pytest.mark.parametrize("path", [GUIDE_DIR, HELDOUT_DIR])
@@ -39,8 +44,22 @@ def test_generator_training_script_runs_a_few_steps(tmp_path):
 
     from augment.toy.train_generator import main
 
-    main(["--out", str(tmp_path), "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "8",
-          "--max-images", "64", "--threads", "1"])
+    main(
+        [
+            "--out",
+            str(tmp_path),
+            "--vae-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-images",
+            "64",
+            "--threads",
+            "1",
+        ]
+    )
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path))
     assert pipe.tokenizer("a photo of a shoe").input_ids[:3] == [49406, 320, 1125]  # the real CLIP BPE
     assert "unet step 2/2" in (tmp_path / "train_log.txt").read_text()
@@ -66,7 +85,10 @@ def test_caption_scheme_draws_fine_name_synonym_and_coarse_word_at_the_configure
     cfg = TrainConfig(fine_caption_p=0.1, synonym_caption_p=0.45, empty_caption_p=0.1)
     labels = np.repeat(np.arange(10), 4000)
     rows = draw_captions(labels, np.random.default_rng(0), cfg).numpy()
-    norm = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")  # "t - shirt"
+
+    def norm(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")  # "t - shirt"
+
     assert norm(table[0]) == ""
     for y, fine in enumerate(FINE_NAMES):
         words = {"fine": fine, "coarse": COARSE_WORD[fine], "synonym": SYNONYM[fine]}
@@ -103,7 +125,7 @@ def test_vae_from_reuses_another_runs_autoencoder_and_rejects_a_directory_withou
     main(["--out", str(tmp_path / "c"), "--seed", "1", "--vae-steps", "2", *small])
     vae = {d: load_file(tmp_path / d / "vae" / "diffusion_pytorch_model.safetensors") for d in "abc"}
     assert all(torch.equal(vae["a"][k], vae["b"][k]) for k in vae["a"])
-    assert not all(torch.equal(vae["a"][k], vae["c"][k]) for k in vae["a"])   # seed 1 alone trains another
+    assert not all(torch.equal(vae["a"][k], vae["c"][k]) for k in vae["a"])  # seed 1 alone trains another
     assert "vae loaded from" in (tmp_path / "b" / "train_log.txt").read_text()
 
     capsys.readouterr()
@@ -131,7 +153,7 @@ def test_v1_caption_settings_draw_exactly_as_the_first_generators_code():
     labels = np.random.default_rng(1).integers(0, 10, 5000)
     v1 = TrainConfig(fine_caption_p=0.25, synonym_caption_p=0.0, unet_steps=1800)
     rows = draw_captions(labels, np.random.default_rng(0), v1).numpy()
-    old = np.random.default_rng(0)   # v1's scheme: rows 0 / 1 + 2y (fine) / 2 + 2y (coarse)
+    old = np.random.default_rng(0)  # v1's scheme: rows 0 / 1 + 2y (fine) / 2 + 2y (coarse)
     empty, fine = old.random(5000) < 0.10, old.random(5000) < 0.25
     old_kind = np.where(empty, -1, np.where(fine, 0, 1))
     kind = np.where(rows == 0, -1, (rows - 1) % 3)

@@ -16,8 +16,13 @@ from augment.commands.common import add_config_arguments, resolve_config
 from augment.commands.generate import add_generate_arguments, apply_refine_arguments, generate
 from augment.commands.learn import add_learn_arguments, learn
 
-LEARN_ONLY = {"init_word": "init_word", "learn_batch_size": "batch_size", "max_classes_per_step":
-              "max_classes_per_step", "lr": "lr", "max_steps": "max_steps"}
+LEARN_ONLY = {
+    "init_word": "init_word",
+    "learn_batch_size": "batch_size",
+    "max_classes_per_step": "max_classes_per_step",
+    "lr": "lr",
+    "max_steps": "max_steps",
+}
 SHARED = ("num_inference_steps", "guidance_scale", "seed")
 GENERATE_ONLY = ("images_per_class", "shard_size", "image_format", "batch_size", "scheduler")
 
@@ -26,9 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_learn_arguments(p, batch_flag="--learn-batch-size", shared_note=" (learn and generate)")
     p.add_argument("--batch-size", type=int, help="images per pipeline call when generating")
-    p.add_argument("--wait-tokens", type=float, default=6 * 3600.0,
-                   help="with several workers: seconds to wait for the other workers' tokens before "
-                        "generating (default 6 h)")
+    p.add_argument(
+        "--wait-tokens",
+        type=float,
+        default=6 * 3600.0,
+        help="with several workers: seconds to wait for the other workers' tokens before generating (default 6 h)",
+    )
     add_generate_arguments(p)
 
 
@@ -72,9 +80,11 @@ def wait_for_tokens(args: argparse.Namespace, poll: float = 5.0) -> None:
         if not missing:
             return
         if time.time() >= deadline:
-            raise UserError(f"{args.out}: {len(missing)} class(es) still without a token after waiting "
-                            f"{args.wait_tokens:.0f} s (e.g. {missing[0].name!r}); are the other workers running? "
-                            "rerun build once they have learned")
+            raise UserError(
+                f"{args.out}: {len(missing)} class(es) still without a token after waiting "
+                f"{args.wait_tokens:.0f} s (e.g. {missing[0].name!r}); are the other workers running? "
+                "rerun build once they have learned"
+            )
         if not shown:
             print(f"waiting for {len(missing)} token(s) from the other workers", file=sys.stderr, flush=True)
             shown = True

@@ -18,19 +18,30 @@ from augment.errors import UserError
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", required=True, help="label set file (manifests/*.txt format)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--preset", help="preset name from augment/presets (toy, sd14-cub, sd14-cub-original, sd14-imagenet, sd21-base)")
+    p.add_argument(
+        "--preset", help="preset name from augment/presets (toy, sd14-cub, sd14-cub-original, sd14-imagenet, sd21-base)"
+    )
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
     p.add_argument("--generator", help="diffusers Stable Diffusion pipeline: hub id or local directory")
     p.add_argument("--guide", help="guide classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     p.add_argument("--worker-index", type=int, help="this worker's index (default: $RANK or $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--num-workers", type=int, help="number of workers (default: $WORLD_SIZE or $SLURM_ARRAY_TASK_COUNT)")
-    p.add_argument("--claim", action="store_true",
-                   help="claim mode: workers take classes and shards from OUT one at a time (no static split; "
-                        "a dead worker's unit is taken over once its lease expires)")
-    p.add_argument("--lease", type=float, default=300.0,
-                   help="claim mode: seconds without a heartbeat after which a claim is taken over (default 300)")
+    p.add_argument(
+        "--num-workers", type=int, help="number of workers (default: $WORLD_SIZE or $SLURM_ARRAY_TASK_COUNT)"
+    )
+    p.add_argument(
+        "--claim",
+        action="store_true",
+        help="claim mode: workers take classes and shards from OUT one at a time (no static split; "
+        "a dead worker's unit is taken over once its lease expires)",
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=300.0,
+        help="claim mode: seconds without a heartbeat after which a claim is taken over (default 300)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -65,7 +76,7 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: {existing} is not writable")
 
 
-_HELD: dict[str, Any] = {}   # worker locks this process holds (released by the OS when it exits)
+_HELD: dict[str, Any] = {}  # worker locks this process holds (released by the OS when it exits)
 
 
 def lock_worker_slot(out: Path, index: int, count: int) -> None:
@@ -83,8 +94,10 @@ def lock_worker_slot(out: Path, index: int, count: int) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise UserError(f"{out}: another process is running worker {index} of {count} here "
-                        f"(lock {path}); give each process its own --worker-index") from None
+        raise UserError(
+            f"{out}: another process is running worker {index} of {count} here "
+            f"(lock {path}); give each process its own --worker-index"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()} {platform.node()}\n")
@@ -99,8 +112,13 @@ def versions() -> dict[str, str]:
 
     from augment import __version__
 
-    return {"augment": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    return {
+        "augment": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def update_manifest(out: Path, section: str, content: dict[str, Any]) -> Path:
@@ -131,7 +149,11 @@ def waiting_note():
 
     def note(n: int) -> None:
         if not shown:
-            print(f"waiting for {n} unit(s) other workers hold (taken over if their lease expires)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"waiting for {n} unit(s) other workers hold (taken over if their lease expires)",
+                file=sys.stderr,
+                flush=True,
+            )
             shown.append(n)
+
     return note

@@ -113,29 +113,56 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.time()
     with _progress(ev.shard_count(args.shards), "scoring", args.no_progress) as bar:
-        result = ev.score_shards(args.shards, classifier, labels, features=features,
-                                 batch_size=args.batch_size, on_images=bar.update)
+        result = ev.score_shards(
+            args.shards, classifier, labels, features=features, batch_size=args.batch_size, on_images=bar.update
+        )
     report: dict[str, Any] = {
-        "shards": str(args.shards), "classifier": spec, "images": result.images, "topk": result.topk,
-        "classes": [{"position": c.position, "name": c.name, "classifier_index": c.classifier_index, "n": c.n,
-                     "top1": c.top1 if c.n else None, "top5": c.top5 if c.n else None} for c in result.classes],
-        **result.means()}
+        "shards": str(args.shards),
+        "classifier": spec,
+        "images": result.images,
+        "topk": result.topk,
+        "classes": [
+            {
+                "position": c.position,
+                "name": c.name,
+                "classifier_index": c.classifier_index,
+                "n": c.n,
+                "top1": c.top1 if c.n else None,
+                "top5": c.top5 if c.n else None,
+            }
+            for c in result.classes
+        ],
+        **result.means(),
+    }
     if reference is not None:
         count, images = reference
         with _progress(count, "reference", args.no_progress) as bar:
-            real, real_classes = ev.extract_features(images, features, device, args.batch_size,
-                                                     on_images=bar.update)
+            real, real_classes = ev.extract_features(images, features, device, args.batch_size, on_images=bar.update)
         fake, fake_classes = torch.cat(result.features), torch.cat(result.feature_classes)
-        report.update({"reference": args.reference, "reference_images": len(real),
-                       "features": {"name": feature_name, "dim": int(fake.shape[1])}, **ev.fid_kid(fake, real)})
+        report.update(
+            {
+                "reference": args.reference,
+                "reference_images": len(real),
+                "features": {"name": feature_name, "dim": int(fake.shape[1])},
+                **ev.fid_kid(fake, real),
+            }
+        )
         pr = ev.per_class_precision_recall(fake, fake_classes, real, real_classes, len(labels))
         for row, scores in zip(report["classes"], pr):
             row.update(scores or {"precision": None, "recall": None})
         scored = [s for s in pr if s]
-        report["precision_recall"] = {"k": ev.PR_K, "classes": len(scored), **(
-            {key: sum(s[key] for s in scored) / len(scored) for key in ("precision", "recall")} if scored else {})}
-    report.update({"seconds": round(time.time() - t0, 2), "command": command_line(args),
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        report["precision_recall"] = {
+            "k": ev.PR_K,
+            "classes": len(scored),
+            **({key: sum(s[key] for s in scored) / len(scored) for key in ("precision", "recall")} if scored else {}),
+        }
+    report.update(
+        {
+            "seconds": round(time.time() - t0, 2),
+            "command": command_line(args),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     return report
 
 
@@ -144,26 +171,35 @@ def format_report(report: dict[str, Any]) -> str:
     k = report["topk"]
     width = max([len("class")] + [len(c["name"]) for c in report["classes"]])
     pr = "precision_recall" in report
-    lines = [f"{'#':>4}  {'class':<{width}}  {'n':>6}  {'top-1 %':>7}  {f'top-{k} %':>7}"
-             + ("  precision %  recall %" if pr else "")]
+    lines = [
+        f"{'#':>4}  {'class':<{width}}  {'n':>6}  {'top-1 %':>7}  {f'top-{k} %':>7}"
+        + ("  precision %  recall %" if pr else "")
+    ]
     cell = lambda v, w: f"{v:{w}.2f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
     for c in report["classes"]:
         t1, t5 = (cell(c["top1"], 7), cell(c["top5"], 7)) if c["n"] else ("      -", "      -")
         extra = f"  {cell(c['precision'], 11)}  {cell(c['recall'], 8)}" if pr else ""
         lines.append(f"{c['position']:>4}  {c['name']:<{width}}  {c['n']:>6}  {t1}  {t5}{extra}")
-    lines.append(f"macro mean (over classes): top-1 {report['macro']['top1']:.2f} %, top-{k} "
-                 f"{report['macro']['top5']:.2f} %")
-    lines.append(f"micro mean (over {report['images']} images): top-1 {report['micro']['top1']:.2f} %, "
-                 f"top-{k} {report['micro']['top5']:.2f} %   classifier: {report['classifier']}")
+    lines.append(
+        f"macro mean (over classes): top-1 {report['macro']['top1']:.2f} %, top-{k} {report['macro']['top5']:.2f} %"
+    )
+    lines.append(
+        f"micro mean (over {report['images']} images): top-1 {report['micro']['top1']:.2f} %, "
+        f"top-{k} {report['micro']['top5']:.2f} %   classifier: {report['classifier']}"
+    )
     if "fid" in report:
-        lines.append(f"FID {report['fid']:.4f}   KID {report['kid']:.6f} ± {report['kid_std']:.6f} "
-                     f"(subset size {report['kid_subset_size']})   vs {report['reference']} "
-                     f"({report['reference_images']} images)")
+        lines.append(
+            f"FID {report['fid']:.4f}   KID {report['kid']:.6f} ± {report['kid_std']:.6f} "
+            f"(subset size {report['kid_subset_size']})   vs {report['reference']} "
+            f"({report['reference_images']} images)"
+        )
         lines.append(f"features: {report['features']['name']}, {report['features']['dim']}-d")
         p = report["precision_recall"]
         if p["classes"]:
-            lines.append(f"precision {p['precision']:.2f} %, recall {p['recall']:.2f} % (k = {p['k']}, mean over "
-                         f"{p['classes']} classes with more than {p['k']} images on both sides)")
+            lines.append(
+                f"precision {p['precision']:.2f} %, recall {p['recall']:.2f} % (k = {p['k']}, mean over "
+                f"{p['classes']} classes with more than {p['k']} images on both sides)"
+            )
     return "\n".join(lines)
 
 

@@ -13,8 +13,16 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from augment.commands.common import (add_config_arguments, check_out_dir, claim_board, lock_worker_slot,
-                                     resolve_config, update_manifest, waiting_note, worker_slot)
+from augment.commands.common import (
+    add_config_arguments,
+    check_out_dir,
+    claim_board,
+    lock_worker_slot,
+    resolve_config,
+    update_manifest,
+    waiting_note,
+    worker_slot,
+)
 from augment.errors import UserError
 
 
@@ -26,13 +34,19 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo units made with another config")
     p.add_argument("--dry-run", action="store_true", help="print units total/done/pending and exit")
     p.add_argument("--score", action="store_true", help="record the guide's probability of each image")
-    p.add_argument("--refine", choices=("none", "date"),
-                   help="refine the prompt embeddings while sampling: date = DATE, reward = the guide's "
-                        "log-probability of the class (default: preset, else none)")
+    p.add_argument(
+        "--refine",
+        choices=("none", "date"),
+        help="refine the prompt embeddings while sampling: date = DATE, reward = the guide's "
+        "log-probability of the class (default: preset, else none)",
+    )
     p.add_argument("--refine-step-size", type=float, help="DATE: normalised step on the embeddings (default 0.1)")
     p.add_argument("--refine-every", type=int, help="DATE: refine every k-th sampling step (default 1)")
-    p.add_argument("--scheduler", help="sampler: pipeline (the generator's own), ddim, pndm, dpmsolver++, unipc, "
-                                       "euler (default: preset, else pipeline)")
+    p.add_argument(
+        "--scheduler",
+        help="sampler: pipeline (the generator's own), ddim, pndm, dpmsolver++, unipc, "
+        "euler (default: preset, else pipeline)",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,11 +61,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="global seed")
 
 
-GENERATE_FLAGS = ("images_per_class", "shard_size", "image_format", "batch_size", "num_inference_steps",
-                  "guidance_scale", "seed", "scheduler")
+GENERATE_FLAGS = (
+    "images_per_class",
+    "shard_size",
+    "image_format",
+    "batch_size",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "scheduler",
+)
 
 
-MANIFEST_EVERY = 10.0   # seconds between manifest refreshes while generating (it lists every finished shard)
+MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
 
 REFINE_FLAGS = {"refine_step_size": "step_size", "refine_every": "every"}
 
@@ -91,8 +113,10 @@ def _tokens_root(tokens: Path, labels) -> Path:
     root = tokens.parent if tokens.name == "tokens" and not (tokens / "tokens").is_dir() else tokens
     missing = [c.name for c in labels.classes if not is_learned(root, c)]
     if missing:
-        raise UserError(f"{root}: no learned token for {len(missing)} class(es): "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise UserError(
+            f"{root}: no learned token for {len(missing)} class(es): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     return root
 
 
@@ -123,19 +147,29 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
     gen_dict = {k: v for k, v in cfg.to_dict()["generate"].items() if k != "batch_size"}
     from augment.fingerprint import source_identity
 
-    chash = shards.config_hash({"generate": gen_dict, "generator": source_identity(cfg.generator),
-                                "labels": labels.names(),
-                                "tokens": None if root is None else tokens_digest(root, labels)})
-    board = claim_board(args, "generate", index)         # claim mode: every unit is anyone's
+    chash = shards.config_hash(
+        {
+            "generate": gen_dict,
+            "generator": source_identity(cfg.generator),
+            "labels": labels.names(),
+            "tokens": None if root is None else tokens_digest(root, labels),
+        }
+    )
+    board = claim_board(args, "generate", index)  # claim mode: every unit is anyone's
     mine = units if board else units[index::count]
     overwrite = getattr(args, "overwrite", False)
     pending = [u for u in mine if not shards.unit_done(args.out, labels.name, u, chash, overwrite)]
     all_done = sum(shards.unit_done(args.out, labels.name, u, chash, True) for u in units)
     if getattr(args, "dry_run", False):
-        print(f"units: total {len(units)}, done {all_done}, pending {len(units) - all_done}; " + (
-              "claim mode: workers take pending units as they go" if board else
-              f"this worker ({index}/{count}): {len(mine)} units, {len(pending)} pending, "
-              f"{sum(u.count for u in pending)} images"))
+        print(
+            f"units: total {len(units)}, done {all_done}, pending {len(units) - all_done}; "
+            + (
+                "claim mode: workers take pending units as they go"
+                if board
+                else f"this worker ({index}/{count}): {len(mine)} units, {len(pending)} pending, "
+                f"{sum(u.count for u in pending)} images"
+            )
+        )
         return {"units": 0, "images": 0}
     if not pending:
         shards.write_info(args.out, labels.name, units)
@@ -163,9 +197,25 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None) -> 
         from augment.tokens_io import load_tokens
 
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
-    return _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide, guide_indices,
-                      {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
-                       "worker": [index, count], "claim": board is not None}, board)
+    return _run_units(
+        args,
+        cfg,
+        labels,
+        units,
+        pending,
+        chash,
+        pipe,
+        token_map,
+        guide,
+        guide_indices,
+        {
+            "generator": generator_source(pipe),
+            "tokens": None if root is None else str(root),
+            "worker": [index, count],
+            "claim": board is not None,
+        },
+        board,
+    )
 
 
 def quiet_loading() -> None:
@@ -177,8 +227,9 @@ def quiet_loading() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide, guide_indices,
-               info: dict[str, Any], board=None) -> dict[str, Any]:
+def _run_units(
+    args, cfg, labels, units, pending, chash, pipe, token_map, guide, guide_indices, info: dict[str, Any], board=None
+) -> dict[str, Any]:
     import time
 
     from tqdm import tqdm
@@ -191,7 +242,7 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
     work = pending
     if board is None:
         shards.remove_stale_tmp(args.out, labels.name, pending)
-    else:   # claim mode: other workers write their units' .tmp files right now; clean a unit's when claimed
+    else:  # claim mode: other workers write their units' .tmp files right now; clean a unit's when claimed
         work = _claimed(board, labels.name, pending, args.out, chash, getattr(args, "overwrite", False))
     done: dict[str, dict] = {}
 
@@ -199,24 +250,37 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
 
     def record(final: bool = False) -> None:
         if not final and time.time() - last[0] < MANIFEST_EVERY:
-            return   # the markers are the record; the manifest's copy is refreshed at most every few seconds
+            return  # the markers are the record; the manifest's copy is refreshed at most every few seconds
         last[0] = time.time()
         if final:  # rescan: other workers' units too
             for u in units:
                 m = shards.read_marker(args.out, labels.name, u)
                 if m is not None and m.get("config_hash") == chash:
                     done[m["unit"]] = m
-        update_manifest(args.out, "generate", {
-            "labels": labels.names(), "label_file": str(args.labels), "set": labels.name, "config": cfg.to_dict(),
-            "config_hash": chash, "seeds": shards.SEEDS_RULE, **info,
-            "shards": {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}})
+        update_manifest(
+            args.out,
+            "generate",
+            {
+                "labels": labels.names(),
+                "label_file": str(args.labels),
+                "set": labels.name,
+                "config": cfg.to_dict(),
+                "config_hash": chash,
+                "seeds": shards.SEEDS_RULE,
+                **info,
+                "shards": {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())},
+            },
+        )
 
     record(final=True)
     t0 = time.time()
     n_images = sum(u.count for u in pending)
     n_units = 0
-    with tqdm(total=n_images, unit="img", desc="generating", disable=args.no_progress, dynamic_ncols=True) as bar, \
-            board or contextlib.nullcontext():
+    with (
+        tqdm(total=n_images, unit="img", desc="generating", disable=args.no_progress, dynamic_ncols=True) as bar,
+        board or contextlib.nullcontext(),
+    ):
+
         def on_unit(unit, marker) -> None:
             nonlocal n_units
             n_units += 1
@@ -224,8 +288,20 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
             if board is not None:
                 board.release(marker["unit"])
             record()
-        markers = generate_units(pipe, labels, token_map, cfg.generate, work, args.out, chash, guide,
-                                 guide_indices, on_images=bar.update, on_unit=on_unit)
+
+        markers = generate_units(
+            pipe,
+            labels,
+            token_map,
+            cfg.generate,
+            work,
+            args.out,
+            chash,
+            guide,
+            guide_indices,
+            on_images=bar.update,
+            on_unit=on_unit,
+        )
     n_images = sum(m["count"] for m in markers)
     record(final=True)
     info_path = shards.write_info(args.out, labels.name, units)
@@ -234,8 +310,10 @@ def _run_units(args, cfg, labels, units, pending, chash, pipe, token_map, guide,
 
         write_card(args.out, labels, info)
     seconds = time.time() - t0
-    print(f"generated {n_images} images in {n_units} shard(s) in {seconds:.1f} s "
-          f"({n_images / max(seconds, 1e-9):.2f} img/s)" + ("" if info_path else "; other units still pending"))
+    print(
+        f"generated {n_images} images in {n_units} shard(s) in {seconds:.1f} s "
+        f"({n_images / max(seconds, 1e-9):.2f} img/s)" + ("" if info_path else "; other units still pending")
+    )
     return {"units": n_units, "images": n_images, "seconds": seconds}
 
 
@@ -244,8 +322,13 @@ def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrit
     from augment import shards
     from augment.claims import ClaimQueue
 
-    queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
-                       done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))
+    queue = ClaimQueue(
+        board,
+        pending,
+        key=lambda u: u.name(setname),
+        on_wait=waiting_note(),
+        done=lambda u: shards.unit_done(out, setname, u, chash, overwrite),
+    )
     for unit in queue:
         shards.remove_stale_tmp(out, setname, [unit])
         yield unit

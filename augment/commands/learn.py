@@ -12,23 +12,38 @@ import json
 import sys
 import time
 
-from augment.commands.common import (add_config_arguments, check_out_dir, claim_board, lock_worker_slot,
-                                     resolve_config, update_manifest, waiting_note, worker_slot)
+from augment.commands.common import (
+    add_config_arguments,
+    check_out_dir,
+    claim_board,
+    lock_worker_slot,
+    resolve_config,
+    update_manifest,
+    waiting_note,
+    worker_slot,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_learn_arguments(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard a learner checkpoint made with another config instead of refusing")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard a learner checkpoint made with another config instead of refusing",
+    )
 
 
 def add_learn_arguments(p: argparse.ArgumentParser, batch_flag: str = "--batch-size", shared_note: str = "") -> None:
     """The learning options; `build` names the batch flag apart and marks the options generation shares."""
     p.add_argument("--init-word", help="word that initialises every token (default: preset, else 'a')")
     p.add_argument(batch_flag, type=int, help="images per class per learning step (paper: 5)")
-    p.add_argument("--classes-per-step", type=classes_per_step, dest="max_classes_per_step",
-                   help="classes learned together in one UNet batch, or auto (as many as fit in memory)")
+    p.add_argument(
+        "--classes-per-step",
+        type=classes_per_step,
+        dest="max_classes_per_step",
+        help="classes learned together in one UNet batch, or auto (as many as fit in memory)",
+    )
     p.add_argument("--lr", type=float, help="learning rate (default 0.00025 × learning batch size)")
     p.add_argument("--max-steps", type=int, help="learning steps per class at most (paper: 200)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help=f"denoising steps (paper: 50){shared_note}")
@@ -40,8 +55,16 @@ def classes_per_step(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
-LEARN_FLAGS = ("init_word", "batch_size", "max_classes_per_step", "lr", "max_steps", "num_inference_steps",
-               "guidance_scale", "seed")
+LEARN_FLAGS = (
+    "init_word",
+    "batch_size",
+    "max_classes_per_step",
+    "lr",
+    "max_steps",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+)
 
 
 def learn(args: argparse.Namespace, cfg=None) -> dict:
@@ -50,13 +73,13 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     from augment.prompting import check_templates
     from augment.tokens_io import is_learned
 
-    labels = read_label_set(args.labels)                               # 1. label set, before any model
+    labels = read_label_set(args.labels)  # 1. label set, before any model
     cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
     check_templates(cfg.learn.prompts, need_token=True)
     check_learn_config(cfg.learn)
     index, count = worker_slot(args.worker_index, args.num_workers)
     check_out_dir(args.out)
-    board = claim_board(args, "learn", index)           # claim mode: every class is anyone's
+    board = claim_board(args, "learn", index)  # claim mode: every class is anyone's
     mine = list(labels.classes) if board else list(labels.classes)[index::count]
     pending = [c for c in mine if not is_learned(args.out, c)]
     from augment.resume import checkpoint_path
@@ -65,39 +88,56 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
         print(f"all {len(mine)} classes of this worker already learned in {args.out}")
         return {"learned": 0, "seconds": 0.0}
 
+    from augment.fingerprint import source_identity
     from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
     from augment.guide import load_guide
-    from augment.fingerprint import source_identity
     from augment.resume import LearnerCheckpoint, learn_fingerprint
     from augment.tokens import TokenLearner
 
     device = resolve_device(cfg.device)
-    guide = load_guide(cfg.guide, device)                              # 2. guide: names and index range
+    guide = load_guide(cfg.guide, device)  # 2. guide: names and index range
     guide_indices = match_to_guide(labels, guide.labels)
-    pipe = load_generator(cfg.generator, device, cfg.dtype)            # 3. generator
+    pipe = load_generator(cfg.generator, device, cfg.dtype)  # 3. generator
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     args.out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(args.out, index, count)
-    update_manifest(args.out, "learn", {"labels": labels.names(), "label_file": str(args.labels),
-                                        "config": cfg.to_dict(), **info, "worker": [index, count],
-                                        "claim": board is not None})
+    update_manifest(
+        args.out,
+        "learn",
+        {
+            "labels": labels.names(),
+            "label_file": str(args.labels),
+            "config": cfg.to_dict(),
+            **info,
+            "worker": [index, count],
+            "claim": board is not None,
+        },
+    )
     learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
-    checkpoint = LearnerCheckpoint(args.out, (index, count), learn_fingerprint(
-        cfg.learn, labels, source_identity(cfg.guide), info["text_encoder"]), device, pipe.unet.dtype)
+    checkpoint = LearnerCheckpoint(
+        args.out,
+        (index, count),
+        learn_fingerprint(cfg.learn, labels, source_identity(cfg.guide), info["text_encoder"]),
+        device,
+        pipe.unet.dtype,
+    )
     t0 = time.time()
     with progress_bar(len(pending), args.no_progress) as bar, board or contextlib.nullcontext():
+
         def report(p: dict) -> None:
             bar.n = p["done"]
             acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
             bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
+
         feed = None
         if board is not None:
             from augment.claims import ClaimQueue
 
-            feed = ClaimQueue(board, mine, key=lambda c: c.slug, done=lambda c: is_learned(args.out, c),
-                              on_wait=waiting_note())
+            feed = ClaimQueue(
+                board, mine, key=lambda c: c.slug, done=lambda c: is_learned(args.out, c), on_wait=waiting_note()
+            )
         results = learner.run(mine, report, checkpoint, getattr(args, "overwrite", False), feed=feed)
-    if board is not None:   # a dead worker's checkpoint, its classes finished by others
+    if board is not None:  # a dead worker's checkpoint, its classes finished by others
         from augment.resume import clear_finished
 
         by_pos = {c.position: c for c in labels.classes}
@@ -105,12 +145,17 @@ def learn(args: argparse.Namespace, cfg=None) -> dict:
     seconds = time.time() - t0
     if checkpoint.note:
         print(f"augment: note: {checkpoint.note}", file=sys.stderr)
-        update_manifest(args.out, "learn", {**json.loads((args.out / "manifest.json").read_text())["learn"],
-                                            "resume": checkpoint.note})
+        update_manifest(
+            args.out,
+            "learn",
+            {**json.loads((args.out / "manifest.json").read_text())["learn"], "resume": checkpoint.note},
+        )
     accs = [m["final_accuracy"] for m in results.values()]
-    print(f"learned {len(results)} token(s) in {seconds:.1f} s ({seconds / max(len(results), 1):.1f} s/class); "
-          f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
-          f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%")
+    print(
+        f"learned {len(results)} token(s) in {seconds:.1f} s ({seconds / max(len(results), 1):.1f} s/class); "
+        f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
+        f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%"
+    )
     return {"learned": len(results), "seconds": seconds}
 
 
@@ -121,8 +166,9 @@ def check_learn_config(c) -> None:
     mcs = c.max_classes_per_step
     if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
         raise_user(f"learn.max_classes_per_step must be a whole number or auto, got {mcs!r}")
-    for key in ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch") + \
-            (("max_classes_per_step",) if mcs != "auto" else ()):
+    for key in ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch") + (
+        ("max_classes_per_step",) if mcs != "auto" else ()
+    ):
         if getattr(c, key) < 1:
             raise_user(f"learn.{key} must be ≥ 1, got {getattr(c, key)}")
     if c.timestep_spacing not in (None, "leading", "trailing", "linspace"):

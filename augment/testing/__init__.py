@@ -42,9 +42,16 @@ def random_pipeline(name: str, tokenizer_dir: str | Path, seed: int = 0, dtype: 
     scheduler = getattr(diffusers, sched.pop("_class_name")).from_config(sched)
     tokenizer = clip_tokenizer(tokenizer_dir)
     tokenizer.pad_token = cfg["tokenizer"]["pad_token"]
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dtype=dtype)
 
@@ -60,23 +67,30 @@ def save_random_pipeline(name: str, out_dir: str | Path, seed: int = 0, dtype: t
     return out
 
 
-def save_vit_mae_cub(out_dir: str | Path, labels: list[str], seed: int = 0, hidden: int = 64,
-                     layers: int = 2) -> Path:
+def save_vit_mae_cub(out_dir: str | Path, labels: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """A random ViTForImageClassification at 224 px, as transformers loads vesteinn/vit-mae-cub (a ViT-MAE
     whose head reads the mean of the patch tokens), with `labels`, saved with an fp16 checkpoint dtype.
     Name the directory `vit-mae-cub` for augment.guide to apply that pooling. Narrow by default (fast on
     CPU); hidden=768, layers=12 is ViT-B's size."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    cfg = ViTConfig(image_size=224, patch_size=16, hidden_size=hidden, num_hidden_layers=layers,
-                    num_attention_heads=4 if hidden < 768 else 12, intermediate_size=2 * hidden if hidden < 768
-                    else 4 * hidden, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                    label2id={n: i for i, n in enumerate(labels)})
+    cfg = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4 if hidden < 768 else 12,
+        intermediate_size=2 * hidden if hidden < 768 else 4 * hidden,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     torch.manual_seed(seed)
     model = ViTForImageClassification(cfg)
     with torch.no_grad():  # a random head barely separates classes: make the logits spread
         model.classifier.weight.mul_(20.0)
     model.to(torch.float16).save_pretrained(out_dir)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
-                      image_std=[0.229, 0.224, 0.225]).save_pretrained(out_dir)
+    ViTImageProcessor(
+        size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    ).save_pretrained(out_dir)
     return Path(out_dir)

@@ -52,8 +52,9 @@ def find_dir(root: str | os.PathLike | None = None, download: bool = True) -> Pa
             try:
                 urllib.request.urlretrieve(MIRROR + name, cache / (name + ".part"))
             except OSError as e:
-                raise UserError(f"Fashion-MNIST not found locally and download failed ({e}); "
-                                "install Debian's dataset-fashion-mnist") from None
+                raise UserError(
+                    f"Fashion-MNIST not found locally and download failed ({e}); install Debian's dataset-fashion-mnist"
+                ) from None
             (cache / (name + ".part")).rename(cache / name)
     return cache
 

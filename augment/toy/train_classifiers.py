@@ -38,8 +38,10 @@ def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     model.eval()
     mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
-    correct = sum((model((x[i : i + batch] - mean) / std).argmax(1) == y[i : i + batch]).sum().item()
-                  for i in range(0, len(x), batch))
+    correct = sum(
+        (model((x[i : i + batch] - mean) / std).argmax(1) == y[i : i + batch]).sum().item()
+        for i in range(0, len(x), batch)
+    )
     return 100.0 * correct / len(x)
 
 
@@ -96,14 +98,25 @@ def main(argv: list[str] | None = None) -> None:
         def log(msg: str) -> None:
             line = f"[{time.time() - t0:7.1f}s] {msg}"
             print(line, flush=True)
-            log_file.write(line + "\n")
+            log_file.write(line + "\n")  # noqa: B023 (log is used in this iteration only)
 
         model, acc = train_one(arch, seed, args.epochs, x, y, xt, yt, log)
-        save_classifier(model, out, architecture=arch, labels=FINE_NAMES, input_size=(3, 32, 32), mean=MEAN,
-                        std=STD, trained={"data": "fashion-mnist train (60,000)", "epochs": args.epochs,
-                                          "seed": seed, "test_top1": round(acc, 2),
-                                          "command": f"python -m augment.toy.train_classifiers --out {args.out}"
-                                                     f" --epochs {args.epochs}"})
+        save_classifier(
+            model,
+            out,
+            architecture=arch,
+            labels=FINE_NAMES,
+            input_size=(3, 32, 32),
+            mean=MEAN,
+            std=STD,
+            trained={
+                "data": "fashion-mnist train (60,000)",
+                "epochs": args.epochs,
+                "seed": seed,
+                "test_top1": round(acc, 2),
+                "command": f"python -m augment.toy.train_classifiers --out {args.out} --epochs {args.epochs}",
+            },
+        )
         log(f"saved {out}: test top-1 {acc:.2f}%")
         log_file.close()
     print(json.dumps({"seconds": round(time.time() - t0, 1)}))

@@ -45,7 +45,7 @@ class TrainConfig:
     seed: int = 0
     vae_steps: int = 700
     vae_lr: float = 2e-3
-    vae_schedule: str = "cosine"    # 50 warm-up steps, then cosine decay of vae_lr to 0; or "constant"
+    vae_schedule: str = "cosine"  # 50 warm-up steps, then cosine decay of vae_lr to 0; or "constant"
     kl_weight: float = 1e-6
     unet_steps: int = 3000
     lr: float = 5e-4
@@ -57,8 +57,8 @@ class TrainConfig:
     text_hidden: int = 128
     threads: int = 2
     log_every: int = 50
-    max_images: int = 0          # 0 = all 60,000; a small number makes a quick smoke run
-    vae_from: str = ""           # a pipeline directory whose autoencoder to reuse instead of training one
+    max_images: int = 0  # 0 = all 60,000; a small number makes a quick smoke run
+    vae_from: str = ""  # a pipeline directory whose autoencoder to reuse instead of training one
 
 
 def build_models(cfg: TrainConfig):
@@ -67,20 +67,42 @@ def build_models(cfg: TrainConfig):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), norm_num_groups=32, mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=32,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=32,
+        mid_block_add_attention=False,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=cfg.text_hidden,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=cfg.text_hidden,
+            intermediate_size=4 * cfg.text_hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=cfg.text_hidden,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(64, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     return vae, text_encoder, unet
 
@@ -130,8 +152,9 @@ def caption_table(tokenizer) -> torch.Tensor:
     captions = [""]
     for fine in FINE_NAMES:
         captions += [f"a photo of a {fine}", f"a photo of a {COARSE_WORD[fine]}", f"a photo of a {SYNONYM[fine]}"]
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def draw_captions(labels: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) -> torch.Tensor:
@@ -152,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
     if not (0 <= cfg.fine_caption_p and 0 <= cfg.synonym_caption_p and cfg.fine_caption_p + cfg.synonym_caption_p <= 1):
-        print("train_generator: --fine-caption-p and --synonym-caption-p must be ≥ 0 and sum to at most 1",
-              file=sys.stderr)
+        print(
+            "train_generator: --fine-caption-p and --synonym-caption-p must be ≥ 0 and sum to at most 1",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if cfg.vae_schedule not in ("constant", "cosine"):
         print(f"train_generator: --vae-schedule must be constant or cosine, not {cfg.vae_schedule!r}", file=sys.stderr)
@@ -187,9 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     write_clip_tokenizer_files(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     vae, text_encoder, unet = build_models(cfg)
-    log(f"params: vae {sum(p.numel() for p in vae.parameters())/1e6:.2f}M "
-        f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M "
-        f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M")
+    log(
+        f"params: vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M "
+        f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M "
+        f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M"
+    )
 
     # (1) autoencoder: trained, or reused (it never sees a caption, so caption experiments can share one)
     if cfg.vae_from:
@@ -241,11 +268,24 @@ def main(argv: list[str] | None = None) -> None:
             log(f"unet step {step}/{cfg.unet_steps} loss {running:.4f} lr {lr:.2e}")
 
     # (4) a standard Stable Diffusion pipeline directory, fp16 safetensors
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=ema_text,
+        tokenizer=tokenizer,
+        unet=ema_unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
     # weights stay fp16 on disk, but the text encoder's config says fp32: transformers 5 would otherwise load
     # it fp16 next to diffusers' fp32 UNet, and a plain from_pretrained(dir) would fail on mixed dtypes

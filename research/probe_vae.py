@@ -6,8 +6,8 @@ Fashion-MNIST test images (latent mean), decodes them, and reports the held-out 
 on the originals and on the reconstructions, with the reconstruction error. The reconstruction column is a
 ceiling, by class, for what a generator with this VAE can show the classifier.
 
-    python benchmarks/probe_vae.py --quick
-    python benchmarks/probe_vae.py --generator runs/gen4 --out runs/bench/vae-gen4.json   # ≈ 1 min
+    python research/probe_vae.py --quick
+    python research/probe_vae.py --generator runs/gen4 --out runs/bench/vae-gen4.json   # ≈ 1 min
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def reconstruct(vae, images: np.ndarray, batch: int = 250) -> np.ndarray:
     """N×3×H×W float images in [0, 1] → their VAE reconstructions (latent mean, no sampling), N×H×W×3."""
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i:i + batch]).to(vae.device, vae.dtype) * 2 - 1
+        x = torch.from_numpy(images[i : i + batch]).to(vae.device, vae.dtype) * 2 - 1
         out.append(((vae.decode(vae.encode(x).latent_dist.mean).sample + 1) / 2).clamp(0, 1).float().cpu())
     return torch.cat(out).permute(0, 2, 3, 1).numpy()
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     env, cfg, generator, pipe, heldout = heldout_probe_setup(args)
     images, labels = load("test", args.data)
     n = 100 if args.quick else args.images
-    real = to_rgb32(images[:n])                                      # N×3×32×32 in [0, 1]
+    real = to_rgb32(images[:n])  # N×3×32×32 in [0, 1]
     labels = labels[:n]
     recon = reconstruct(pipe.vae, real)
     real_hwc = real.transpose(0, 2, 3, 1)
@@ -62,13 +62,22 @@ def main(argv: list[str] | None = None) -> dict:
         result[fine] = {"images": int(m.sum()), "real_top1": a, "recon_top1": b, "mse": mse}
         rows.append([fine, int(m.sum()), a, b, mse])
     # means over all images, weighted from the per-class scores (no second pass of the classifier)
-    real_mean, recon_mean = (sum(r[key] * r["images"] for r in result.values()) / n
-                             for key in ("real_top1", "recon_top1"))
+    real_mean, recon_mean = (
+        sum(r[key] * r["images"] for r in result.values()) / n for key in ("real_top1", "recon_top1")
+    )
     mse_mean = float(np.mean((recon - real_hwc) ** 2))
     rows.append(["**all**", n, real_mean, recon_mean, mse_mean])
     print(markdown_table(["class", "images", "real top-1 %", "reconstruction top-1 %", "reconstruction MSE"], rows))
-    out = {"environment": env, "generator": generator, "classifier": cfg.eval_classifier, "images": n,
-           "per_class": result, "real_top1": real_mean, "recon_top1": recon_mean, "mse": mse_mean}
+    out = {
+        "environment": env,
+        "generator": generator,
+        "classifier": cfg.eval_classifier,
+        "images": n,
+        "per_class": result,
+        "real_top1": real_mean,
+        "recon_top1": recon_mean,
+        "mse": mse_mean,
+    }
     save_results(args.out, out)
     return out
 

@@ -9,8 +9,8 @@ token has too little say over the images (the generator's limit, not the optimis
 `--fresh-images` new-seed images per class with the plain prompt and with the learned token, and reports the
 guide's top-1 on both.
 
-    python benchmarks/probe_capacity.py --quick
-    python benchmarks/probe_capacity.py --out results/capacity.json      # 4 classes: ≈ 10 min on 2 shared cores
+    python research/probe_capacity.py --quick
+    python research/probe_capacity.py --out results/capacity.json      # 4 classes: ≈ 10 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, probe_setup, save_results,
-                               setup, toy_config, top1)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    probe_setup,
+    save_results,
+    setup,
+    top1,
+    toy_config,
+)
 
 FRESH_SEED = 2_000_003
 
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels, classes, pipe, guide, indices = probe_setup(cfg, args)
 
     class FixedNoiseLearner(TokenLearner):
-        def _noise(self, s):                     # every step draws the noise of step 0
+        def _noise(self, s):  # every step draws the noise of step 0
             step, s.step = s.step, 0
             try:
                 return super()._noise(s)
@@ -77,23 +85,53 @@ def main(argv: list[str] | None = None) -> dict:
         scores = {}
         for kind, token in (("plain", ""), ("token", labels.token(c))):
             prompt = format_prompt(template, token, c.name)
-            images = np.concatenate([generate_images(pipe, [prompt] * len(chunk), chunk, cfg.generate)
-                                     for chunk in (seeds[i:i + cfg.generate.batch_size]
-                                                   for i in range(0, len(seeds), cfg.generate.batch_size))])
+            images = np.concatenate(
+                [
+                    generate_images(pipe, [prompt] * len(chunk), chunk, cfg.generate)
+                    for chunk in (
+                        seeds[i : i + cfg.generate.batch_size] for i in range(0, len(seeds), cfg.generate.batch_size)
+                    )
+                ]
+            )
             scores[kind] = top1(guide, images, [indices[c.position]] * len(images))
         last = history[-5:]
-        result = {"class": c.name, "fixed_prob_start": history[0]["target_prob"],
-                  "fixed_prob_end": float(np.mean([h["target_prob"] for h in last])),
-                  "fixed_accuracy_end": float(np.mean([h["accuracy"] for h in last])) * 100,
-                  "token_norm": [history[0]["token_norm"], history[-1]["token_norm"]],
-                  "fresh_plain_top1": scores["plain"], "fresh_token_top1": scores["token"]}
+        result = {
+            "class": c.name,
+            "fixed_prob_start": history[0]["target_prob"],
+            "fixed_prob_end": float(np.mean([h["target_prob"] for h in last])),
+            "fixed_accuracy_end": float(np.mean([h["accuracy"] for h in last])) * 100,
+            "token_norm": [history[0]["token_norm"], history[-1]["token_norm"]],
+            "fresh_plain_top1": scores["plain"],
+            "fresh_token_top1": scores["token"],
+        }
         results.append(result)
-        rows.append([c.name, result["fixed_prob_start"], result["fixed_prob_end"], result["fixed_accuracy_end"],
-                     scores["plain"], scores["token"]])
-    print(f"{steps} steps on one fixed batch of {cfg.learn.batch_size} seeds per class, lr {cfg.learn.lr}; "
-          f"fresh seeds: {fresh} images per class")
-    print(markdown_table(["class", "fixed batch: target prob, step 1", "last 5 steps", "top-1 % last 5",
-                          "fresh: plain top-1 %", "fresh: token top-1 %"], rows))
+        rows.append(
+            [
+                c.name,
+                result["fixed_prob_start"],
+                result["fixed_prob_end"],
+                result["fixed_accuracy_end"],
+                scores["plain"],
+                scores["token"],
+            ]
+        )
+    print(
+        f"{steps} steps on one fixed batch of {cfg.learn.batch_size} seeds per class, lr {cfg.learn.lr}; "
+        f"fresh seeds: {fresh} images per class"
+    )
+    print(
+        markdown_table(
+            [
+                "class",
+                "fixed batch: target prob, step 1",
+                "last 5 steps",
+                "top-1 % last 5",
+                "fresh: plain top-1 %",
+                "fresh: token top-1 %",
+            ],
+            rows,
+        )
+    )
     out = {"environment": env, "steps": steps, "fresh_images": fresh, "classes": results}
     save_results(args.out, out)
     return out

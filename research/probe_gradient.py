@@ -9,8 +9,8 @@ gradient on the same draw (near 1: it stands in for the chain; near 0: it points
 cosine between its gradients on different draws (how consistent a direction a 10-image batch gives).
 Uses TokenLearner.losses, i.e. exactly the learner's code.
 
-    python benchmarks/probe_gradient.py                                  # the toy preset's learner sampler
-    python benchmarks/probe_gradient.py --steps 5 --steps-offset 150     # another learning sampler
+    python research/probe_gradient.py                                  # the toy preset's learner sampler
+    python research/probe_gradient.py --steps 5 --steps-offset 150     # another learning sampler
 """
 
 from __future__ import annotations
@@ -28,8 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (add_common_arguments, markdown_table, print_environment, probe_setup, save_results,
-                               setup, toy_config)
+from benchmarks.common import (
+    add_common_arguments,
+    markdown_table,
+    print_environment,
+    probe_setup,
+    save_results,
+    setup,
+    toy_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,41 +62,54 @@ def main(argv: list[str] | None = None) -> dict:
         learn["steps_offset"] = args.steps_offset
     cfg = toy_config(args, learn=learn)
     n_steps = cfg.learn.num_inference_steps
-    modes = {"last step": {"objective": "final", "grad_steps": 1},
-             "whole chain": {"objective": "final", "grad_steps": n_steps},
-             "x0 every step": {"objective": "x0", "grad_steps": n_steps}}
+    modes = {
+        "last step": {"objective": "final", "grad_steps": 1},
+        "whole chain": {"objective": "final", "grad_steps": n_steps},
+        "x0 every step": {"objective": "x0", "grad_steps": n_steps},
+    }
     draws = 2 if args.quick else args.draws
     labels, classes, pipe, guide, indices = probe_setup(cfg, args)
     learner = TokenLearner(pipe, guide, labels, indices, cfg.learn, "/nonexistent")
     rows, results = [], []
     for entry in learner.prepare(classes):
         state = learner.new_state(*entry)
-        learner.injector.vectors = {state.token_id: state.embedding}     # this class alone
+        learner.injector.vectors = {state.token_id: state.embedding}  # this class alone
         grads: dict[str, list[torch.Tensor]] = {}
         for name, mode in modes.items():
             learner.cfg = dataclasses.replace(cfg.learn, **mode)
             grads[name] = []
             for draw in range(draws):
-                state.step = draw                                       # the learner's noise of step `draw`
+                state.step = draw  # the learner's noise of step `draw`
                 per_sample, _, _ = learner.losses([state])
                 grads[name].append(torch.autograd.grad(per_sample.mean(), state.embedding)[0])
         for name, gs in grads.items():
-            result = {"class": state.cls.name, "gradient": name,
-                      "norm": float(np.mean([float(g.norm()) for g in gs])),
-                      "cosine_with_chain": float(np.mean([float(F.cosine_similarity(g, c, 0))
-                                                          for g, c in zip(gs, grads["whole chain"])])),
-                      "cosine_across_draws": float(np.mean([float(F.cosine_similarity(a, b, 0))
-                                                            for a, b in itertools.combinations(gs, 2)]))}
+            result = {
+                "class": state.cls.name,
+                "gradient": name,
+                "norm": float(np.mean([float(g.norm()) for g in gs])),
+                "cosine_with_chain": float(
+                    np.mean([float(F.cosine_similarity(g, c, 0)) for g, c in zip(gs, grads["whole chain"])])
+                ),
+                "cosine_across_draws": float(
+                    np.mean([float(F.cosine_similarity(a, b, 0)) for a, b in itertools.combinations(gs, 2)])
+                ),
+            }
             results.append(result)
-            rows.append([state.cls.name, name, result["norm"], result["cosine_with_chain"],
-                         result["cosine_across_draws"]])
+            rows.append(
+                [state.cls.name, name, result["norm"], result["cosine_with_chain"], result["cosine_across_draws"]]
+            )
     learner.injector.remove()
     learner.scheduler.set_timesteps(n_steps)
     ts = learner.scheduler.timesteps.tolist()
-    print(f"learning sampler: DDIM {n_steps} steps, t = {ts[0]} … {ts[-1]}; {draws} noise draws × "
-          f"{cfg.learn.batch_size} images per class")
-    print(markdown_table(["class", "gradient", "‖g‖ (mean)", "cos with whole chain (same draw)",
-                          "cos across draws"], rows))
+    print(
+        f"learning sampler: DDIM {n_steps} steps, t = {ts[0]} … {ts[-1]}; {draws} noise draws × "
+        f"{cfg.learn.batch_size} images per class"
+    )
+    print(
+        markdown_table(
+            ["class", "gradient", "‖g‖ (mean)", "cos with whole chain (same draw)", "cos across draws"], rows
+        )
+    )
     out = {"environment": env, "timesteps": ts, "draws": draws, "classes": results}
     save_results(args.out, out)
     return out

@@ -6,8 +6,8 @@ Fashion-MNIST class with three plain prompts, "a photo of a {word}", where word 
 word ("top"), on the same seeds, and reports the held-out classifier's top-1 per class. A class that no word
 reaches is out of reach of a learned token too; a class the name already reaches leaves it little to add.
 
-    python benchmarks/probe_words.py --quick
-    python benchmarks/probe_words.py --generator runs/gen2 --out runs/bench/words-gen2.json   # ≈ 4 min
+    python research/probe_words.py --quick
+    python research/probe_words.py --generator runs/gen2 --out runs/bench/words-gen2.json   # ≈ 4 min
 """
 
 from __future__ import annotations
@@ -49,8 +49,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [[fine] + [acc[k][y] for k in words] for y, fine in enumerate(FINE_NAMES)]
     rows.append(["**mean**"] + [float(np.mean(acc[k])) for k in words])
     print(markdown_table(["class"] + [f"{k} (held-out top-1 %)" for k in words], rows))
-    out = {"environment": env, "generator": generator, "classifier": cfg.eval_classifier, "images_per_class": n,
-           "seed": SEED, "top1": acc, "words": {k: [w(f) for f in FINE_NAMES] for k, w in words.items()}}
+    out = {
+        "environment": env,
+        "generator": generator,
+        "classifier": cfg.eval_classifier,
+        "images_per_class": n,
+        "seed": SEED,
+        "top1": acc,
+        "words": {k: [w(f) for f in FINE_NAMES] for k, w in words.items()},
+    }
     save_results(args.out, out)
     return out
 
