@@ -8,8 +8,6 @@ The string `{toy}` in any value expands to the directory of the toy world's comm
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +63,37 @@ class LearnConfig:
     # bounds that part's memory whatever the UNet batch
     checkpoint_every: int = 1  # save the learner's state every N steps (augment.resume); 0: never
 
+    def validate(self) -> None:
+        """Every value a run could trip on later, checked before any model is loaded (UserError)."""
+        from augment.prompting import check_templates
+        from augment.sampling import check_scheduler
+
+        check_templates(self.prompts, need_token=True)
+        mcs = self.max_classes_per_step
+        if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
+            raise UserError(f"learn.max_classes_per_step must be a whole number or auto, got {mcs!r}")
+        whole = ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch")
+        for key in whole + (("max_classes_per_step",) if mcs != "auto" else ()):
+            if getattr(self, key) < 1:
+                raise UserError(f"learn.{key} must be ≥ 1, got {getattr(self, key)}")
+        choices = {
+            "timestep_spacing": (None, "leading", "trailing", "linspace"),
+            "objective": ("final", "x0"),
+            "noise": ("fresh", "fixed"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                names = " or ".join(str(a) for a in allowed if a is not None)
+                raise UserError(f"learn.{key} must be {names}, got {getattr(self, key)!r}")
+        if self.steps_offset is not None and self.steps_offset < 0:
+            raise UserError(f"learn.steps_offset must be ≥ 0, got {self.steps_offset}")
+        if not 0 < self.stop_accuracy <= 1:
+            raise UserError(f"learn.stop_accuracy must be in (0, 1], got {self.stop_accuracy}")
+        for key in ("checkpoint_every", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise UserError(f"learn.{key} must be ≥ 0, got {getattr(self, key)}")
+        check_scheduler(self.scheduler, "learn.scheduler")
+
 
 @dataclass
 class GenerateConfig:
@@ -85,6 +114,21 @@ class GenerateConfig:
     refine: str | None = None  # None | "date"
     refine_options: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Every value generation could trip on later, checked before any model is loaded (UserError)."""
+        from augment.date import refine_options
+        from augment.prompting import check_templates
+        from augment.sampling import check_scheduler
+
+        check_templates(self.prompts)
+        for key in ("batch_size", "num_inference_steps", "images_per_class", "shard_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"generate.{key} must be ≥ 1, got {getattr(self, key)}")
+        if self.image_format not in ("jpg", "png"):
+            raise UserError(f"generate.image_format must be jpg or png, got {self.image_format!r}")
+        check_scheduler(self.scheduler, "generate.scheduler")
+        refine_options(self.refine, self.refine_options)
+
 
 @dataclass
 class RunConfig:
@@ -98,13 +142,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def hash(self, *sections: str) -> str:
-        """A short stable hash of the named top-level keys (all when none named)."""
-        d = self.to_dict()
-        keys = sections or tuple(d)
-        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def list_presets() -> list[str]:

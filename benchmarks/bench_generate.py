@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = run_cfg.generate
     from augment.generate import generate_images, generate_units, image_prompt
     from augment.generator import load_generator, resolve_device
-    from augment.shards import image_seed, load_samples, sample_key
+    from augment.shards import config_hash, image_seed, load_samples, sample_key
 
     device = resolve_device(args.device)
     labels = read_labels(args.labels)
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         t0 = time.perf_counter()
-        generate_units(ours, labels, None, cfg, units, Path(tmp) / "augment", run_cfg.hash("generator", "generate"))
+        chash = config_hash({"generator": run_cfg.generator, "generate": run_cfg.to_dict()["generate"]})
+        generate_units(ours, labels, None, cfg, units, Path(tmp) / "augment", chash)
         t_ours = time.perf_counter() - t0
 
         plain_dir = Path(tmp) / "plain"

@@ -41,8 +41,8 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
     from augment import shards
     from augment.card import write_card
     from augment.claims import ClaimBoard, ClaimQueue
-    from augment.commands.common import update_manifest
     from augment.labels import read_label_set
+    from augment.runs import update_manifest
     from augment.tokens_io import is_learned, save_token
     from augment.verify import verify_run
 
@@ -128,8 +128,8 @@ def main() -> None:
         "MANIFEST_EVERY seconds as generate does now",
     )
     args = ap.parse_args()
-    from augment.commands.common import versions
-    from augment.commands.generate import MANIFEST_EVERY as every
+    from augment.jobs.generate import MANIFEST_EVERY as every
+    from augment.runs import versions
 
     versions()  # imports diffusers and transformers once, outside the timings (the manifest records versions)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_config_arguments, resolve_config
-from augment.commands.generate import add_generate_arguments, apply_refine_arguments, generate
-from augment.commands.learn import add_learn_arguments, learn
+from augment.commands.common import add_config_arguments, resolve_config, workers_from
+from augment.commands.generate import add_generate_arguments, apply_refine_arguments
+from augment.commands.learn import add_learn_arguments
+from augment.labels import read_label_set
 
 LEARN_ONLY = {
     "init_word": "init_word",
@@ -41,51 +42,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from augment.jobs.build import build
+
     overrides = {f"learn.{v}": getattr(args, k) for k, v in LEARN_ONLY.items()}
     overrides.update({f"{s}.{k}": getattr(args, k) for k in SHARED for s in ("learn", "generate")})
     overrides.update({f"generate.{k}": getattr(args, k) for k in GENERATE_ONLY})
     cfg = resolve_config(args, overrides)
     apply_refine_arguments(args, cfg.generate)  # a bad refine option fails before learning
-    args.no_tokens = False
+    result = build(args.labels, args.out, cfg, workers=workers_from(args), wait_tokens=args.wait_tokens,
+                   overwrite=args.overwrite, score=args.score, dry_run=args.dry_run,
+                   progress=not args.no_progress)  # fmt: skip
     if args.dry_run:
-        from augment.labels import read_label_set
-        from augment.tokens_io import is_learned
-
-        labels = read_label_set(args.labels)
-        pending = [c for c in labels.classes if not is_learned(args.out, c)]
-        print(f"learn: {len(labels)} classes, {len(pending)} pending")
-        if pending:
+        print(f"learn: {len(read_label_set(args.labels))} classes, {result.pending_classes} pending")
+        if result.pending_classes:
             return 0
     else:
-        learn(args, cfg)
-        wait_for_tokens(args)
-    generate(args, cfg, tokens=args.out)
+        if result.learn.note:
+            print(f"augment: note: {result.learn.note}", file=sys.stderr)
+        print(result.learn.summary())
+    print(result.generate.summary(args.out))
     return 0
-
-
-def wait_for_tokens(args: argparse.Namespace, poll: float = 5.0) -> None:
-    """Block until every class of the label set has its token in OUT (other workers learn theirs), or fail
-    with one line after --wait-tokens seconds."""
-    import time
-
-    from augment.errors import UserError
-    from augment.labels import read_label_set
-    from augment.tokens_io import is_learned
-
-    labels = read_label_set(args.labels)
-    deadline = time.time() + args.wait_tokens
-    shown = False
-    while True:
-        missing = [c for c in labels.classes if not is_learned(args.out, c)]
-        if not missing:
-            return
-        if time.time() >= deadline:
-            raise UserError(
-                f"{args.out}: {len(missing)} class(es) still without a token after waiting "
-                f"{args.wait_tokens:.0f} s (e.g. {missing[0].name!r}); are the other workers running? "
-                "rerun build once they have learned"
-            )
-        if not shown:
-            print(f"waiting for {len(missing)} token(s) from the other workers", file=sys.stderr, flush=True)
-            shown = True
-        time.sleep(min(poll, max(deadline - time.time(), 0.0)))

@@ -1,7 +1,7 @@
 """Score a generated set: held-out classifier top-1/top-5 per class, and FID/KID against a reference set.
 
 The classifier is --classifier, else the config's eval_classifier (`--preset toy`: the toy world's held-out
-classifier). --reference is another shards directory or a dataset spec (`downstream.datasets`, e.g.
+classifier). --reference is another shards directory or a dataset spec (`augment.datasets`, e.g.
 `fashion-mnist`, `cub:DIR`; add `:train` for the train split, the test split is the default). FID/KID features
 come from --features: `inception` (needs torch-fidelity and its weights) or any classifier spec's penultimate
 layer; by default inception when available, else the classifier's own. The extractor is always named in the
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,124 +45,21 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    from augment.shards import tar_files
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The report of augment.score_set for the parsed options, with the command that made it."""
+    from augment.config import load_config
+    from augment.jobs.score import score_set
 
-    if not args.shards.is_dir():
-        raise UserError(f"--shards {args.shards}: no such directory")
-    if not tar_files(args.shards):
-        raise UserError(f"--shards {args.shards}: no .tar shards in it or in its shards/ folder")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    if args.reference_limit is not None and args.reference_limit < 2:
-        raise UserError(f"--reference-limit must be ≥ 2, got {args.reference_limit}")
-    if (args.features or args.reference_limit) and not args.reference:
-        raise UserError("--features and --reference-limit are for FID/KID and need --reference")
     if args.out is not None:
         parent = args.out.parent if str(args.out.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise UserError(f"--out {args.out}: {parent} is not a writable directory")
         if args.out.is_dir():
             raise UserError(f"--out {args.out}: is a directory, expected a .json file path")
-
-
-def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device):
-    """(module or Guide, name) for FID/KID features; default: inception when it loads, else the classifier."""
-    from augment.evaluate import INCEPTION, InceptionFeatures
-    from augment.guide import load_guide
-
-    if spec in (None, INCEPTION):
-        try:
-            return InceptionFeatures().to(device), "inception (torchmetrics InceptionV3, 2048-d pool features)"
-        except UserError:
-            if spec == INCEPTION:
-                raise
-    spec = spec or classifier_spec
-    guide = classifier if spec == classifier_spec else load_guide(spec, device)
-    return guide, f"{spec} (penultimate layer)"
-
-
-def _progress(total: int, desc: str, disable: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=disable, dynamic_ncols=True)
-
-
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Check every input cheaply, then score the shards and (with --reference) compute FID/KID."""
-    import torch
-
-    from augment import evaluate as ev
-    from augment.config import load_config
-    from augment.generator import resolve_device
-    from augment.guide import load_guide
-
-    _check_args(args)
-    labels = ev.shard_label_set(args.shards)
-    cfg = load_config(args.preset, args.config, {})
-    spec = args.classifier or cfg.eval_classifier
-    if not spec:
-        raise UserError("no classifier: pass --classifier SPEC, or a --preset/--config with eval_classifier")
-    device = resolve_device(args.device or cfg.device)
-    classifier = load_guide(spec, device)
-    features, feature_name, reference = None, None, None
-    if args.reference:
-        features, feature_name = _feature_extractor(args.features, classifier, spec, device)
-        reference = ev.reference_images(args.reference, labels, args.reference_limit)
-
-    t0 = time.time()
-    with _progress(ev.shard_count(args.shards), "scoring", args.no_progress) as bar:
-        result = ev.score_shards(
-            args.shards, classifier, labels, features=features, batch_size=args.batch_size, on_images=bar.update
-        )
-    report: dict[str, Any] = {
-        "shards": str(args.shards),
-        "classifier": spec,
-        "images": result.images,
-        "topk": result.topk,
-        "classes": [
-            {
-                "position": c.position,
-                "name": c.name,
-                "classifier_index": c.classifier_index,
-                "n": c.n,
-                "top1": c.top1 if c.n else None,
-                "top5": c.top5 if c.n else None,
-            }
-            for c in result.classes
-        ],
-        **result.means(),
-    }
-    if reference is not None:
-        count, images = reference
-        with _progress(count, "reference", args.no_progress) as bar:
-            real, real_classes = ev.extract_features(images, features, device, args.batch_size, on_images=bar.update)
-        fake, fake_classes = torch.cat(result.features), torch.cat(result.feature_classes)
-        report.update(
-            {
-                "reference": args.reference,
-                "reference_images": len(real),
-                "features": {"name": feature_name, "dim": int(fake.shape[1])},
-                **ev.fid_kid(fake, real),
-            }
-        )
-        pr = ev.per_class_precision_recall(fake, fake_classes, real, real_classes, len(labels))
-        for row, scores in zip(report["classes"], pr):
-            row.update(scores or {"precision": None, "recall": None})
-        scored = [s for s in pr if s]
-        report["precision_recall"] = {
-            "k": ev.PR_K,
-            "classes": len(scored),
-            **({key: sum(s[key] for s in scored) / len(scored) for key in ("precision", "recall")} if scored else {}),
-        }
-    report.update(
-        {
-            "seconds": round(time.time() - t0, 2),
-            "command": command_line(args),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-    )
-    return report
+    report = score_set(args.shards, load_config(args.preset, args.config, {}), classifier=args.classifier,
+                       reference=args.reference, reference_limit=args.reference_limit, features=args.features,
+                       batch_size=args.batch_size, device=args.device, progress=not args.no_progress)  # fmt: skip
+    return {**report, "command": command_line(args)}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -204,7 +100,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from augment.commands.common import versions
+    from augment.runs import versions
 
     report = evaluate(args)
     report["versions"] = versions()

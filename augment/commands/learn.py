@@ -7,21 +7,9 @@ learned in OUT are skipped, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
-import time
 
-from augment.commands.common import (
-    add_config_arguments,
-    check_out_dir,
-    claim_board,
-    lock_worker_slot,
-    resolve_config,
-    update_manifest,
-    waiting_note,
-    worker_slot,
-)
+from augment.commands.common import add_config_arguments, resolve_config, workers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,137 +55,17 @@ LEARN_FLAGS = (
 )
 
 
-def learn(args: argparse.Namespace, cfg=None) -> dict:
-    """Validate everything cheap first, then load models and learn the pending classes of this worker."""
-    from augment.labels import match_to_guide, read_label_set
-    from augment.prompting import check_templates
-    from augment.tokens_io import is_learned
+def learn(args: argparse.Namespace, cfg=None):
+    """`augment learn` (and build's first stage): the config from the flags, then augment.learn_tokens."""
+    from augment.jobs.learn import learn_tokens
 
-    labels = read_label_set(args.labels)  # 1. label set, before any model
     cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
-    check_templates(cfg.learn.prompts, need_token=True)
-    check_learn_config(cfg.learn)
-    index, count = worker_slot(args.worker_index, args.num_workers)
-    check_out_dir(args.out)
-    board = claim_board(args, "learn", index)  # claim mode: every class is anyone's
-    mine = list(labels.classes) if board else list(labels.classes)[index::count]
-    pending = [c for c in mine if not is_learned(args.out, c)]
-    from augment.resume import checkpoint_path
-
-    if not pending and not checkpoint_path(args.out, (index, count)).is_file():
-        print(f"all {len(mine)} classes of this worker already learned in {args.out}")
-        return {"learned": 0, "seconds": 0.0}
-
-    from augment.fingerprint import source_identity
-    from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
-    from augment.guide import load_guide
-    from augment.resume import LearnerCheckpoint, learn_fingerprint
-    from augment.tokens import TokenLearner
-
-    device = resolve_device(cfg.device)
-    guide = load_guide(cfg.guide, device)  # 2. guide: names and index range
-    guide_indices = match_to_guide(labels, guide.labels)
-    pipe = load_generator(cfg.generator, device, cfg.dtype)  # 3. generator
-    info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    lock_worker_slot(args.out, index, count)
-    update_manifest(
-        args.out,
-        "learn",
-        {
-            "labels": labels.names(),
-            "label_file": str(args.labels),
-            "config": cfg.to_dict(),
-            **info,
-            "worker": [index, count],
-            "claim": board is not None,
-        },
-    )
-    learner = TokenLearner(pipe, guide, labels, guide_indices, cfg.learn, args.out, info)
-    checkpoint = LearnerCheckpoint(
-        args.out,
-        (index, count),
-        learn_fingerprint(cfg.learn, labels, source_identity(cfg.guide), info["text_encoder"]),
-        device,
-        pipe.unet.dtype,
-    )
-    t0 = time.time()
-    with progress_bar(len(pending), args.no_progress) as bar, board or contextlib.nullcontext():
-
-        def report(p: dict) -> None:
-            bar.n = p["done"]
-            acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
-            bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
-
-        feed = None
-        if board is not None:
-            from augment.claims import ClaimQueue
-
-            feed = ClaimQueue(
-                board, mine, key=lambda c: c.slug, done=lambda c: is_learned(args.out, c), on_wait=waiting_note()
-            )
-        results = learner.run(mine, report, checkpoint, getattr(args, "overwrite", False), feed=feed)
-    if board is not None:  # a dead worker's checkpoint, its classes finished by others
-        from augment.resume import clear_finished
-
-        by_pos = {c.position: c for c in labels.classes}
-        clear_finished(args.out, lambda p: p in by_pos and is_learned(args.out, by_pos[p]))
-    seconds = time.time() - t0
-    if checkpoint.note:
-        print(f"augment: note: {checkpoint.note}", file=sys.stderr)
-        update_manifest(
-            args.out,
-            "learn",
-            {**json.loads((args.out / "manifest.json").read_text())["learn"], "resume": checkpoint.note},
-        )
-    accs = [m["final_accuracy"] for m in results.values()]
-    print(
-        f"learned {len(results)} token(s) in {seconds:.1f} s ({seconds / max(len(results), 1):.1f} s/class); "
-        f"mean steps {sum(m['steps'] for m in results.values()) / max(len(results), 1):.1f}, "
-        f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%"
-    )
-    return {"learned": len(results), "seconds": seconds}
-
-
-def check_learn_config(c) -> None:
-    """Every LearnConfig value a run could trip on later, checked before any model is loaded (UserError)."""
-    from augment.sampling import check_scheduler
-
-    mcs = c.max_classes_per_step
-    if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
-        raise_user(f"learn.max_classes_per_step must be a whole number or auto, got {mcs!r}")
-    for key in ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch") + (
-        ("max_classes_per_step",) if mcs != "auto" else ()
-    ):
-        if getattr(c, key) < 1:
-            raise_user(f"learn.{key} must be ≥ 1, got {getattr(c, key)}")
-    if c.timestep_spacing not in (None, "leading", "trailing", "linspace"):
-        raise_user(f"learn.timestep_spacing must be leading, trailing or linspace, got {c.timestep_spacing!r}")
-    if c.steps_offset is not None and c.steps_offset < 0:
-        raise_user(f"learn.steps_offset must be ≥ 0, got {c.steps_offset}")
-    if c.objective not in ("final", "x0"):
-        raise_user(f"learn.objective must be final or x0, got {c.objective!r}")
-    if c.noise not in ("fresh", "fixed"):
-        raise_user(f"learn.noise must be fresh or fixed, got {c.noise!r}")
-    if not 0 < c.stop_accuracy <= 1:
-        raise_user(f"learn.stop_accuracy must be in (0, 1], got {c.stop_accuracy}")
-    if c.checkpoint_every < 0:
-        raise_user(f"learn.checkpoint_every must be ≥ 0, got {c.checkpoint_every}")
-    if c.weight_decay < 0:
-        raise_user(f"learn.weight_decay must be ≥ 0, got {c.weight_decay}")
-    check_scheduler(c.scheduler, "learn.scheduler")
-
-
-def raise_user(msg: str):
-    from augment.errors import UserError
-
-    raise UserError(msg)
-
-
-def progress_bar(total: int, disable: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="class", desc="learning tokens", disable=disable, dynamic_ncols=True)
+    result = learn_tokens(args.labels, args.out, cfg, workers=workers_from(args),
+                          overwrite=getattr(args, "overwrite", False), progress=not args.no_progress)  # fmt: skip
+    if result.note:
+        print(f"augment: note: {result.note}", file=sys.stderr)
+    print(result.summary())
+    return result
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,82 @@
+"""`build`: learn a token per class, then generate the set with them, into one OUT directory.
+
+Equivalent to `learn_tokens` followed by `generate_set(tokens=OUT)`; both skip finished work, so rerunning
+an interrupted build continues it. With several workers every worker learns its share of classes, waits
+until every class's token is in OUT (polling the shared directory: no process group needed), then generates
+its share of shards. In claim mode the learner itself waits for, or takes over, the classes others hold.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from augment.config import RunConfig
+from augment.errors import UserError
+from augment.jobs.generate import GenerateResult, generate_set
+from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
+from augment.labels import LabelSet
+from augment.runs import Workers
+
+
+@dataclass
+class BuildResult:
+    learn: LearnResult
+    generate: GenerateResult
+    pending_classes: int = 0  # dry run: classes still without a token (generation is not planned then)
+
+
+def build(
+    labels: str | Path | LabelSet,
+    out: str | Path,
+    config: RunConfig,
+    *,
+    workers: Workers | None = None,
+    wait_tokens: float = 6 * 3600.0,
+    overwrite: bool = False,
+    score: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Learn this worker's tokens, wait (up to `wait_tokens` seconds) for the other workers' tokens, then
+    generate this worker's shards. `overwrite` applies to both stages."""
+    labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
+    config.learn.validate()
+    config.generate.validate()  # a bad generate option fails before learning
+    if dry_run:
+        from augment.tokens_io import is_learned
+
+        pending = sum(not is_learned(out, c) for c in labels.classes)
+        if pending:
+            return BuildResult(LearnResult(pending=pending), GenerateResult(dry_run=True), pending)
+        learned = LearnResult()
+    else:
+        learned = learn_tokens(labels, out, config, workers=workers, overwrite=overwrite, progress=progress)
+        wait_for_tokens(out, labels, wait_tokens)
+    made = generate_set(labels, out, config, tokens=out, workers=workers, overwrite=overwrite, score=score,
+                        dry_run=dry_run, progress=progress)  # fmt: skip
+    return BuildResult(learned, made)
+
+
+def wait_for_tokens(out: Path, labels: LabelSet, timeout: float, poll: float = 5.0) -> None:
+    """Block until every class of the label set has its token in OUT (other workers learn theirs), or fail
+    with one line after `timeout` seconds."""
+    from augment.tokens_io import is_learned
+
+    deadline = time.time() + timeout
+    shown = False
+    while True:
+        missing = [c for c in labels.classes if not is_learned(out, c)]
+        if not missing:
+            return
+        if time.time() >= deadline:
+            raise UserError(
+                f"{out}: {len(missing)} class(es) still without a token after waiting {timeout:.0f} s "
+                f"(e.g. {missing[0].name!r}); are the other workers running? rerun build once they have learned"
+            )
+        if not shown:
+            print(f"waiting for {len(missing)} token(s) from the other workers", file=sys.stderr, flush=True)
+            shown = True
+        time.sleep(min(poll, max(deadline - time.time(), 0.0)))

@@ -1,0 +1,236 @@
+"""`generate_set`: a synthetic training set in webdataset shards, with learned tokens or plain prompts.
+
+Writes OUT/shards/<set>-c{class:04d}-{shard:04d}.{tar,json}, OUT/manifest.json and, once every unit exists,
+OUT/_info.json and the dataset card. Finished units are skipped, so an interrupted run continues where it
+stopped; workers take every N-th unit, or claim units as they go (augment.claims).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from augment.config import RunConfig
+from augment.errors import UserError
+from augment.jobs.learn import as_label_set
+from augment.labels import LabelSet
+from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
+
+MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
+
+
+@dataclass
+class GenerateResult:
+    """What one `generate_set` call did (this worker's share), or with `dry_run` what it would do."""
+
+    units: int = 0  # shards written by this call
+    images: int = 0
+    seconds: float = 0.0
+    complete: bool = False  # every unit of the set exists (_info.json and the card are written)
+    total_units: int = 0
+    done_units: int = 0  # units finished before this call (all workers)
+    mine_units: int = 0  # units this worker takes (static split) or may take (claim mode: all)
+    pending: list[Any] | None = None  # this worker's pending units (static split; None in claim mode)
+    dry_run: bool = False
+    worker: tuple[int, int] = (0, 1)
+
+    def summary(self, out: str | Path = "OUT") -> str:
+        if self.dry_run:
+            index, count = self.worker
+            mine = (
+                "claim mode: workers take pending units as they go"
+                if self.pending is None
+                else f"this worker ({index}/{count}): {self.mine_units} units, "
+                f"{len(self.pending)} pending, {sum(u.count for u in self.pending)} images"
+            )
+            return (
+                f"units: total {self.total_units}, done {self.done_units}, "
+                f"pending {self.total_units - self.done_units}; {mine}"
+            )
+        if not self.units and not self.seconds:
+            return f"all {self.mine_units} units of this worker already done in {out}"
+        return (
+            f"generated {self.images} images in {self.units} shard(s) in {self.seconds:.1f} s "
+            f"({self.images / max(self.seconds, 1e-9):.2f} img/s)"
+            + ("" if self.complete else "; other units still pending")
+        )
+
+
+def tokens_digest(root: Path, labels: LabelSet) -> str:
+    """sha256 over every class's learned embedding file: a changed token changes the config hash."""
+    from augment.tokens_io import WEIGHTS, token_dir
+
+    h = hashlib.sha256()
+    for c in labels.classes:
+        h.update((token_dir(root, c) / WEIGHTS).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
+    """The run directory holding tokens/ for every class (checked before any model is loaded)."""
+    from augment.tokens_io import is_learned
+
+    tokens = Path(tokens)
+    if not tokens.is_dir():
+        raise UserError(f"tokens directory {tokens} does not exist")
+    root = tokens.parent if tokens.name == "tokens" and not (tokens / "tokens").is_dir() else tokens
+    missing = [c.name for c in labels.classes if not is_learned(root, c)]
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        raise UserError(f"{root}: no learned token for {len(missing)} class(es): {', '.join(missing[:5])}{more}")
+    return root
+
+
+def generate_set(
+    labels: str | Path | LabelSet,
+    out: str | Path,
+    config: RunConfig,
+    *,
+    tokens: str | Path | None = None,
+    workers: Workers | None = None,
+    overwrite: bool = False,
+    score: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> GenerateResult:
+    """Generate this worker's pending units of the set into OUT. `tokens`: a learn/build output directory
+    (None: plain prompts, the baseline, same seeds). `score` records the guide's probability of each image
+    (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
+    another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
+    from augment import shards
+    from augment.fingerprint import source_identity
+
+    labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
+    g.validate()
+    units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size)
+    root = None if tokens is None else tokens_root(tokens, labels)
+    index, count = workers.slot()
+    check_out_dir(out)
+    chash = shards.config_hash(
+        {
+            "generate": {k: v for k, v in config.to_dict()["generate"].items() if k != "batch_size"},
+            "generator": source_identity(config.generator),
+            "labels": labels.names(),
+            "tokens": None if root is None else tokens_digest(root, labels),
+        }
+    )
+    board = claim_board(out, "generate", workers)  # claim mode: every unit is anyone's
+    mine = units if board else units[index::count]
+    pending = [u for u in mine if not shards.unit_done(out, labels.name, u, chash, overwrite)]
+    base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count),
+            "pending": None if board else pending}  # fmt: skip
+    if dry_run:
+        done = sum(shards.unit_done(out, labels.name, u, chash, True) for u in units)
+        return GenerateResult(done_units=done, dry_run=True, **base)
+    if not pending:
+        complete = shards.write_info(out, labels.name, units) is not None
+        return GenerateResult(complete=complete, **base)
+
+    from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
+    from augment.sampling import make_scheduler
+
+    if not progress:
+        quiet_loading()
+    device = resolve_device(config.device)
+    guide = guide_indices = None
+    if score or g.refine is not None:  # DATE's reward is the guide's
+        from augment.guide import load_guide
+        from augment.labels import match_to_guide
+
+        guide = load_guide(config.guide, device)
+        guide_indices = match_to_guide(labels, guide.labels)
+    pipe = load_generator(config.generator, device, config.dtype)
+    pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
+    token_map = None
+    if root is not None:
+        from augment.tokens_io import load_tokens
+
+        token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
+    info = {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
+            "worker": [index, count], "claim": board is not None}  # fmt: skip
+    manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": config.to_dict(),
+                "config_hash": chash, "seeds": shards.SEEDS_RULE, **info}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    lock_worker_slot(out, index, count)
+    result = _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices, manifest,
+                        board, overwrite, progress)  # fmt: skip
+    return GenerateResult(**result, **base)
+
+
+def quiet_loading() -> None:
+    """No loading bars from diffusers/transformers (without progress, stderr stays for errors)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices,
+               manifest: dict[str, Any], board, overwrite: bool, progress: bool) -> dict[str, Any]:  # fmt: skip
+    from tqdm import tqdm
+
+    from augment import shards
+    from augment.generate import generate_units
+
+    work = pending
+    if board is None:
+        shards.remove_stale_tmp(out, labels.name, pending)
+    else:  # claim mode: other workers write their units' .tmp files right now; clean a unit's when claimed
+        work = _claimed(board, labels.name, pending, out, chash, overwrite)
+    done: dict[str, dict] = {}
+    last = [0.0]
+
+    def record(final: bool = False) -> None:
+        if not final and time.time() - last[0] < MANIFEST_EVERY:
+            return  # the markers are the record; the manifest's copy is refreshed at most every few seconds
+        last[0] = time.time()
+        if final:  # rescan: other workers' units too
+            for u in units:
+                m = shards.read_marker(out, labels.name, u)
+                if m is not None and m.get("config_hash") == chash:
+                    done[m["unit"]] = m
+        listed = {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}
+        update_manifest(out, "generate", {**manifest, "shards": listed})
+
+    record(final=True)
+    t0 = time.time()
+    n_units = 0
+    bar = tqdm(total=sum(u.count for u in pending), unit="img", desc="generating", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    with bar, board or contextlib.nullcontext():
+
+        def on_unit(unit, marker) -> None:
+            nonlocal n_units
+            n_units += 1
+            done[marker["unit"]] = marker
+            if board is not None:
+                board.release(marker["unit"])
+            record()
+
+        markers = generate_units(pipe, labels, token_map, config.generate, work, out, chash, guide, guide_indices,
+                                 on_images=bar.update, on_unit=on_unit)  # fmt: skip
+    record(final=True)
+    info_path = shards.write_info(out, labels.name, units)
+    if info_path is not None:
+        from augment.card import write_card
+
+        write_card(out, labels, manifest)
+    return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
+            "complete": info_path is not None}  # fmt: skip
+
+
+def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
+    """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
+    from augment import shards
+    from augment.claims import ClaimQueue
+
+    queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
+                       done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))  # fmt: skip
+    for unit in queue:
+        shards.remove_stale_tmp(out, setname, [unit])
+        yield unit

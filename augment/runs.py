@@ -1,0 +1,142 @@
+"""A run directory (OUT) and the workers sharing it: worker slots, output checks, the worker lock, claim mode,
+the manifest and the versions it records. Used by every job (augment.jobs); no argparse here."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from augment.atomic import write_json
+from augment.errors import UserError
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How this process shares OUT with others. `index`/`count` None: from torchrun's RANK/WORLD_SIZE or a
+    Slurm array, else 0 of 1. `claim`: take units as they come (augment.claims) instead of every count-th."""
+
+    index: int | None = None
+    count: int | None = None
+    claim: bool = False
+    lease: float = 300.0
+
+    def slot(self) -> tuple[int, int]:
+        return worker_slot(self.index, self.count)
+
+    def check(self) -> None:
+        self.slot()
+        if self.claim and not self.lease > 0:
+            raise UserError(f"--lease must be > 0 seconds, got {self.lease}")
+
+
+def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
+    """(index, count) from the flags, else torchrun/accelerate's RANK/WORLD_SIZE, else a Slurm array."""
+    env = os.environ
+    if index is None and count is None:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            index, count = int(env["RANK"]), int(env["WORLD_SIZE"])
+        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    index, count = (index or 0), (count or 1)
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"worker index {index} is not in 0..{count - 1}")
+    return index, count
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output path that can't be a writable directory, before anything is written."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: {existing} is not writable")
+
+
+_HELD: dict[str, Any] = {}  # worker locks this process holds (released by the OS when it exits)
+
+
+def lock_worker_slot(out: Path, index: int, count: int) -> None:
+    """Refuse to run when another live process holds the same worker slot of OUT (two copies of one Slurm
+    task, a doubled launch): they would interleave the same classes and shards. An advisory flock on
+    OUT/.locks/worker-{index}of{count}.lock, released by the OS when its process dies, kill -9 included."""
+    import fcntl
+
+    path = out / ".locks" / f"worker-{index}of{count}.lock"
+    if str(path) in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(
+            f"{out}: another process is running worker {index} of {count} here "
+            f"(lock {path}); give each process its own --worker-index"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()} {platform.node()}\n")
+    f.flush()
+    _HELD[str(path)] = f
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    from augment import __version__
+
+    return {
+        "augment": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def update_manifest(out: Path, section: str, content: dict[str, Any]) -> Path:
+    """Merge one section into OUT/manifest.json (written atomically)."""
+    path = out / "manifest.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data["versions"] = versions()
+    return write_json(path, data)
+
+
+def claim_board(out: Path, stage: str, workers: Workers):
+    """The ClaimBoard of this worker for `stage` (learn, generate) in claim mode, else None."""
+    if not workers.claim:
+        return None
+    workers.check()
+    from augment.claims import ClaimBoard
+
+    return ClaimBoard(out, stage, workers.slot()[0], workers.lease)
+
+
+def waiting_note():
+    """on_wait for a ClaimQueue: one line on stderr the first time this worker waits for others' units."""
+    import sys
+
+    shown = []
+
+    def note(n: int) -> None:
+        if not shown:
+            print(
+                f"waiting for {n} unit(s) other workers hold (taken over if their lease expires)",
+                file=sys.stderr,
+                flush=True,
+            )
+            shown.append(n)
+
+    return note
