@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from augment.errors import UserError
+from augment.images import FileImages, GreyImages, HFImages, ImageSource, Split
 from augment.labels import LabelSet, normalise_name
-from downstream.images import FileImages, GreyImages, HFImages, ImageSource, Split
 
 KINDS = ("cub", "inat", "imagefolder", "hf", "fashion-mnist")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}

@@ -97,7 +97,7 @@ def _pick(total: int, limit: int | None) -> set[int] | None:
 
 def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> tuple[int, Iterable]:
     """(count, (PIL image, position in `labels`) pairs) of a reference set: a shards directory (its classes
-    matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`downstream.datasets`)
+    matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`augment.datasets`)
     with an optional ':test' (default) or ':train' split suffix."""
     if Path(spec).is_dir():
         total = shard_count(spec)
@@ -109,7 +109,7 @@ def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> t
         return (len(keep) if keep else total), (
             (image, to_labels[c] if 0 <= c < len(to_labels) else -1) for image, c in iter_shards(spec, keep)
         )
-    from downstream.datasets import load_dataset
+    from augment.datasets import load_dataset
 
     base, _, split = spec.rpartition(":")
     if split not in ("train", "test") or not base or Path(spec.partition(":")[2]).is_dir():

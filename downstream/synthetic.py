@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from augment.errors import UserError
+from augment.images import EncodedImages, Split
 from augment.labels import LabelSet, normalise_name
-from downstream.images import EncodedImages, Split
 
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED = {"real"}

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import UserError
+from augment.images import Split, concat
 from augment.mixing import index_batches, mixed_batches
-from downstream.images import Split, concat
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers

@@ -19,8 +19,9 @@ OUT = Path(__file__).parent / "imagenet1k.txt"
 def imagenet_names() -> list[str]:
     """First WordNet lemma per class; lemmas shared by several classes get a deterministic suffix."""
     synsets = (INFO / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
-    lemmas = dict(line.split("\t", 1) for line in (INFO / "imagenet_synset_to_lemma.txt").read_text(
-        encoding="utf-8").splitlines())
+    lemmas = dict(
+        line.split("\t", 1) for line in (INFO / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
+    )
     lemma_lists = [[w.strip() for w in lemmas[s].split(",")] for s in synsets]
     groups = defaultdict(list)
     for i, words in enumerate(lemma_lists):

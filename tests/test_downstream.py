@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from augment.datasets import load_dataset, parse_spec, sample_kshot
 from augment.errors import UserError
 from augment.labels import read_label_set
-from downstream.datasets import load_dataset, parse_spec, sample_kshot
 from downstream.synthetic import load_synthetic, parse_synthetic_arg
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}

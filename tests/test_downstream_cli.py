@@ -110,8 +110,8 @@ def test_train_saves_a_classifier_that_scores_the_same(inputs, tmp_path, capsys)
     import torch
 
     from augment.checkpoint import load_classifier
+    from augment.datasets import load_dataset
     from augment.labels import read_label_set
-    from downstream.datasets import load_dataset
     from downstream.train import TrainConfig, evaluate
 
     ckpt = tmp_path / "ckpt"
