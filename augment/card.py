@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from augment.labels import LabelSet
-from augment.shards import tar_files
+from augment.shards import image_bytes, read_tar, tar_files
 
 
 def class_grids(
@@ -27,15 +26,12 @@ def class_grids(
             continue
         if len(by_class.get(position, [])) >= per_class:  # only as many shards as needed are read
             continue
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext in ("jpg", "png"):
-                    imgs = by_class.setdefault(int(key[1:5]), [])
-                    if len(imgs) < per_class:
-                        im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                        im.thumbnail((tile, tile))
-                        imgs.append(im)
+        for key, members in read_tar(url):
+            imgs = by_class.setdefault(int(key[1:5]), [])
+            if len(imgs) < per_class and image_bytes(members) is not None:
+                im = Image.open(io.BytesIO(image_bytes(members))).convert("RGB")
+                im.thumbnail((tile, tile))
+                imgs.append(im)
     grid_dir = Path(out) / "grid"
     grid_dir.mkdir(parents=True, exist_ok=True)
     paths = {}

@@ -65,27 +65,25 @@ def shard_count(directory: str | Path) -> int:
 
     n = 0
     for url in tar_files(directory):
-        with tarfile.open(url) as tar:
+        with tarfile.open(url) as tar:  # headers only: no member is read
             n += sum(1 for m in tar if m.name.endswith(".cls"))
     return n
 
 
 def iter_shards(directory: str | Path, keep: set[int] | None = None) -> Iterator[tuple[object, int]]:
     """(PIL image, cls) of every sample in shard order (only sample numbers in `keep`, when given)."""
-    import webdataset as wds
     from PIL import Image
 
-    from augment.shards import tar_files
+    from augment.shards import image_bytes, iter_samples, tar_files
 
-    urls = tar_files(directory)
-    if not urls:
+    if not tar_files(directory):
         raise UserError(f"{directory}: no .tar shards")
-    raw = wds.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple("jpg;png", "cls")
-    for i, (image, cls) in enumerate(raw):
+    samples = ((m, image_bytes(m)) for _, _, m in iter_samples(directory))
+    for i, (members, image) in enumerate((m, b) for m, b in samples if b is not None and "cls" in m):
         if keep is None or i in keep:
             with Image.open(io.BytesIO(image)) as im:
                 rgb = im.convert("RGB")
-            yield rgb, int(cls)
+            yield rgb, int(members["cls"])
 
 
 def _pick(total: int, limit: int | None) -> set[int] | None:

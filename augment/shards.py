@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,23 +259,47 @@ def _decode_pil(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def load_samples(directory: str | Path) -> list[dict[str, Any]]:
-    """Every sample as a dict {key, image (PIL), cls (int), meta (dict)}, in shard order: for small sets."""
+def read_tar(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of every sample of one shard, in order. Raw bytes: nothing is decoded, so
+    nothing is unpickled. A member's extension is everything after the key's first dot."""
     import tarfile
 
-    from PIL import Image
+    key, members = None, {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, _, ext = member.name.partition(".")
+            if k != key and members:
+                yield key, members
+                members = {}
+            key = k
+            members[ext] = tar.extractfile(member).read()
+    if members:
+        yield key, members
 
-    samples: dict[str, dict[str, Any]] = {}
+
+def iter_samples(directory: str | Path) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+    """(shard path, key, {extension: bytes}) over every finished shard of a directory, in shard order."""
     for url in tar_files(directory):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                data = tar.extractfile(member).read()
-                s = samples.setdefault(key, {"key": key})
-                if ext in ("jpg", "png"):
-                    s["image"] = Image.open(io.BytesIO(data)).convert("RGB")
-                elif ext == "cls":
-                    s["cls"] = int(data)
-                elif ext == "json":
-                    s["meta"] = json.loads(data)
-    return list(samples.values())
+        for key, members in read_tar(url):
+            yield url, key, members
+
+
+def image_bytes(members: dict[str, bytes]) -> bytes | None:
+    return next((members[e] for e in ("jpg", "jpeg", "png") if e in members), None)
+
+
+def load_samples(directory: str | Path) -> list[dict[str, Any]]:
+    """Every sample as a dict {key, image (PIL), cls (int), meta (dict)}, in shard order: for small sets."""
+    samples = []
+    for _, key, m in iter_samples(directory):
+        s: dict[str, Any] = {"key": key}
+        if image_bytes(m) is not None:
+            s["image"] = _decode_pil(image_bytes(m))
+        if "cls" in m:
+            s["cls"] = int(m["cls"])
+        if "json" in m:
+            s["meta"] = json.loads(m["json"])
+        samples.append(s)
+    return samples

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from augment.errors import UserError
-from augment.shards import ShardUnit, marker_path, plan_units, sample_key
+from augment.shards import ShardUnit, marker_path, plan_units, read_tar, sample_key
 from augment.tokens_io import WEIGHTS
 
 
@@ -126,14 +126,9 @@ def _check_tar(tar: Path, marker: dict) -> str | None:
     if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
         return "sha256 differs from its marker (truncated or changed)"
     try:
-        with tarfile.open(tar) as tf:
-            names = [t.name for t in tf.getmembers()]
+        samples = {key: set(members) for key, members in read_tar(tar)}
     except (tarfile.TarError, EOFError) as e:
         return f"not a readable tar ({e})"
-    samples: dict[str, set[str]] = {}
-    for name in names:
-        key, _, ext = name.partition(".")
-        samples.setdefault(key, set()).add(ext)
     if len(samples) != marker.get("count"):
         return f"{len(samples)} samples, marker says {marker.get('count')}"
     unit = ShardUnit(

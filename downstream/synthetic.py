@@ -19,6 +19,7 @@ import numpy as np
 from augment.errors import UserError
 from augment.images import EncodedImages, Split
 from augment.labels import LabelSet, normalise_name
+from augment.shards import image_bytes, iter_samples, tar_files
 
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED = {"real"}
@@ -52,8 +53,7 @@ def parse_synthetic_arg(text: str) -> tuple[str, Path]:
 
 def shard_paths(directory: Path) -> list[Path]:
     """Finished shards: DIR/shards/*.tar (else DIR/*.tar), sorted; `*.tmp` files are unfinished and ignored."""
-    found = sorted((directory / "shards").glob("*.tar")) if (directory / "shards").is_dir() else []
-    return found or sorted(directory.glob("*.tar"))
+    return [Path(p) for p in tar_files(directory)]
 
 
 def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
@@ -78,7 +78,6 @@ def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
 
 def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet:
     """Read every sample of DIR's shards into memory (encoded bytes) with labels as positions in `labels`."""
-    import webdataset as wds
 
     shards = shard_paths(directory)
     if not shards:
@@ -97,10 +96,9 @@ def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet
         cls_map = [to_position(n, "manifest.json") for n in generated_names]
 
     blobs, ys = [], []
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
-    for sample in dataset:
-        where = f"{Path(sample.get('__url__', '?')).name}:{sample.get('__key__')}"
-        image = next((sample[k] for k in ("jpg", "jpeg", "png") if k in sample), None)
+    for url, key, sample in iter_samples(directory):
+        where = f"{Path(url).name}:{key}"
+        image = image_bytes(sample)
         if image is None or "cls" not in sample:
             raise UserError(f"synthetic set {name} ({where}): sample has no jpg/png image or no cls")
         try:
