@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from augment.errors import UserError
-from augment.sampling import predicted_x0  # noqa: F401  (re-exported: DATE's x̂0)
+from augment.sampling import predicted_x0
 
 METHODS = ("date",)
 

@@ -256,7 +256,10 @@ def write_results(out: Path, records: list[dict], sets: list[str], shots: list[i
 
 
 def _plot(path: Path, summary: dict, sets: list[str], shots: list[int]) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:  # an optional extra: results.json and results.md have everything
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,10 +11,11 @@ import torch
 
 from augment.cli import main
 from augment.config import GenerateConfig
-from augment.date import DateOptions, predicted_x0, refine_options
+from augment.date import DateOptions, refine_options
 from augment.errors import UserError
 from augment.generate import generate_images, generate_units
 from augment.labels import read_label_set
+from augment.sampling import predicted_x0
 from augment.shards import load_samples, plan_units
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 

@@ -22,7 +22,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_clip_tokenizer_files(out_dir: str | Path) -> Path:
     """Write vocab.json + merges.txt (+ configs) of the 49,408-token SD-1.x tokenizer into out_dir."""
-    bpe = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
+    try:
+        bpe = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
+    except ModuleNotFoundError:
+        from augment.errors import UserError
+
+        raise UserError("the SD-1.x tokenizer rebuild needs open-clip-torch: pip install 'augment[toy]'") from None
     lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(_bytes_to_unicode().values())
