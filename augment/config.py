@@ -22,7 +22,7 @@ PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo
 
 @dataclass
 class LearnConfig:
-    """Token learning. Defaults are the paper's settings (Schwartz et al. 2023, §4); README "Presets" says
+    """Token learning. Defaults are the paper's settings (Schwartz et al. 2023, §4); docs/full-scale.md "Presets" says
     where the code behind the paper (idansc/discriminative_class_tokens) differs and which preset has it."""
 
     init_word: str = "a"  # word whose embedding initialises every S_c ...

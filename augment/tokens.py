@@ -4,7 +4,7 @@ For each class c a new token is added to the text encoder, initialised from a wo
 images from prompts like "A photo of S_c <name>", runs all denoising steps but the last without gradient
 ("gradient skipping"), the last UNet call, the VAE decode and the guide classifier with gradient, and
 minimises cross-entropy towards c, updating only S_c's embedding. Two options go beyond the paper where its
-recipe carries no signal (README "The toy world"): `grad_steps` lets the gradient run through the last k steps,
+recipe carries no signal (docs/toy-world.md): `grad_steps` lets the gradient run through the last k steps,
 and `objective: x0` classifies each of those steps' predicted clean image x̂0 instead of the final image, each
 step's gradient reaching the token through that step's UNet call only (DATE's per-step gradient, as a loss).
 

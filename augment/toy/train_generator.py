@@ -17,7 +17,7 @@ classifier-free guidance. So the model can draw each fine class, but not under t
 (except where that name is the coarse word: "dress", "bag"): there is something for a learned token to
 find. (Earlier generators: the first used `--fine-caption-p 0.25 --synonym-caption-p 0 --unet-steps 1800
 --vae-steps 300 --vae-lr 1e-3 --vae-schedule constant`; the second, the first's VAE settings with
-`--fine-caption-p 0.02`. README, "How we got here".)
+`--fine-caption-p 0.02`. docs/history.md.)
 """
 
 from __future__ import annotations
