@@ -111,6 +111,8 @@ class GenerateConfig:
     jpeg_quality: int = 95
     seed: int = 0
     scheduler: str = "pipeline"  # sampler (augment.sampling); "pipeline" = the generator's own
+    channels_last: bool | None = None  # UNet and VAE in channels-last memory format; None: on CUDA only
+    compile: bool = False  # torch.compile the UNet (opt-in: the first batches pay for compiling)
     refine: str | None = None  # None | "date"
     refine_options: dict[str, Any] = field(default_factory=dict)
 

@@ -83,6 +83,38 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     return pipe.to(dev)
 
 
+def attention_backends(pipe) -> set[str]:
+    """The attention processor classes of the UNet and VAE: `AttnProcessor2_0` is torch's fused
+    scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)."""
+    names = set()
+    for model in (pipe.unet, pipe.vae):
+        names |= {type(p).__name__ for p in model.attn_processors.values()}
+    return names
+
+
+def speed_up(pipe, channels_last: bool | None = None, compile_unet: bool = False) -> dict[str, object]:
+    """Generation speed settings that do not change what is drawn beyond float rounding. On CUDA: TF32 for
+    fp32 matmuls and convolutions, channels-last UNet and VAE (`channels_last=None`: on CUDA only); SDPA
+    attention (diffusers' default with torch 2) is checked, not set. `compile_unet`: torch.compile the UNet
+    (opt-in: the first batches pay the compilation). Returns what was applied, for the manifest."""
+    dev = pipe.unet.device
+    applied: dict[str, object] = {"attention": sorted(attention_backends(pipe))}
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        applied["tf32"] = True
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    applied["channels_last"] = bool(channels_last)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    applied["compile_unet"] = compile_unet
+    return applied
+
+
 def _dtype_kwarg(dt: torch.dtype) -> dict:
     """diffusers renamed `torch_dtype` to `dtype` (the old name warns); older releases only know the old one."""
     from diffusers.utils import deprecation_utils

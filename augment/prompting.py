@@ -59,3 +59,27 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(pipe.text_encoder.device)
     return pipe.text_encoder(ids)[0]
+
+
+class EmbeddingInjector:
+    """Forward hook on the token-embedding layer: positions holding a learned token's id get its vector."""
+
+    def __init__(self, text_encoder):
+        self.layer = text_encoder.get_input_embeddings()
+        self.vectors: dict[int, torch.Tensor] = {}
+        self._handle = self.layer.register_forward_hook(self._hook)
+        self.removed = False
+
+    def _hook(self, module, inputs, output):
+        if not self.vectors:
+            return output
+        ids = inputs[0]
+        for token_id, vec in self.vectors.items():
+            mask = (ids == token_id).unsqueeze(-1)
+            if mask.any():
+                output = torch.where(mask, vec.to(output.dtype), output)
+        return output
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self.removed = True

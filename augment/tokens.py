@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from augment.config import LearnConfig
 from augment.guide import Guide
 from augment.labels import LabelClass, LabelSet
-from augment.prompting import add_placeholder_tokens, encode_prompts, format_prompt
+from augment.precision import LossScaler
+from augment.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
 from augment.sampling import make_scheduler, predicted_x0
 from augment.tokens_io import is_learned, save_token
 
@@ -64,62 +65,6 @@ class ClassState:
         return self.elapsed + time.time() - self.started
 
 
-class EmbeddingInjector:
-    """Forward hook on the token-embedding layer: positions holding a learned token's id get its vector."""
-
-    def __init__(self, text_encoder):
-        self.layer = text_encoder.get_input_embeddings()
-        self.vectors: dict[int, torch.Tensor] = {}
-        self._handle = self.layer.register_forward_hook(self._hook)
-        self.removed = False
-
-    def _hook(self, module, inputs, output):
-        if not self.vectors:
-            return output
-        ids = inputs[0]
-        for token_id, vec in self.vectors.items():
-            mask = (ids == token_id).unsqueeze(-1)
-            if mask.any():
-                output = torch.where(mask, vec.to(output.dtype), output)
-        return output
-
-    def remove(self) -> None:
-        self._handle.remove()
-        self.removed = True
-
-
-class LossScaler:
-    """Dynamic loss scaling for fp16 models, as torch.amp.GradScaler does it, for the learner's retry loop:
-    the loss is multiplied by `scale` before backward; `unscale` divides the token gradients back and says
-    whether they are finite. An overflowed step is retried on the same noise with half the scale; after
-    `growth_interval` finite steps in a row the scale doubles. Disabled (scale 1) for fp32 and bf16."""
-
-    def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
-        self.enabled = enabled
-        self.scale = init_scale if enabled else 1.0
-        self.growth_interval = growth_interval
-        self.good = 0  # finite steps in a row since the last change of scale
-
-    def unscale(self, params: list[torch.Tensor]) -> bool:
-        if not self.enabled:
-            return True
-        finite = True
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(self.scale)
-                finite &= bool(torch.isfinite(p.grad).all())
-        if not finite:
-            self.scale /= 2
-            self.good = 0
-            if self.scale < 1.0:
-                raise FloatingPointError("fp16 token gradient is not finite even without loss scaling")
-        else:
-            self.good += 1
-            if self.good >= self.growth_interval:
-                self.scale, self.good = self.scale * 2, 0
-        return finite
-
-
 def class_noise_seed(seed: int, position: int, step: int) -> int:
     """Noise of class `position` at learning step `step`: independent of which classes share the batch."""
     return int(np.random.SeedSequence([seed, position, step]).generate_state(1)[0])
@@ -145,6 +90,7 @@ class TokenLearner:
         self.device = pipe.unet.device
         self.lr = cfg.lr if cfg.lr is not None else 0.00025 * cfg.batch_size
         self.injector: EmbeddingInjector | None = None
+        self._uncond: torch.Tensor | None = None  # the unconditional prompt's embedding (constant)
         self.scheduler = make_scheduler(pipe.scheduler, cfg.scheduler, cfg.timestep_spacing, cfg.steps_offset)
         self.scaler = LossScaler(pipe.unet.dtype == torch.float16)
         self.classes_per_step = cfg.max_classes_per_step
@@ -184,8 +130,10 @@ class TokenLearner:
             format_prompt(cfg.prompts[j % len(cfg.prompts)], s.token, s.cls.name) for s in active for j in range(n)
         ]
         cond = encode_prompts(pipe, prompts)  # depends on the token rows (grad)
-        with torch.no_grad():
-            uncond = encode_prompts(pipe, [""]).expand_as(cond)
+        if self._uncond is None:  # the empty prompt holds no learned token: encoded once, reused every step
+            with torch.no_grad():
+                self._uncond = encode_prompts(pipe, [""])
+        uncond = self._uncond.expand_as(cond)
         targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
         # 2. fresh noise per class and step (or the same noise every step: `noise: fixed`)
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)

@@ -12,6 +12,7 @@ class at the same size, and the UNet evaluations a learned class costs. Images/s
 absolute figures mean something, on the CPU only the ratios.
 
     python benchmarks/bench_sd.py --size 128 --steps 10 --images 8        # CPU, about 10 min
+    python benchmarks/bench_sd.py --size 128 --steps 10 --images 8 --channels-last --compile
     python benchmarks/bench_sd.py --device cuda --dtype bf16 --size 512 --steps 50 --images 64 --batch-size 16
 """
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-scheduler", default="dpmsolver++", help="augment's fast sampler (default dpmsolver++)")
     p.add_argument("--fast-steps", type=int, default=None, help="its steps (default: 2/5 of --steps)")
     p.add_argument("--images", type=int, default=8, help="images per path (default 8)")
+    p.add_argument("--channels-last", action="store_true", help="also: augment with a channels-last UNet and VAE")
+    p.add_argument("--compile", action="store_true", help="also: augment with a torch.compile'd UNet (and its warm-up)")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         own = pipe.scheduler  # SD-1.4's PNDM config
         units = [u for u in plan_units(range(2), per_class, per_class)]
 
-        def run_augment(scheduler: str, steps: int, name: str) -> float:
+        def run_augment(scheduler: str, steps: int, name: str, pipe=pipe) -> float:
             cfg = GenerateConfig(
                 images_per_class=per_class,
                 shard_size=per_class,
@@ -120,6 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
             f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"), fast_steps),
         }
+        from augment.generator import speed_up
+
+        variants = [("channels-last", {"channels_last": True})] if args.channels_last else []
+        variants += [("compiled UNet", {"compile_unet": True})] if args.compile else []
+        for label, opts in variants:  # a fresh pipeline each: both settings change it in place
+            other = load_generator(str(root / "sd14"), dev, dt)
+            speed_up(other, **opts)
+            t0 = time.time()
+            with torch.no_grad():  # warm-up at the measured batch shape (compilation happens here)
+                other(prompt=prompts[: args.batch_size], num_inference_steps=2, height=args.size, width=args.size)
+            results[f"{label} warm-up seconds"] = time.time() - t0
+            print(f"{label}: warm-up call {time.time() - t0:.1f} s", flush=True)
+            timings[f"augment (PNDM, {label})"] = (run_augment("pipeline", args.steps, label, other), args.steps)
         base = args.images / timings["plain (PNDM)"][0]
         for name, (secs, steps) in timings.items():
             ips = args.images / secs

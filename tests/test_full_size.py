@@ -9,7 +9,7 @@ import torch
 
 from augment.cli import main
 from augment.config import LearnConfig, load_config
-from augment.generator import load_generator
+from augment.generator import attention_backends, load_generator
 from augment.guide import load_guide, parse_hf_spec
 from augment.labels import match_to_guide, read_label_set
 from augment.tokens import TokenLearner
@@ -104,7 +104,9 @@ def test_full_size_token_gradient_in_bf16_and_with_checkpointing(sd14_dir, cub_g
     """SD-1.4 at 64 px under its PNDM: gradient checkpointing leaves the token gradient unchanged, and bf16
     (no loss scale needed) follows fp32 (fp16 on CPU is too slow to test here; see test_tokens)."""
     guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
-    plain = grads(load_generator(str(sd14_dir), "cpu", "fp32"), guide, labels)
+    pipe = load_generator(str(sd14_dir), "cpu", "fp32")
+    assert attention_backends(pipe) == {"AttnProcessor2_0"}  # every attention layer on torch's fused SDPA
+    plain = grads(pipe, guide, labels)
     ckpt = grads(load_generator(str(sd14_dir), "cpu", "fp32"), guide, labels, gradient_checkpointing=True)
     bf16 = grads(load_generator(str(sd14_dir), "cpu", "bf16"), guide, labels, gradient_checkpointing=True)
     assert plain.norm() > 0

@@ -51,3 +51,24 @@ def test_the_committed_toy_generator_loads_with_a_plain_from_pretrained_and_gene
         "a photo of a top", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
     ).images
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_speed_settings_use_sdpa_keep_the_images_and_compile_only_on_request(tokenizer_dir):
+    """channels-last changes the memory layout, not the images (beyond float rounding); attention runs on
+    torch's fused SDPA; torch.compile wraps the UNet only when asked (lazily: nothing compiles here)."""
+    from augment.config import GenerateConfig
+    from augment.generate import generate_images
+    from augment.generator import speed_up
+
+    cfg = GenerateConfig(num_inference_steps=3, guidance_scale=3.0, prompts=["a photo of {name}"])
+    pipe = tiny_pipeline(tokenizer_dir)
+    before = generate_images(pipe, ["a photo of red", "a photo of blue"], [1, 2], cfg)
+    applied = speed_up(pipe, channels_last=None)  # CPU: channels-last stays off unless asked
+    assert applied == {"attention": ["AttnProcessor2_0"], "channels_last": False, "compile_unet": False}
+    applied = speed_up(pipe, channels_last=True)
+    assert applied["channels_last"] and pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    after = generate_images(pipe, ["a photo of red", "a photo of blue"], [1, 2], cfg)
+    assert abs(after - before).max() < 1e-4
+    assert type(pipe.unet).__name__ != "OptimizedModule"
+    speed_up(pipe, compile_unet=True)
+    assert type(pipe.unet).__name__ == "OptimizedModule" and pipe.unet.config.in_channels == 4

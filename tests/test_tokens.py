@@ -254,7 +254,7 @@ def token_gradients(learner, classes) -> torch.Tensor:
 def test_fp16_loss_scaling_keeps_small_token_gradients(tokenizer_dir, labels, tmp_path):
     """With fp16 models, gradients of the size Stable Diffusion's are at 512 px underflow in fp16 (here: a
     guide with small weights); the dynamic loss scale keeps them. The token rows stay fp32."""
-    from augment.tokens import LossScaler
+    from augment.precision import LossScaler
 
     def grads(dtype, scaled):
         guide = colour_guide()

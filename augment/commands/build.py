@@ -25,7 +25,15 @@ LEARN_ONLY = {
     "max_steps": "max_steps",
 }
 SHARED = ("num_inference_steps", "guidance_scale", "seed")
-GENERATE_ONLY = ("images_per_class", "shard_size", "image_format", "batch_size", "scheduler")
+GENERATE_ONLY = (
+    "images_per_class",
+    "shard_size",
+    "image_format",
+    "batch_size",
+    "scheduler",
+    "channels_last",
+    "compile",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

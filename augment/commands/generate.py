@@ -35,6 +35,10 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         help="sampler: pipeline (the generator's own), ddim, pndm, dpmsolver++, unipc, "
         "euler (default: preset, else pipeline)",
     )
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="UNet and VAE in channels-last memory format (default: on CUDA only)")  # fmt: skip
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the UNet: faster batches after a compilation warm-up")  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +62,8 @@ GENERATE_FLAGS = (
     "guidance_scale",
     "seed",
     "scheduler",
+    "channels_last",
+    "compile",
 )
 
 

@@ -20,6 +20,7 @@ from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
 from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
 
+NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
 MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
 
 
@@ -112,7 +113,7 @@ def generate_set(
     check_out_dir(out)
     chash = shards.config_hash(
         {
-            "generate": {k: v for k, v in config.to_dict()["generate"].items() if k != "batch_size"},
+            "generate": {k: v for k, v in config.to_dict()["generate"].items() if k not in NOT_HASHED},
             "generator": source_identity(config.generator),
             "labels": labels.names(),
             "tokens": None if root is None else tokens_digest(root, labels),
@@ -145,13 +146,16 @@ def generate_set(
         guide_indices = match_to_guide(labels, guide.labels)
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
+    from augment.generator import speed_up
+
+    speed = speed_up(pipe, g.channels_last, g.compile)
     token_map = None
     if root is not None:
         from augment.tokens_io import load_tokens
 
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
     info = {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
-            "worker": [index, count], "claim": board is not None}  # fmt: skip
+            "worker": [index, count], "claim": board is not None, "speed": speed}  # fmt: skip
     manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": config.to_dict(),
                 "config_hash": chash, "seeds": shards.SEEDS_RULE, **info}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
