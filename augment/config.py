@@ -29,7 +29,7 @@ class LearnConfig:
     init_words: dict[str, str] = field(default_factory=dict)  # ... unless the class name is listed here
     batch_size: int = 5  # images per class per step
     max_classes_per_step: int | str = "auto"  # classes learned together in one UNet batch; "auto": as many as
-    # fit the device's free memory (augment.memory)
+    # fit the device's free memory (augment.learn.memory)
     lr: float | None = None  # None → 0.00025 · batch_size (paper)
     weight_decay: float = 0.0  # AdamW's, on the token only (original code: 0.01)
     max_steps: int = 200
@@ -48,7 +48,7 @@ class LearnConfig:
     width: int | None = None
     prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
     seed: int = 0
-    scheduler: str = "pipeline"  # sampler while learning (augment.sampling): "pipeline" = the
+    scheduler: str = "pipeline"  # sampler while learning (augment.generate.sampling): "pipeline" = the
     # generator's own, which generation uses too (SD 1.x: PNDM)
     grad_steps: int = 1  # UNet calls with gradient, counted from the last (paper: 1; the
     # original code's PNDM loop: 2, its last two calls)
@@ -61,12 +61,12 @@ class LearnConfig:
     gradient_checkpointing: bool = False  # UNet and VAE recompute activations in backward (less memory)
     decode_batch: int = 4  # images per VAE decode + guide + backward in the gradient path:
     # bounds that part's memory whatever the UNet batch
-    checkpoint_every: int = 1  # save the learner's state every N steps (augment.resume); 0: never
+    checkpoint_every: int = 1  # save the learner's state every N steps (augment.learn.resume); 0: never
 
     def validate(self) -> None:
         """Every value a run could trip on later, checked before any model is loaded (UserError)."""
-        from augment.prompting import check_templates
-        from augment.sampling import check_scheduler
+        from augment.generate.sampling import check_scheduler
+        from augment.models.prompting import check_templates
 
         check_templates(self.prompts, need_token=True)
         mcs = self.max_classes_per_step
@@ -110,7 +110,7 @@ class GenerateConfig:
     image_format: str = "jpg"
     jpeg_quality: int = 95
     seed: int = 0
-    scheduler: str = "pipeline"  # sampler (augment.sampling); "pipeline" = the generator's own
+    scheduler: str = "pipeline"  # sampler (augment.generate.sampling); "pipeline" = the generator's own
     channels_last: bool | None = None  # UNet and VAE in channels-last memory format; None: on CUDA only
     compile: bool = False  # torch.compile the UNet (opt-in: the first batches pay for compiling)
     refine: str | None = None  # None | "date"
@@ -118,9 +118,9 @@ class GenerateConfig:
 
     def validate(self) -> None:
         """Every value generation could trip on later, checked before any model is loaded (UserError)."""
-        from augment.date import refine_options
-        from augment.prompting import check_templates
-        from augment.sampling import check_scheduler
+        from augment.generate.date import refine_options
+        from augment.generate.sampling import check_scheduler
+        from augment.models.prompting import check_templates
 
         check_templates(self.prompts)
         for key in ("batch_size", "num_inference_steps", "images_per_class", "shard_size"):

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from augment.errors import UserError
-from augment.guide import Guide
 from augment.labels import LabelClass, LabelSet, match_to_guide, normalise_name, read_label_set
+from augment.models.guide import Guide
 
 TOPK = 5
 PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc
@@ -61,7 +61,7 @@ def shard_count(directory: str | Path) -> int:
     """Samples in a directory's shards (counted from the tar headers, nothing decoded)."""
     import tarfile
 
-    from augment.shards import tar_files
+    from augment.data.shards import tar_files
 
     n = 0
     for url in tar_files(directory):
@@ -74,7 +74,7 @@ def iter_shards(directory: str | Path, keep: set[int] | None = None) -> Iterator
     """(PIL image, cls) of every sample in shard order (only sample numbers in `keep`, when given)."""
     from PIL import Image
 
-    from augment.shards import image_bytes, iter_samples, tar_files
+    from augment.data.shards import image_bytes, iter_samples, tar_files
 
     if not tar_files(directory):
         raise UserError(f"{directory}: no .tar shards")
@@ -95,7 +95,7 @@ def _pick(total: int, limit: int | None) -> set[int] | None:
 
 def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> tuple[int, Iterable]:
     """(count, (PIL image, position in `labels`) pairs) of a reference set: a shards directory (its classes
-    matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`augment.datasets`)
+    matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`augment.data.datasets`)
     with an optional ':test' (default) or ':train' split suffix."""
     if Path(spec).is_dir():
         total = shard_count(spec)
@@ -107,7 +107,7 @@ def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> t
         return (len(keep) if keep else total), (
             (image, to_labels[c] if 0 <= c < len(to_labels) else -1) for image, c in iter_shards(spec, keep)
         )
-    from augment.datasets import load_dataset
+    from augment.data.datasets import load_dataset
 
     base, _, split = spec.rpartition(":")
     if split not in ("train", "test") or not base or Path(spec.partition(":")[2]).is_dir():

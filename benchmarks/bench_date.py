@@ -1,7 +1,7 @@
 """DATE refinement on the toy world: plain prompts vs plain prompts + DATE, same seeds (issue 6).
 
 Both paths make the same images per class (same prompts, per-image seeds, steps, CFG), in one process, one
-after the other, through `augment.generate.generate_images`; the DATE path updates the prompt embeddings
+after the other, through `augment.generate.loop.generate_images`; the DATE path updates the prompt embeddings
 towards the guide's class while sampling. Prints seconds of each path, the time factor (DATE / plain), and
 the top-1 of the preset's held-out classifier (the one that grades; never used for refining) side by side,
 with the guide's own top-1 as a reference (DATE optimises that one, so it is not a fair grade).
@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_images(pipe, labels, cfg, n: int, guide, guide_indices: list[int]) -> tuple[np.ndarray, list[int], float]:
     """n images of every class (plain prompts, the preset's seeds), the class positions, and the seconds."""
-    from augment.generate import generate_images, image_prompt
-    from augment.shards import image_seed
+    from augment.data.shards import image_seed
+    from augment.generate.loop import generate_images, image_prompt
 
     images, targets = [], []
     t0 = time.perf_counter()
@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     plain_cfg = replace(run_cfg.generate, refine=None, refine_options={})
     date_cfg = replace(run_cfg.generate, refine="date", refine_options=options)
 
-    from augment.date import refine_options
-    from augment.generator import load_generator, resolve_device
-    from augment.guide import load_guide
+    from augment.generate.date import refine_options
     from augment.labels import match_to_guide
+    from augment.models.generator import load_generator, resolve_device
+    from augment.models.guide import load_guide
 
     opts = refine_options("date", options)
     device = resolve_device(args.device)

@@ -2,7 +2,7 @@
 
 Both paths make the same images (same prompts, same per-image seeds, same steps, CFG and size), in the
 same process, one after the other:
-- augment: `augment.generate.generate_units` with the preset's batch size: one pipeline call per batch,
+- augment: `augment.generate.loop.generate_units` with the preset's batch size: one pipeline call per batch,
   PNG-encoded and written into WebDataset shards (the real `augment generate` path, model loading aside);
 - plain: `StableDiffusionPipeline.from_pretrained(dir)` with default settings, one
   `pipe(prompt, num_inference_steps=..., guidance_scale=..., generator=...)` call per image, each image
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan(labels, cfg, n: int):
     """The first n images of the preset's work plan, as whole shard units (batches never cross units)."""
-    from augment.shards import ShardUnit, plan_units
+    from augment.data.shards import ShardUnit, plan_units
 
     units, left = [], n
     for u in plan_units(range(len(labels)), cfg.images_per_class, cfg.shard_size):
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     run_cfg = toy_config(args, generate=gen)
     cfg = run_cfg.generate
-    from augment.generate import generate_images, generate_units, image_prompt
-    from augment.generator import load_generator, resolve_device
-    from augment.shards import config_hash, image_seed, load_samples, sample_key
+    from augment.data.shards import config_hash, image_seed, load_samples, sample_key
+    from augment.generate.loop import generate_images, generate_units, image_prompt
+    from augment.models.generator import load_generator, resolve_device
 
     device = resolve_device(args.device)
     labels = read_labels(args.labels)

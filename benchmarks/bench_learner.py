@@ -1,6 +1,6 @@
 """Token learning: classes learned together in one UNet batch vs one class at a time (issue 6).
 
-Both runs use `augment.tokens.TokenLearner` with the preset's learn section; only `max_classes_per_step`
+Both runs use `augment.learn.learner.TokenLearner` with the preset's learn section; only `max_classes_per_step`
 differs: N (all classes share each step) vs 1 (the paper's procedure: one class is learned to the end,
 then the next). Each class's noise depends only on (seed, class, step) and its loss only on its own
 samples, so both runs learn the same tokens up to floating-point differences; the script checks that.
@@ -59,10 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def learn(run_cfg, labels, learn_cfg, out: Path, device) -> tuple[float, dict]:
     """Learn every class of `labels` into `out` on a freshly loaded pipeline; returns (seconds, metas)."""
-    from augment.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.guide import load_guide
     from augment.labels import match_to_guide
-    from augment.tokens import TokenLearner
+    from augment.learn.learner import TokenLearner
+    from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
+    from augment.models.guide import load_guide
 
     guide = load_guide(run_cfg.guide, device)
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
@@ -76,11 +76,11 @@ def learn(run_cfg, labels, learn_cfg, out: Path, device) -> tuple[float, dict]:
 def held_out_accuracy(run_cfg, labels, tokens_dir: Path | None, heldout, per_class: int, device) -> dict:
     """Top-1 % of the held-out classifier on `per_class` fresh-seed images per class, made with the tokens
     in `tokens_dir` (None: the plain prompt) through augment's generation path."""
-    from augment.generate import generate_images, image_prompt
-    from augment.generator import load_generator
+    from augment.data.shards import image_seed
+    from augment.data.tokens_io import load_tokens
+    from augment.generate.loop import generate_images, image_prompt
     from augment.labels import match_to_guide
-    from augment.shards import image_seed
-    from augment.tokens_io import load_tokens
+    from augment.models.generator import load_generator
 
     cfg = run_cfg.generate
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
@@ -101,7 +101,7 @@ def token_agreement(labels, dir_a: Path, dir_b: Path) -> dict:
     """How far apart two runs' tokens are: max abs difference and lowest cosine similarity."""
     from safetensors.torch import load_file
 
-    from augment.tokens_io import WEIGHTS, token_dir
+    from augment.data.tokens_io import WEIGHTS, token_dir
 
     diffs, cosines = [], []
     for c in labels.classes:
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.stopping == "off":  # no rule but max steps can fire
         learn_over.update(patience=max_steps + 1, stop_window=max_steps + 1)
     run_cfg = toy_config(args, learn=learn_over, generate={"num_inference_steps": 2} if q else {})
-    from augment.generator import resolve_device
-    from augment.guide import load_guide
+    from augment.models.generator import resolve_device
+    from augment.models.guide import load_guide
 
     device = resolve_device(args.device)
     labels = read_labels(args.labels, classes)

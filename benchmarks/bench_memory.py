@@ -83,10 +83,10 @@ def max_rss_bytes() -> int:
 
 def measure(args: argparse.Namespace) -> dict:
     """In the worker process: load the models, then learn K classes for two shared steps."""
-    from augment.generator import load_generator, resolve_device
-    from augment.guide import load_guide
     from augment.labels import match_to_guide
-    from augment.tokens import TokenLearner
+    from augment.learn.learner import TokenLearner
+    from augment.models.generator import load_generator, resolve_device
+    from augment.models.guide import load_guide
 
     size = args.worker
     cfg = toy_config(args, learn=learn_overrides(args, size))

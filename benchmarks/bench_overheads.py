@@ -38,13 +38,13 @@ def jpeg(size: int, seed: int) -> bytes:
 def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, float]:
     import torch
 
-    from augment import shards
-    from augment.card import write_card
     from augment.claims import ClaimBoard, ClaimQueue
+    from augment.data import shards
+    from augment.data.card import write_card
+    from augment.data.tokens_io import is_learned, save_token
+    from augment.data.verify import verify_run
     from augment.labels import read_label_set
     from augment.runs import update_manifest
-    from augment.tokens_io import is_learned, save_token
-    from augment.verify import verify_run
 
     times: dict[str, float] = {}
 

@@ -4,7 +4,7 @@ Speed does not depend on weight values, so no hub is needed (`augment.testing`).
 - plain: `StableDiffusionPipeline.from_pretrained(dir)` with its default scheduler (PNDM), one
   `pipe(prompt=[...], generator=[...], num_inference_steps=N, guidance_scale=7)` call per batch, each image
   saved as a JPEG file (what a hand-written script does);
-- augment: `augment.generate.generate_units` (the `augment generate` path: prompt cache, shards written on a
+- augment: `augment.generate.loop.generate_units` (the `augment generate` path: prompt cache, shards written on a
   background thread) at the same sampler, steps and batch;
 - augment, fast sampler: the same with `--fast-scheduler` at `--fast-steps`.
 Then one token-learner step of the sd14-cub preset's learner (PNDM, grad_steps 2, checkpointing) for one
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import StableDiffusionPipeline
 
     from augment.config import GenerateConfig, load_config
-    from augment.generate import generate_units
-    from augment.generator import load_generator, resolve_device, resolve_dtype
+    from augment.data.shards import image_seed, plan_units
+    from augment.generate.loop import generate_units
+    from augment.generate.sampling import make_scheduler
     from augment.labels import read_label_set
-    from augment.sampling import make_scheduler
-    from augment.shards import image_seed, plan_units
+    from augment.models.generator import load_generator, resolve_device, resolve_dtype
     from augment.testing import save_random_pipeline
 
     dev = resolve_device(args.device)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
             f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"), fast_steps),
         }
-        from augment.generator import speed_up
+        from augment.models.generator import speed_up
 
         variants = [("channels-last", {"channels_last": True})] if args.channels_last else []
         variants += [("compiled UNet", {"compile_unet": True})] if args.compile else []
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"steps": steps, "seconds": secs, "images_per_s": ips, "ratio": ips / base}
 
         # one learner step of the sd14-cub preset's learner, one class
-        from augment.guide import load_guide
+        from augment.learn.learner import TokenLearner
+        from augment.models.guide import load_guide
         from augment.testing import save_vit_mae_cub
-        from augment.tokens import TokenLearner
 
         guide = load_guide(f"hf:{save_vit_mae_cub(root / 'vit-mae-cub', labels.names(), hidden=768, layers=12)}", dev)
         lcfg = load_config("sd14-cub").learn

@@ -9,7 +9,7 @@ with and without gradient checkpointing, per dtype. With checkpointing the backw
 checkpointed block at a time and holds its activations meanwhile: "recompute peak" is the largest block's
 saved bytes (measured block by block without checkpointing). The total for a learner step is then
     classes × batch × grad_steps × UNet + decode_batch × (decode + guide) + the largest recompute,
-which `augment.memory` uses for `max_classes_per_step: auto`. `--step` instead runs one real learner step
+which `augment.learn.memory` uses for `max_classes_per_step: auto`. `--step` instead runs one real learner step
 of the sd14-cub preset's learner (PNDM, grad_steps 2, checkpointing, decode_batch 1) with `--classes`
 classes and reports its peak next to the estimate: torch.cuda.max_memory_allocated on CUDA, the peak RSS
 above the loaded models on the CPU.
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import timm
 
-    from augment.generator import resolve_dtype
+    from augment.models.generator import resolve_dtype
     from augment.testing import random_pipeline
 
     t0 = time.time()
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in dtypes:
         dt = resolve_dtype(name, torch.device("cpu"))
         pipe.to(dtype=dt)
-        guide.to(dtype=torch.float32)  # guides run in fp32 (augment.guide)
+        guide.to(dtype=torch.float32)  # guides run in fp32 (augment.models.guide)
         PARAMS.clear()
         for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide):
             m.requires_grad_(False)
@@ -196,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def learner_step(args) -> int:
-    """Peak memory of one sd14-cub learner step per number of classes, next to augment.memory's estimate."""
+    """Peak memory of one sd14-cub learner step per number of classes, next to augment.learn.memory's estimate."""
     import resource
     import tempfile
 
     from augment.config import load_config
-    from augment.generator import load_generator, resolve_device, resolve_dtype
-    from augment.guide import load_guide
     from augment.labels import read_label_set
-    from augment.memory import step_bytes
+    from augment.learn.learner import TokenLearner
+    from augment.learn.memory import step_bytes
+    from augment.models.generator import load_generator, resolve_device, resolve_dtype
+    from augment.models.guide import load_guide
     from augment.testing import save_random_pipeline, save_vit_mae_cub
-    from augment.tokens import TokenLearner
 
     size = 128 if args.quick else args.size
     dev = resolve_device(args.device)

@@ -52,7 +52,7 @@ def environment(device: str, dtype: str = "auto") -> dict[str, Any]:
     import diffusers
     import transformers
 
-    from augment.generator import resolve_device, resolve_dtype
+    from augment.models.generator import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
@@ -124,8 +124,8 @@ def heldout_probe_setup(args: argparse.Namespace):
     """For the probes that score a toy pipeline with the held-out classifier: applies --threads, prints the
     environment, and returns (environment, config, generator spec: --generator or the preset's, the pipeline
     in fp32, the held-out classifier)."""
-    from augment.generator import load_generator
-    from augment.guide import load_guide
+    from augment.models.generator import load_generator
+    from augment.models.guide import load_guide
 
     env = setup(args)
     print_environment(env)
@@ -138,9 +138,9 @@ def heldout_probe_setup(args: argparse.Namespace):
 def probe_setup(cfg, args: argparse.Namespace):
     """For the probes: the label set, its classes named in `args.classes` (comma-separated; only the first with
     --quick), the preset's generator in fp32, its guide, and every class's guide index."""
-    from augment.generator import load_generator
-    from augment.guide import load_guide
     from augment.labels import match_to_guide, read_label_set
+    from augment.models.generator import load_generator
+    from augment.models.guide import load_guide
 
     labels = read_label_set(args.labels)
     wanted = [n.strip() for n in args.classes.split(",")]

@@ -164,14 +164,14 @@ def _parse_shots(text: str) -> list[int]:
 
 def _load_inputs(args: argparse.Namespace):
     """Label set, dataset and synthetic sets: everything read, nothing written."""
-    from augment.datasets import parse_spec
+    from augment.data.datasets import parse_spec
     from augment.labels import read_label_set
     from downstream.synthetic import load_synthetic, parse_synthetic_arg
 
     parse_spec(args.dataset)  # cheap checks first
     synthetic_args = [parse_synthetic_arg(s) for s in args.synthetic]
     labels = read_label_set(args.labels)
-    from augment.datasets import load_dataset
+    from augment.data.datasets import load_dataset
 
     dataset = load_dataset(args.dataset, labels)
     synthetic = [load_synthetic(name, path, labels) for name, path in synthetic_args]
@@ -258,7 +258,7 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
     import numpy as np
 
-    from augment.datasets import sample_kshot, trial_seed
+    from augment.data.datasets import sample_kshot, trial_seed
     from downstream.train import evaluate, num_steps, save, train_classifier
 
     for path, what in ((args.save_classifier, "--save-classifier"), (args.json, "--json")):

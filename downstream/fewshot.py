@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from augment.atomic import write_json, write_text
-from augment.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
+from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
 from downstream.synthetic import SyntheticSet
 from downstream.train import TrainConfig, evaluate, num_steps, prepare, train_classifier

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.data.images import EncodedImages, Split
+from augment.data.shards import image_bytes, iter_samples, tar_files
 from augment.errors import UserError
-from augment.images import EncodedImages, Split
 from augment.labels import LabelSet, normalise_name
-from augment.shards import image_bytes, iter_samples, tar_files
 
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED = {"real"}

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from augment.data.images import Split, concat
+from augment.data.mixing import index_batches, mixed_batches
 from augment.errors import UserError
-from augment.images import Split, concat
-from augment.mixing import index_batches, mixed_batches
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
@@ -315,7 +315,7 @@ def save(
     model: torch.nn.Module, out_dir: str | Path, config: TrainConfig, classes: list[str], trained: dict[str, Any]
 ) -> Path:
     """Write the classifier in the `ckpt:` format so `augment` can use it as a guide or held-out scorer."""
-    from augment.checkpoint import save_classifier
+    from augment.models.checkpoint import save_classifier
 
     return save_classifier(
         model.cpu(),

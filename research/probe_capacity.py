@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     print_environment(env)
     import tempfile
 
-    from augment.generate import generate_images
-    from augment.prompting import format_prompt
-    from augment.tokens import TokenLearner
+    from augment.generate.loop import generate_images
+    from augment.learn.learner import TokenLearner
+    from augment.models.prompting import format_prompt
 
     steps = args.steps or (2 if args.quick else 40)
     fresh = args.fresh_images or (2 if args.quick else 40)

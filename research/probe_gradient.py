@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     env = setup(args)
     print_environment(env)
-    from augment.tokens import TokenLearner
+    from augment.learn.learner import TokenLearner
 
     learn = {}
     if args.steps:

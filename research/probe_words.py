@@ -27,7 +27,7 @@ SEED = 1000
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from augment.generate import generate_images
+    from augment.generate.loop import generate_images
     from augment.toy import COARSE_WORD, FINE_NAMES, SYNONYM
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

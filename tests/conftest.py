@@ -25,3 +25,23 @@ def cub_guide_dir(tmp_path_factory):
     from tests.full_size import save_vit_mae_cub
 
     return save_vit_mae_cub(tmp_path_factory.mktemp("guides") / "vit-mae-cub")
+
+
+@pytest.fixture(scope="session")
+def labels3(tmp_path_factory):
+    """Three Fashion-MNIST classes for small toy builds."""
+    path = tmp_path_factory.mktemp("labels") / "fm3.txt"
+    path.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def one_process_build(labels3, tmp_path_factory):
+    """tests.helpers.build_cmd with one class per learner step, run once in-process: the bytes that
+    torchrun and claim-mode builds must reproduce."""
+    from augment.cli import main
+    from tests.helpers import build_cmd
+
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert main(build_cmd(labels3, out, "--classes-per-step", "1")[3:]) == 0
+    return out

@@ -34,12 +34,12 @@ def test_learn_generate_score_from_python(tmp_path):
 
 
 def test_bad_config_is_a_user_error_before_any_model_loads(tmp_path, monkeypatch):
-    import augment.generator
+    import augment.models.generator
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(augment.generator, "load_generator", no_loading)
+    monkeypatch.setattr(augment.models.generator, "load_generator", no_loading)
     labels = tmp_path / "l.txt"
     labels.write_text("coat\n")
     cfg = small_toy_config()

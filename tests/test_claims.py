@@ -5,8 +5,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from augment.claims import ClaimBoard, ClaimQueue
 from tests.helpers import ENV, REPO, build_cmd, tar_samples, token_bytes
 
@@ -52,24 +50,8 @@ def test_the_queue_hands_each_unit_to_one_worker_and_waits_for_live_claims(tmp_p
         assert qb.reserve([2, 3]) and not qa.reserve([3])
 
 
-@pytest.fixture(scope="module")
-def labels3(tmp_path_factory):
-    path = tmp_path_factory.mktemp("labels") / "fm3.txt"
-    path.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
-    return path
-
-
-def test_three_claim_workers_one_killed_mid_class_build_the_one_worker_bytes(labels3, tmp_path):
-    one, out = tmp_path / "one", tmp_path / "claim"
-    r = subprocess.run(
-        build_cmd(labels3, one, "--classes-per-step", "1"),
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
+def test_three_claim_workers_one_killed_mid_class_build_the_one_worker_bytes(labels3, one_process_build, tmp_path):
+    one, out = one_process_build, tmp_path / "claim"
     procs = [
         subprocess.Popen(
             build_cmd(

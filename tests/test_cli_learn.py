@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from augment.checkpoint import build_model, save_classifier
 from augment.cli import main
+from augment.models.checkpoint import build_model, save_classifier
 from tests.tiny import COLOURS, tiny_pipeline
 
 

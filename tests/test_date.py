@@ -1,4 +1,4 @@
-"""DATE refinement (augment/date.py) on the tiny pipeline: it raises the guide's log-probability of the target,
+"""DATE refinement (augment/generate/date.py) on the tiny pipeline: it raises the guide's log-probability of the target,
 it is exactly the pipeline when nothing is refined, and the CLI checks its options before loading models."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import torch
 
 from augment.cli import main
 from augment.config import GenerateConfig
-from augment.date import DateOptions, refine_options
+from augment.data.shards import load_samples, plan_units
 from augment.errors import UserError
-from augment.generate import generate_images, generate_units
+from augment.generate.date import DateOptions, refine_options
+from augment.generate.loop import generate_images, generate_units
+from augment.generate.sampling import predicted_x0
 from augment.labels import read_label_set
-from augment.sampling import predicted_x0
-from augment.shards import load_samples, plan_units
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 
 SEEDS = [11, 12, 13, 14]
@@ -169,7 +169,7 @@ def test_cli_rejects_bad_refine_options_before_loading_models(tmp_path, capsys, 
 def test_cli_generates_with_date(pipe, tmp_path):
     import timm
 
-    from augment.checkpoint import save_classifier
+    from augment.models.checkpoint import save_classifier
 
     pipe.save_pretrained(tmp_path / "pipe")
     save_classifier(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.datasets import load_dataset, parse_spec, sample_kshot
+from augment.data.datasets import load_dataset, parse_spec, sample_kshot
 from augment.errors import UserError
 from augment.labels import read_label_set
 from downstream.synthetic import load_synthetic, parse_synthetic_arg
@@ -303,7 +303,7 @@ def test_train_is_deterministic_and_evaluates(tmp_path, image_size):
 
 
 def test_saved_classifier_loads_with_same_logits(tmp_path):
-    from augment.checkpoint import load_classifier
+    from augment.models.checkpoint import load_classifier
     from downstream.train import save, train_classifier
 
     ds = load_dataset(f"cub:{make_cub(tmp_path)}", read_label_set(write_labels(tmp_path / "l.txt")))
@@ -318,7 +318,7 @@ def test_saved_classifier_loads_with_same_logits(tmp_path):
 
 
 def test_real_fraction_fixes_the_real_share_of_every_batch():
-    from augment.mixing import mixed_batches as _mixed_batches
+    from augment.data.mixing import mixed_batches as _mixed_batches
 
     g = torch.Generator().manual_seed(0)
     batches = _mixed_batches(n_real=6, n=106, batch=8, steps=30, real_fraction=0.25, g=g)
@@ -335,7 +335,7 @@ def test_mixed_batch_sampler_feeds_a_dataloader_over_real_and_synthetic():
     """The helper for users' own loops: ConcatDataset([real, synthetic]) + MixedBatchSampler."""
     from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-    from augment.mixing import MixedBatchSampler
+    from augment.data.mixing import MixedBatchSampler
 
     real = TensorDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long))  # label 0 = real
     synthetic = TensorDataset(torch.ones(100, 1), torch.ones(100, dtype=torch.long))  # label 1 = synthetic

@@ -109,9 +109,9 @@ def test_fewshot_writes_results_and_resumes(inputs, tmp_path, monkeypatch, capsy
 def test_train_saves_a_classifier_that_scores_the_same(inputs, tmp_path, capsys):
     import torch
 
-    from augment.checkpoint import load_classifier
-    from augment.datasets import load_dataset
+    from augment.data.datasets import load_dataset
     from augment.labels import read_label_set
+    from augment.models.checkpoint import load_classifier
     from downstream.train import TrainConfig, evaluate
 
     ckpt = tmp_path / "ckpt"

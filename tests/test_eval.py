@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from augment import shards
 from augment.cli import main
+from augment.data import shards
 from augment.evaluate import (
     extract_features,
     fid_kid,
@@ -19,7 +19,7 @@ from augment.evaluate import (
     score_shards,
     shard_label_set,
 )
-from augment.guide import load_guide
+from augment.models.guide import load_guide
 
 CLASSIFIER_LABELS = [f"kind {i}" for i in range(8)]
 SET_LABELS = ["kind 5", "kind 2", "kind 7", "kind 0"]  # label-set order ≠ classifier order
@@ -30,7 +30,7 @@ ARCH = dict(architecture="timm:resnet18", model_kwargs={"channels": [8, 8, 16, 1
 def make_classifier(path) -> str:
     """A tiny timm ResNet with fixed random weights, saved in the ckpt: format; its head is scaled up so that
     its predictions differ from image to image."""
-    from augment.checkpoint import build_model, save_classifier
+    from augment.models.checkpoint import build_model, save_classifier
 
     torch.manual_seed(0)
     model = build_model(ARCH["architecture"], len(CLASSIFIER_LABELS), ARCH["model_kwargs"])

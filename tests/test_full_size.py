@@ -9,10 +9,10 @@ import torch
 
 from augment.cli import main
 from augment.config import LearnConfig, load_config
-from augment.generator import attention_backends, load_generator
-from augment.guide import load_guide, parse_hf_spec
 from augment.labels import match_to_guide, read_label_set
-from augment.tokens import TokenLearner
+from augment.learn.learner import TokenLearner
+from augment.models.generator import attention_backends, load_generator
+from augment.models.guide import load_guide, parse_hf_spec
 
 SMALL = """
 learn: {height: 64, width: 64, num_inference_steps: 3, max_steps: 1, batch_size: 2}
@@ -167,10 +167,10 @@ def test_sd14_cub_preset_learns_and_generates_through_the_cli(
 
 
 def test_auto_classes_per_step_fits_the_papers_footprint():
-    """The memory model behind `max_classes_per_step: auto` (augment.memory, measured by
+    """The memory model behind `max_classes_per_step: auto` (augment.learn.memory, measured by
     benchmarks/bench_sd_memory.py): one class of the SD presets at 512 px in bf16 fits 10 GB with the
     weights, and auto grows with free memory."""
-    from augment.memory import GIB, step_bytes
+    from augment.learn.memory import GIB, step_bytes
 
     weights = (860e6 + 84e6 + 123e6) * 2 + 86e6 * 4  # SD-1.4 in bf16, a ViT-B guide in fp32
     one = step_bytes(1, 5, 2, 1, 512, 512, torch.bfloat16, True)

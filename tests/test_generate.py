@@ -18,9 +18,9 @@ import pytest
 
 from augment.cli import main
 from augment.config import GenerateConfig
-from augment.generate import generate_units, unit_samples
+from augment.data.shards import load_samples, plan_units, webdataset_pipeline
+from augment.generate.loop import generate_units, unit_samples
 from augment.labels import read_label_set
-from augment.shards import load_samples, plan_units, webdataset_pipeline
 from tests.helpers import tar_samples
 from tests.test_tokens import learn_config
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
@@ -46,8 +46,8 @@ SMALL = [
 @pytest.fixture(scope="module")
 def world(tokenizer_dir, tmp_path_factory):
     """A saved tiny pipeline, a label file and tokens learned for it (1 step)."""
-    from augment.generator import text_encoder_fingerprint
-    from augment.tokens import TokenLearner
+    from augment.learn.learner import TokenLearner
+    from augment.models.generator import text_encoder_fingerprint
 
     root = tmp_path_factory.mktemp("world")
     (root / "colours.txt").write_text("\n".join(COLOURS) + "\n")
@@ -210,7 +210,7 @@ def test_changed_config_is_refused_unless_overwrite(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", ["missing-tokens", "other-generator", "unwritable", "ipc0", "shard0"])
-def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad):
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad, capsys):
     import shutil
 
     out = tmp_path / "out"
@@ -231,13 +231,10 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad)
         args += ["--images-per-class", "0"]
     elif bad == "shard0":
         args += ["--shard-size", "0"]
-    # diffusers' deprecation warnings (torch_dtype; the tiny scheduler's steps_offset) are not ours
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run(
-        [sys.executable, "-m", "augment.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert res.returncode == 2, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("augment: error:")
+    capsys.readouterr()
+    assert main(args) == 2  # in-process: the exit code and stderr are main()'s (test_cli runs a real process)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("augment: error:"), err
     assert not out.exists()
 
 
@@ -253,7 +250,7 @@ def test_images_do_not_depend_on_batch_size_and_no_tokens_keeps_seeds(world, tok
         image_format="png",
     )
     unit = plan_units([1], 3, 3)[0]
-    from augment.tokens_io import load_tokens
+    from augment.data.tokens_io import load_tokens
 
     tokens = load_tokens(pipe, world["tokens"], labels)
     one = unit_samples(pipe, labels, tokens, GenerateConfig(**{**cfg.__dict__, "batch_size": 1}), unit)
@@ -289,7 +286,7 @@ def ckpt_guide(tmp_path_factory):
     """A tiny timm classifier over the colour names, saved in the ckpt: format."""
     import timm
 
-    from augment.checkpoint import save_classifier
+    from augment.models.checkpoint import save_classifier
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     d = tmp_path_factory.mktemp("guide") / "ckpt"
@@ -349,8 +346,8 @@ def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, t
     """Each template is encoded once per class and shards are encoded and written on another thread while
     sampling goes on: the images equal the uncached pipeline call's, and the shards are byte for byte the
     serial path's, with on_unit still called in unit order."""
-    from augment.generate import PromptCache, generate_images
-    from augment.tokens_io import load_tokens
+    from augment.data.tokens_io import load_tokens
+    from augment.generate.loop import PromptCache, generate_images
 
     labels = world["labels"]
     pipe = tiny_pipeline(tokenizer_dir)

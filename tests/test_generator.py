@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from augment.errors import UserError
-from augment.generator import load_generator, resolve_dtype, text_encoder_fingerprint
+from augment.models.generator import load_generator, resolve_dtype, text_encoder_fingerprint
 from tests.tiny import tiny_pipeline
 
 
@@ -57,8 +57,8 @@ def test_speed_settings_use_sdpa_keep_the_images_and_compile_only_on_request(tok
     """channels-last changes the memory layout, not the images (beyond float rounding); attention runs on
     torch's fused SDPA; torch.compile wraps the UNet only when asked (lazily: nothing compiles here)."""
     from augment.config import GenerateConfig
-    from augment.generate import generate_images
-    from augment.generator import speed_up
+    from augment.generate.loop import generate_images
+    from augment.models.generator import speed_up
 
     cfg = GenerateConfig(num_inference_steps=3, guidance_scale=3.0, prompts=["a photo of {name}"])
     pipe = tiny_pipeline(tokenizer_dir)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from augment.checkpoint import build_model, save_classifier
 from augment.config import list_presets, load_config
 from augment.errors import UserError
-from augment.guide import load_guide
+from augment.models.checkpoint import build_model, save_classifier
+from augment.models.guide import load_guide
 
 
 @pytest.fixture

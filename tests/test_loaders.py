@@ -47,10 +47,10 @@ EXPECTED = sorted((c, i) for c in range(3) for i in range(4))
 
 
 def test_dataloader_with_workers_reads_every_sample_once(shards):
-    """README recipe: augment.shards.webdataset_pipeline in a DataLoader with worker processes."""
+    """README recipe: augment.data.shards.webdataset_pipeline in a DataLoader with worker processes."""
     from torchvision.transforms.functional import pil_to_tensor
 
-    from augment.shards import webdataset_pipeline
+    from augment.data.shards import webdataset_pipeline
 
     ds = webdataset_pipeline(shards, shuffle=100).map_tuple(pil_to_tensor, lambda c: c, lambda m: m["index"])
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
@@ -67,7 +67,7 @@ def test_pipeline_never_unpickles_a_member(shards, tmp_path):
     import pickle
     import tarfile
 
-    from augment.shards import webdataset_pipeline
+    from augment.data.shards import webdataset_pipeline
 
     class Boom:
         def __reduce__(self):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from augment.config import LearnConfig
+from augment.data.tokens_io import load_tokens, read_meta
 from augment.labels import match_to_guide, read_label_set
-from augment.prompting import add_placeholder_tokens, encode_prompts, format_prompt
-from augment.tokens import TokenLearner
-from augment.tokens_io import load_tokens, read_meta
+from augment.learn.learner import TokenLearner
+from augment.models.prompting import add_placeholder_tokens, encode_prompts, format_prompt
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 
 STEPS = 2
@@ -254,7 +254,7 @@ def token_gradients(learner, classes) -> torch.Tensor:
 def test_fp16_loss_scaling_keeps_small_token_gradients(tokenizer_dir, labels, tmp_path):
     """With fp16 models, gradients of the size Stable Diffusion's are at 512 px underflow in fp16 (here: a
     guide with small weights); the dynamic loss scale keeps them. The token rows stay fp32."""
-    from augment.precision import LossScaler
+    from augment.learn.precision import LossScaler
 
     def grads(dtype, scaled):
         guide = colour_guide()

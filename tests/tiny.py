@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from augment.guide import Guide, Preprocess
+from augment.models.guide import Guide, Preprocess
 from augment.toy.clip_tokenizer import clip_tokenizer
 
 COLOURS = ["red", "green", "blue"]

@@ -1,7 +1,7 @@
 """Score a generated set: held-out classifier top-1/top-5 per class, and FID/KID against a reference set.
 
 The classifier is --classifier, else the config's eval_classifier (`--preset toy`: the toy world's held-out
-classifier). --reference is another shards directory or a dataset spec (`augment.datasets`, e.g.
+classifier). --reference is another shards directory or a dataset spec (`augment.data.datasets`, e.g.
 `fashion-mnist`, `cub:DIR`; add `:train` for the train split, the test split is the default). FID/KID features
 come from --features: `inception` (needs torch-fidelity and its weights) or any classifier spec's penultimate
 layer; by default inception when available, else the classifier's own. The extractor is always named in the

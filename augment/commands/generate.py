@@ -73,7 +73,7 @@ REFINE_FLAGS = {"refine_step_size": "step_size", "refine_every": "every"}
 def apply_refine_arguments(args: argparse.Namespace, g) -> None:
     """Fold --refine/--refine-* into the GenerateConfig `g` and check the result (UserError), before any
     model is loaded. Idempotent: `build` calls it before learning, `generate` again."""
-    from augment.date import refine_options
+    from augment.generate.date import refine_options
 
     refine = getattr(args, "refine", None)
     if refine is not None:

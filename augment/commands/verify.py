@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from augment.verify import verify_run
+    from augment.data.verify import verify_run
 
     report = verify_run(args.out)
     for line in report.problems:

@@ -46,7 +46,7 @@ def build(
     config.learn.validate()
     config.generate.validate()  # a bad generate option fails before learning
     if dry_run:
-        from augment.tokens_io import is_learned
+        from augment.data.tokens_io import is_learned
 
         pending = sum(not is_learned(out, c) for c in labels.classes)
         if pending:
@@ -63,7 +63,7 @@ def build(
 def wait_for_tokens(out: Path, labels: LabelSet, timeout: float, poll: float = 5.0) -> None:
     """Block until every class of the label set has its token in OUT (other workers learn theirs), or fail
     with one line after `timeout` seconds."""
-    from augment.tokens_io import is_learned
+    from augment.data.tokens_io import is_learned
 
     deadline = time.time() + timeout
     shown = False

@@ -63,7 +63,7 @@ class GenerateResult:
 
 def tokens_digest(root: Path, labels: LabelSet) -> str:
     """sha256 over every class's learned embedding file: a changed token changes the config hash."""
-    from augment.tokens_io import WEIGHTS, token_dir
+    from augment.data.tokens_io import WEIGHTS, token_dir
 
     h = hashlib.sha256()
     for c in labels.classes:
@@ -73,7 +73,7 @@ def tokens_digest(root: Path, labels: LabelSet) -> str:
 
 def tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
     """The run directory holding tokens/ for every class (checked before any model is loaded)."""
-    from augment.tokens_io import is_learned
+    from augment.data.tokens_io import is_learned
 
     tokens = Path(tokens)
     if not tokens.is_dir():
@@ -102,7 +102,7 @@ def generate_set(
     (None: plain prompts, the baseline, same seeds). `score` records the guide's probability of each image
     (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
-    from augment import shards
+    from augment.data import shards
     from augment.fingerprint import source_identity
 
     labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
@@ -131,27 +131,27 @@ def generate_set(
         complete = shards.write_info(out, labels.name, units) is not None
         return GenerateResult(complete=complete, **base)
 
-    from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
-    from augment.sampling import make_scheduler
+    from augment.generate.sampling import make_scheduler
+    from augment.models.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
 
     if not progress:
         quiet_loading()
     device = resolve_device(config.device)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
-        from augment.guide import load_guide
         from augment.labels import match_to_guide
+        from augment.models.guide import load_guide
 
         guide = load_guide(config.guide, device)
         guide_indices = match_to_guide(labels, guide.labels)
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
-    from augment.generator import speed_up
+    from augment.models.generator import speed_up
 
     speed = speed_up(pipe, g.channels_last, g.compile)
     token_map = None
     if root is not None:
-        from augment.tokens_io import load_tokens
+        from augment.data.tokens_io import load_tokens
 
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
     info = {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
@@ -178,8 +178,8 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
                manifest: dict[str, Any], board, overwrite: bool, progress: bool) -> dict[str, Any]:  # fmt: skip
     from tqdm import tqdm
 
-    from augment import shards
-    from augment.generate import generate_units
+    from augment.data import shards
+    from augment.generate.loop import generate_units
 
     work = pending
     if board is None:
@@ -221,7 +221,7 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
     record(final=True)
     info_path = shards.write_info(out, labels.name, units)
     if info_path is not None:
-        from augment.card import write_card
+        from augment.data.card import write_card
 
         write_card(out, labels, manifest)
     return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
@@ -230,8 +230,8 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
 
 def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
     """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
-    from augment import shards
     from augment.claims import ClaimQueue
+    from augment.data import shards
 
     queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
                        done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))  # fmt: skip

@@ -56,9 +56,9 @@ def learn_tokens(
     """Learn the tokens of this worker's pending classes into OUT. Everything cheap is checked first (label
     set, config, output directory, workers: UserError), then the guide and the generator are loaded.
     `overwrite` discards a learner checkpoint made with another config instead of refusing it."""
+    from augment.data.tokens_io import is_learned
     from augment.labels import match_to_guide
-    from augment.resume import checkpoint_path
-    from augment.tokens_io import is_learned
+    from augment.learn.resume import checkpoint_path
 
     labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
     config.learn.validate()
@@ -71,10 +71,10 @@ def learn_tokens(
         return LearnResult()
 
     from augment.fingerprint import source_identity
-    from augment.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
-    from augment.guide import load_guide
-    from augment.resume import LearnerCheckpoint, learn_fingerprint
-    from augment.tokens import TokenLearner
+    from augment.learn.learner import TokenLearner
+    from augment.learn.resume import LearnerCheckpoint, learn_fingerprint
+    from augment.models.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
+    from augment.models.guide import load_guide
 
     device = resolve_device(config.device)
     guide = load_guide(config.guide, device)  # names and index range before the generator
@@ -105,7 +105,7 @@ def learn_tokens(
                               on_wait=waiting_note())  # fmt: skip
         learned = learner.run(mine, report, checkpoint, overwrite, feed=feed)
     if board is not None:  # a dead worker's checkpoint, its classes finished by others
-        from augment.resume import clear_finished
+        from augment.learn.resume import clear_finished
 
         by_pos = {c.position: c for c in labels.classes}
         clear_finished(out, lambda p: p in by_pos and is_learned(out, by_pos[p]))

@@ -2,7 +2,7 @@
 reference images, FID/KID and per-class precision/recall in one feature space.
 
 The classifier is `classifier`, else the config's `eval_classifier`. `reference` is another shards directory
-or a dataset spec (`augment.datasets`, e.g. `fashion-mnist`, `cub:DIR`; `:train` for the train split).
+or a dataset spec (`augment.data.datasets`, e.g. `fashion-mnist`, `cub:DIR`; `:train` for the train split).
 FID/KID features: `features="inception"` (needs torch-fidelity and its weights) or any classifier spec's
 penultimate layer; by default inception when available, else the classifier's own; always named in the report.
 """
@@ -34,9 +34,9 @@ def score_set(
     import torch
 
     from augment import evaluate as ev
-    from augment.generator import resolve_device
-    from augment.guide import load_guide
-    from augment.shards import tar_files
+    from augment.data.shards import tar_files
+    from augment.models.generator import resolve_device
+    from augment.models.guide import load_guide
 
     shards = Path(shards)
     if not shards.is_dir():
@@ -89,7 +89,7 @@ def score_set(
 def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device):
     """(module or Guide, name) for FID/KID features; default: inception when it loads, else the classifier."""
     from augment.evaluate import INCEPTION, InceptionFeatures
-    from augment.guide import load_guide
+    from augment.models.guide import load_guide
 
     if spec in (None, INCEPTION):
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augment.checkpoint import build_model, save_classifier
+from augment.models.checkpoint import build_model, save_classifier
 from augment.toy import FINE_NAMES
 from augment.toy.data import load, to_rgb32
 

@@ -11,9 +11,9 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from augment.data.shards import ShardUnit, marker_path, plan_units, read_tar, sample_key
+from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
-from augment.shards import ShardUnit, marker_path, plan_units, read_tar, sample_key
-from augment.tokens_io import WEIGHTS
 
 
 @dataclass

@@ -194,7 +194,7 @@ def _hf(name: str, spec: str) -> Guide:
 
 
 def _ckpt(path: str, spec: str) -> Guide:
-    from augment.checkpoint import load_classifier
+    from augment.models.checkpoint import load_classifier
 
     if not Path(path).is_dir():
         raise UserError(f"guide {spec!r}: no such directory")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from augment.errors import UserError
-from augment.sampling import predicted_x0
+from augment.generate.sampling import predicted_x0
 
 METHODS = ("date",)
 

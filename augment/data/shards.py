@@ -10,8 +10,8 @@ killed run leaves at most `.tmp` files, which the next run removes. Samples: key
 
 Reading the shards for training::
 
-    augment.shards.webdataset_pipeline("OUT/shards", shuffle=1000)   # iterable, streaming
-    augment.shards.load_samples("OUT/shards")                         # map-style list, small sets only
+    augment.data.shards.webdataset_pipeline("OUT/shards", shuffle=1000)   # iterable, streaming
+    augment.data.shards.load_samples("OUT/shards")                         # map-style list, small sets only
     datasets.load_dataset("webdataset", data_files={"train": "OUT/shards/*.tar"}, split="train")
     timm: create_dataset("wds/", root="OUT", split="train") reads OUT/_info.json
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from augment.data.shards import image_bytes, read_tar, tar_files
 from augment.labels import LabelSet
-from augment.shards import image_bytes, read_tar, tar_files
 
 
 def class_grids(
@@ -103,7 +103,7 @@ def write_card(
         "```python",
         "import datasets",
         'ds = datasets.load_dataset("webdataset", data_files={"train": "shards/*.tar"}, split="train")',
-        "# or: augment.shards.webdataset_pipeline('shards', shuffle=1000)",
+        "# or: augment.data.shards.webdataset_pipeline('shards', shuffle=1000)",
         "```",
         "",
         "| class | images |" + (" mean guide probability |" if scored else "") + " grid |",

@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import LearnConfig
-from augment.guide import Guide
+from augment.data.tokens_io import is_learned, save_token
+from augment.generate.sampling import make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
-from augment.precision import LossScaler
-from augment.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
-from augment.sampling import make_scheduler, predicted_x0
-from augment.tokens_io import is_learned, save_token
+from augment.learn.precision import LossScaler
+from augment.models.guide import Guide
+from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ClassState:
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
     started: float = field(default_factory=time.time)
-    elapsed: float = 0.0  # seconds spent before a restart (augment.resume)
+    elapsed: float = 0.0  # seconds spent before a restart (augment.learn.resume)
 
     def seconds(self) -> float:
         return self.elapsed + time.time() - self.started
@@ -95,7 +95,7 @@ class TokenLearner:
         self.scaler = LossScaler(pipe.unet.dtype == torch.float16)
         self.classes_per_step = cfg.max_classes_per_step
         if self.classes_per_step == "auto":
-            from augment.memory import auto_classes_per_step
+            from augment.learn.memory import auto_classes_per_step
 
             self.classes_per_step = auto_classes_per_step(pipe, cfg)
 
@@ -245,7 +245,7 @@ class TokenLearner:
     ) -> dict[int, dict]:
         """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now.
 
-        With an `augment.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
+        With an `augment.learn.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
         usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted.
         With a `feed` (claim mode: an `augment.claims.ClaimQueue` over `classes`) the classes learned are the
         ones the feed hands out, taken whenever a place in the batch is free; each is released once saved."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.data.images import FileImages, GreyImages, HFImages, ImageSource, Split
 from augment.errors import UserError
-from augment.images import FileImages, GreyImages, HFImages, ImageSource, Split
 from augment.labels import LabelSet, normalise_name
 
 KINDS = ("cub", "inat", "imagefolder", "hf", "fashion-mnist")

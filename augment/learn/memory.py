@@ -1,7 +1,7 @@
 """How many classes fit in one learner step: `learn.max_classes_per_step: auto`.
 
 The learner's gradient path holds, per image, the activations of `grad_steps` conditional UNet calls; the
-VAE decode and the guide run `decode_batch` images at a time (augment.tokens), and with gradient
+VAE decode and the guide run `decode_batch` images at a time (augment.learn.learner), and with gradient
 checkpointing the backward pass recomputes one block at a time. Bytes per 512×512 image in fp32, measured
 on the SD-1.4 architecture with saved-tensor hooks (`python benchmarks/bench_sd_memory.py --size 512`,
 benchmarks/README.md); they scale with the pixel count and the dtype's size (the guide stays fp32). They

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from augment.config import GenerateConfig
-from augment.date import refine_options, sample_date
+from augment.data.shards import ShardUnit, encode_image, image_seed, sample_key, write_unit
+from augment.generate.date import refine_options, sample_date
 from augment.labels import LabelSet
-from augment.prompting import format_prompt
-from augment.shards import ShardUnit, encode_image, image_seed, sample_key, write_unit
+from augment.models.prompting import format_prompt
 
 
 def image_prompt(cfg: GenerateConfig, i: int, token: str, name: str) -> str:
@@ -64,7 +64,7 @@ def generate_images(
 ) -> np.ndarray:
     """One pipeline call: N×H×W×3 floats in [0, 1], one CPU generator per image.
 
-    With `cfg.refine == "date"` our own sampler (augment.date) replaces the pipeline call: same seeds and
+    With `cfg.refine == "date"` our own sampler (augment.generate.date) replaces the pipeline call: same seeds and
     latents, plus DATE updates of the prompt embeddings towards the guide's `targets` (one per image).
     With a `cache` the prompt embeddings come from it (the same tensors the pipeline would compute)."""
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -200,7 +200,7 @@ def generate_units(
     on_unit: Callable[[ShardUnit, dict], None] | None = None,
     overlap: bool = True,
 ) -> list[dict[str, Any]]:
-    """Generate and write each unit in turn (atomically, see augment.shards); returns their markers.
+    """Generate and write each unit in turn (atomically, see augment.data.shards); returns their markers.
 
     `tokens=None` is the `--no-tokens` baseline: same seeds, same prompts without the token. With `overlap`
     a background thread encodes images and writes each unit's shard while sampling goes on; `on_unit` is

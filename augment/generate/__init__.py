@@ -1,0 +1,1 @@
+"""Generating images: the batched sampling loop into shards, samplers, and DATE refinement."""

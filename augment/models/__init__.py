@@ -1,0 +1,1 @@
+"""The models: the generator (a Stable Diffusion pipeline), the guide classifier, classifier checkpoints, prompts and token embeddings."""
