@@ -105,5 +105,8 @@ def test_timm_wds_reader_reads_info_json(shards):
     assert len(ds) == 12
     rows = [(img.size, int(target)) for img, target in ds]
     assert sorted(t for _, t in rows) == sorted(c for c, _ in EXPECTED) and {s for s, _ in rows} == {(32, 32)}
+    train = create_dataset("wds/augment", root=str(shards), split="train", is_training=True, batch_size=4)
+    targets = [int(t) for _, t in train]  # shuffled, as the README's training recipe reads it
+    assert len(targets) >= 12 and set(targets) == {0, 1, 2}
     info = json.loads((shards / "_info.json").read_text())["splits"]["train"]
     assert all((shards / f).is_file() for f in info["filenames"])
