@@ -55,22 +55,27 @@ def read_meta(out_dir: str | Path, cls: LabelClass) -> dict:
     return json.loads((token_dir(out_dir, cls) / "meta.json").read_text())
 
 
-def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: str | None = None) -> dict[int, str]:
-    """Load every class's learned token into `pipe` (load_textual_inversion); returns {position: token}.
-
-    `tokens_root` is a learn/build output directory (holding tokens/) or the tokens/ directory itself.
-    Refuses missing classes and tokens learned on another text encoder (by fingerprint)."""
-    root = Path(tokens_root)
+def find_tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
+    """The run directory holding tokens/ for every class of `labels`, from that directory or its tokens/
+    folder; a missing directory or class is a UserError (cheap: no model needed)."""
+    root = Path(tokens)
     if not root.is_dir():
         raise UserError(f"tokens directory {root} does not exist")
     if root.name == "tokens" and not (root / "tokens").is_dir():
         root = root.parent
     missing = [c.name for c in labels.classes if not is_learned(root, c)]
     if missing:
-        raise UserError(
-            f"{root}: no learned token for {len(missing)} class(es): "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-        )
+        more = " ..." if len(missing) > 5 else ""
+        raise UserError(f"{root}: no learned token for {len(missing)} class(es): {', '.join(missing[:5])}{more}")
+    return root
+
+
+def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: str | None = None) -> dict[int, str]:
+    """Load every class's learned token into `pipe` (load_textual_inversion); returns {position: token}.
+
+    `tokens_root` is a learn/build output directory (holding tokens/) or the tokens/ directory itself.
+    Refuses missing classes and tokens learned on another text encoder (by fingerprint)."""
+    root = find_tokens_root(tokens_root, labels)
     paths, tokens, out = [], [], {}
     for c in labels.classes:
         meta = read_meta(root, c)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from augment.config import RunConfig
-from augment.errors import UserError
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
 from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
@@ -71,21 +70,6 @@ def tokens_digest(root: Path, labels: LabelSet) -> str:
     return h.hexdigest()[:16]
 
 
-def tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
-    """The run directory holding tokens/ for every class (checked before any model is loaded)."""
-    from augment.data.tokens_io import is_learned
-
-    tokens = Path(tokens)
-    if not tokens.is_dir():
-        raise UserError(f"tokens directory {tokens} does not exist")
-    root = tokens.parent if tokens.name == "tokens" and not (tokens / "tokens").is_dir() else tokens
-    missing = [c.name for c in labels.classes if not is_learned(root, c)]
-    if missing:
-        more = " ..." if len(missing) > 5 else ""
-        raise UserError(f"{root}: no learned token for {len(missing)} class(es): {', '.join(missing[:5])}{more}")
-    return root
-
-
 def generate_set(
     labels: str | Path | LabelSet,
     out: str | Path,
@@ -103,12 +87,13 @@ def generate_set(
     (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
     from augment.data import shards
+    from augment.data.tokens_io import find_tokens_root
     from augment.fingerprint import source_identity
 
     labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
     g.validate()
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size)
-    root = None if tokens is None else tokens_root(tokens, labels)
+    root = None if tokens is None else find_tokens_root(tokens, labels)
     index, count = workers.slot()
     check_out_dir(out)
     chash = shards.config_hash(
