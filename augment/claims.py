@@ -64,15 +64,9 @@ class ClaimBoard:
             return True
         self.dir.mkdir(parents=True, exist_ok=True)
         gens = self._generations(key)
-        if gens:
-            newest, path = gens[-1]
-            try:
-                if time.time() - path.stat().st_mtime < self.lease:
-                    return False  # a live owner
-            except FileNotFoundError:  # released or cleared just now: look again next time
-                return False
-        else:
-            newest = 0
+        newest = gens[-1][0] if gens else 0
+        if gens and self._live(gens[-1][1]) is not False:  # a live owner, or released just now: look again later
+            return False
         path = self.dir / f"{key}.{newest + 1}"
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -99,12 +93,14 @@ class ClaimBoard:
         if key in self.held:
             return False
         gens = self._generations(key)
-        if not gens:
-            return False
+        return bool(gens) and self._live(gens[-1][1]) is True
+
+    def _live(self, path: Path) -> bool | None:
+        """Whether a claim file is within its lease; None when it vanished meanwhile (released or cleared)."""
         try:
-            return time.time() - gens[-1][1].stat().st_mtime < self.lease
+            return time.time() - path.stat().st_mtime < self.lease
         except FileNotFoundError:
-            return False
+            return None
 
     # ------------------------------------------------------------------ heartbeat
     def _start_heartbeat(self) -> None:

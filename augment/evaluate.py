@@ -78,12 +78,16 @@ def iter_shards(directory: str | Path, keep: set[int] | None = None) -> Iterator
 
     if not tar_files(directory):
         raise UserError(f"{directory}: no .tar shards")
-    samples = ((m, image_bytes(m)) for _, _, m in iter_samples(directory))
-    for i, (members, image) in enumerate((m, b) for m, b in samples if b is not None and "cls" in m):
+    i = 0  # sample number among those with an image and a cls
+    for _, _, members in iter_samples(directory):
+        image = image_bytes(members)
+        if image is None or "cls" not in members:
+            continue
         if keep is None or i in keep:
             with Image.open(io.BytesIO(image)) as im:
                 rgb = im.convert("RGB")
             yield rgb, int(members["cls"])
+        i += 1
 
 
 def _pick(total: int, limit: int | None) -> set[int] | None:
