@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from augment.data.images import Split, concat
 from augment.data.mixing import index_batches, mixed_batches
 from augment.errors import UserError
+from augment.models.generator import resolve_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
@@ -100,12 +101,6 @@ def prepare(split: Split, config: TrainConfig) -> Data:
     if not in_memory(config) or isinstance(split, Tensors):
         return split
     return Tensors(split.to_uint8(config.image_size), torch.from_numpy(split.labels.astype(np.int64)))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
