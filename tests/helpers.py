@@ -9,6 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+# `downstream` training options for a classifier that trains in a second on CPU (tiny ResNet, 16 px, 2 steps)
+TINY_CLASSIFIER = ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}',
+                   "--no-pretrained", "--image-size", "16", "--steps", "2", "--batch-size", "4", "--device", "cpu",
+                   "--no-progress"]  # fmt: skip
 CLI = [sys.executable, "-c", "import sys; from augment.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 

@@ -11,26 +11,10 @@ import pytest
 from augment.cli import main as augment_main
 from augment.labels import read_label_set
 from downstream.cli import main as downstream_main
-from tests.helpers import REPO, tar_samples
+from tests.helpers import REPO, TINY_CLASSIFIER, tar_samples
 from tests.test_downstream import write_image
 
 CUB200 = REPO / "manifests" / "cub200.txt"
-TINY_CLASSIFIER = [
-    "--model",
-    "resnet18",
-    "--model-kwargs",
-    '{"channels": [8, 8, 16, 16], "stem_width": 8}',
-    "--no-pretrained",
-    "--image-size",
-    "16",
-    "--steps",
-    "2",
-    "--batch-size",
-    "32",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
 
 
 def make_cub200(root, train: int = 1, test: int = 1):
@@ -72,6 +56,8 @@ def test_200_cub_classes_flow_by_name_and_index_from_guide_to_tokens_shards_and_
                 "--save-classifier",
                 str(guide),
                 *TINY_CLASSIFIER,
+                "--batch-size",
+                "32",  # 200 classes: bigger batches (the last --batch-size wins)
             ]
         )
         == 0
@@ -145,6 +131,8 @@ def test_200_cub_classes_flow_by_name_and_index_from_guide_to_tokens_shards_and_
                 "--out",
                 str(fs),
                 *TINY_CLASSIFIER,
+                "--batch-size",
+                "32",  # 200 classes: bigger batches (the last --batch-size wins)
             ]
         )
         == 0

@@ -7,24 +7,8 @@ import json
 import pytest
 
 from downstream.cli import main
+from tests.helpers import TINY_CLASSIFIER as TINY
 from tests.test_downstream import make_cub, make_synthetic, write_labels
-
-TINY = [
-    "--model",
-    "resnet18",
-    "--model-kwargs",
-    '{"channels": [8, 8, 16, 16], "stem_width": 8}',
-    "--no-pretrained",
-    "--image-size",
-    "16",
-    "--steps",
-    "2",
-    "--batch-size",
-    "4",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
 
 
 @pytest.fixture
