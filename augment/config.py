@@ -43,6 +43,7 @@ class LearnConfig:
     # every epoch)
     grad_clip: float = 1.0
     guidance_scale: float = 7.0
+    guidance_cutoff: float = 1.0  # as generate.guidance_cutoff: the first fraction of the UNet calls use CFG
     num_inference_steps: int = 50
     height: int | None = None  # None → the generator's native size
     width: int | None = None
@@ -87,8 +88,9 @@ class LearnConfig:
                 raise UserError(f"learn.{key} must be {names}, got {getattr(self, key)!r}")
         if self.steps_offset is not None and self.steps_offset < 0:
             raise UserError(f"learn.steps_offset must be ≥ 0, got {self.steps_offset}")
-        if not 0 < self.stop_accuracy <= 1:
-            raise UserError(f"learn.stop_accuracy must be in (0, 1], got {self.stop_accuracy}")
+        for key in ("stop_accuracy", "guidance_cutoff"):
+            if not 0 < getattr(self, key) <= 1:
+                raise UserError(f"learn.{key} must be in (0, 1], got {getattr(self, key)}")
         for key in ("checkpoint_every", "weight_decay"):
             if getattr(self, key) < 0:
                 raise UserError(f"learn.{key} must be ≥ 0, got {getattr(self, key)}")
@@ -103,6 +105,8 @@ class GenerateConfig:
     shard_size: int = 100
     batch_size: int = 16
     guidance_scale: float = 7.0
+    guidance_cutoff: float = 1.0  # fraction of the sampling steps (the first ones) with classifier-free guidance;
+    # the rest run the UNet on the conditional prompt alone: one call per step instead of two
     num_inference_steps: int = 50
     height: int | None = None
     width: int | None = None
@@ -129,6 +133,8 @@ class GenerateConfig:
         if self.image_format not in ("jpg", "png"):
             raise UserError(f"generate.image_format must be jpg or png, got {self.image_format!r}")
         check_scheduler(self.scheduler, "generate.scheduler")
+        if not 0 < self.guidance_cutoff <= 1:
+            raise UserError(f"generate.guidance_cutoff must be in (0, 1], got {self.guidance_cutoff}")
         refine_options(self.refine, self.refine_options)
 
 

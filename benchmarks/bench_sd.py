@@ -6,9 +6,10 @@ Speed does not depend on weight values, so no hub is needed (`augment.testing`).
   saved as a JPEG file (what a hand-written script does);
 - augment: `augment.generate.loop.generate_units` (the `augment generate` path: prompt cache, shards written on a
   background thread) at the same sampler, steps and batch;
-- augment, fast sampler: the same with `--fast-scheduler` at `--fast-steps`.
+- augment, fast sampler: the same with `--fast-scheduler` at `--fast-steps`;
+- with `--guidance-cutoff C`: augment at the same sampler and steps, guidance in the first C of the steps only.
 Then one token-learner step of the sd14-cub preset's learner (PNDM, grad_steps 2, checkpointing) for one
-class at the same size, and the UNet evaluations a learned class costs. Images/s and ratios; on a GPU the
+class at the same size (and one with the cutoff), and the UNet evaluations a learned class costs. Images/s and ratios; on a GPU the
 absolute figures mean something, on the CPU only the ratios.
 
     python benchmarks/bench_sd.py --size 128 --steps 10 --images 8        # CPU, about 10 min
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=8, help="images per path (default 8)")
     p.add_argument("--channels-last", action="store_true", help="also: augment with a channels-last UNet and VAE")
     p.add_argument("--compile", action="store_true", help="also: augment with a torch.compile'd UNet (and its warm-up)")
+    p.add_argument("--guidance-cutoff", type=float, help="also: augment and the learner with this guidance_cutoff")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
@@ -98,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         own = pipe.scheduler  # SD-1.4's PNDM config
         units = [u for u in plan_units(range(2), per_class, per_class)]
 
-        def run_augment(scheduler: str, steps: int, name: str, pipe=pipe) -> float:
+        def run_augment(scheduler: str, steps: int, name: str, pipe=pipe, cutoff: float = 1.0) -> float:
             cfg = GenerateConfig(
                 images_per_class=per_class,
                 shard_size=per_class,
                 batch_size=args.batch_size,
                 num_inference_steps=steps,
                 guidance_scale=7.0,
+                guidance_cutoff=cutoff,
                 height=args.size,
                 width=args.size,
                 prompts=["A photo of {token} {name}"],
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
             f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"), fast_steps),
         }
+        if args.guidance_cutoff:
+            cut = run_augment("pipeline", args.steps, "cutoff", cutoff=args.guidance_cutoff)
+            timings[f"augment (PNDM, guidance cutoff {args.guidance_cutoff})"] = (cut, args.steps)
         from augment.models.generator import speed_up
 
         variants = [("channels-last", {"channels_last": True})] if args.channels_last else []
@@ -153,12 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         lcfg.num_inference_steps = args.steps
         lcfg.max_classes_per_step = 1
         pipe.scheduler = own
-        learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), lcfg, root / "learn")
-        states = [learner.new_state(*e) for e in learner.prepare([labels.classes[0]])]
-        t0 = time.time()
-        learner.step(states)
-        step_s = time.time() - t0
-        learner.injector.remove()
+        learner_steps = {}
+        for cutoff in [1.0] + ([args.guidance_cutoff] if args.guidance_cutoff else []):
+            lcfg.guidance_cutoff = cutoff
+            learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), lcfg, root / f"learn{cutoff}")
+            states = [learner.new_state(*e) for e in learner.prepare([labels.classes[0]])]
+            t0 = time.time()
+            learner.step(states)
+            learner_steps[cutoff] = time.time() - t0
+            learner.injector.remove()
+    step_s = learner_steps[1.0]
     calls = args.steps + 1  # PNDM: N steps, N + 1 UNet calls
     per_step_evals = 2 * lcfg.batch_size * calls  # forward, both CFG halves
     print(
@@ -173,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         f"× 50 steps × 2 for CFG: 500 per step)"
     )
     results["learner_step_seconds"] = step_s
+    if args.guidance_cutoff:
+        from augment.generate.sampling import guided_steps
+
+        evals = lcfg.batch_size * (calls + guided_steps(args.steps, args.guidance_cutoff))
+        cut_s = learner_steps[args.guidance_cutoff]
+        print(
+            f"learner step with guidance cutoff {args.guidance_cutoff}: {cut_s:.1f} s ({step_s / cut_s:.2f}x); "
+            f"{evals} UNet forward evaluations per class step"
+        )
+        results["learner_step_seconds_cutoff"] = cut_s
     save_results(
         args.out,
         {

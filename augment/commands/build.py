@@ -24,7 +24,7 @@ LEARN_ONLY = {
     "lr": "lr",
     "max_steps": "max_steps",
 }
-SHARED = ("num_inference_steps", "guidance_scale", "seed")
+SHARED = ("num_inference_steps", "guidance_scale", "guidance_cutoff", "seed")
 GENERATE_ONLY = (
     "images_per_class",
     "shard_size",

@@ -47,3 +47,12 @@ def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None
 
 def workers_from(args: argparse.Namespace) -> Workers:
     return Workers(args.worker_index, args.num_workers, getattr(args, "claim", False), getattr(args, "lease", 300.0))
+
+
+def add_cutoff_argument(p: argparse.ArgumentParser, shared_note: str = "") -> None:
+    p.add_argument(
+        "--guidance-cutoff",
+        type=float,
+        help="fraction of the denoising steps, the first ones, with classifier-free guidance; the rest make one "
+        f"UNet call instead of two (default: preset, else 1 = all){shared_note}",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from augment.commands.common import add_config_arguments, resolve_config, workers_from
+from augment.commands.common import add_config_arguments, add_cutoff_argument, resolve_config, workers_from
 from augment.errors import UserError
 
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per pipeline call (does not change the images)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps per image")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance")
+    add_cutoff_argument(p)
     p.add_argument("--seed", type=int, help="global seed")
 
 
@@ -60,6 +61,7 @@ GENERATE_FLAGS = (
     "batch_size",
     "num_inference_steps",
     "guidance_scale",
+    "guidance_cutoff",
     "seed",
     "scheduler",
     "channels_last",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_config_arguments, resolve_config, workers_from
+from augment.commands.common import add_config_arguments, add_cutoff_argument, resolve_config, workers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +36,7 @@ def add_learn_arguments(p: argparse.ArgumentParser, batch_flag: str = "--batch-s
     p.add_argument("--max-steps", type=int, help="learning steps per class at most (paper: 200)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help=f"denoising steps (paper: 50){shared_note}")
     p.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance (paper: 7){shared_note}")
+    add_cutoff_argument(p, shared_note)
     p.add_argument("--seed", type=int, help=f"seed{shared_note}")
 
 
@@ -51,6 +52,7 @@ LEARN_FLAGS = (
     "max_steps",
     "num_inference_steps",
     "guidance_scale",
+    "guidance_cutoff",
     "seed",
 )
 

@@ -186,9 +186,11 @@ def sample_date(
     guide,
     targets: list[int],
     opts: DateOptions,
+    guided: int | None = None,
 ) -> np.ndarray:
     """Stable Diffusion sampling as `pipe(...)` does it (same latents from the same generators, CFG, the
-    pipeline's scheduler), with DATE updates of the prompt embeddings; N×H×W×3 floats in [0, 1]."""
+    pipeline's scheduler), with DATE updates of the prompt embeddings; N×H×W×3 floats in [0, 1].
+    Only the first `guided` steps (default: all) use classifier-free guidance (`guidance_cutoff`)."""
     # 1. Encode the prompts (learned tokens are already in the tokenizer / text encoder)
     device = pipe._execution_device
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -211,6 +213,8 @@ def sample_date(
         _checkpointing(opts.checkpointing, pipe.unet, pipe.vae),
     ):
         for i, t in enumerate(timesteps):
+            if guided is not None and i == guided:
+                do_cfg = False
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             if i in refined:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
-from augment.generate.sampling import make_scheduler, predicted_x0
+from augment.generate.sampling import guided_steps, make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
 from augment.learn.precision import LossScaler
 from augment.models.guide import Guide
@@ -141,19 +141,22 @@ class TokenLearner:
         scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps  # one entry = one UNet call
+        guided = guided_steps(cfg.num_inference_steps, cfg.guidance_cutoff)  # calls with CFG, from the first
         # 3. all calls but the last k without gradient ("gradient skipping")
         k = min(max(grad_steps or cfg.grad_steps, 1), len(timesteps))
+        first = len(timesteps) - k  # index of the first call with gradient
         with torch.no_grad():
-            for t in timesteps[:-k]:
-                latents = scheduler.step(self._cfg_noise(latents, t, cond.detach(), uncond), t, latents).prev_sample
+            for i, t in enumerate(timesteps[:-k]):
+                noise = self._cfg_noise(latents, t, cond.detach(), uncond, i < guided)
+                latents = scheduler.step(noise, t, latents).prev_sample
         # 4. the last k calls with gradient through the conditional UNet call;
         # 5. decode and classify: the final image, or ("x0") each call's predicted clean image
         weight = self.scaler.scale / n  # each class: mean over its own samples
         if cfg.objective == "x0":
             step_cond = cond.detach().requires_grad_(True) if backward else cond
             per_step = []
-            for t in timesteps[-k:]:
-                noise = self._cfg_noise(latents, t, step_cond, uncond)
+            for i, t in enumerate(timesteps[-k:], first):
+                noise = self._cfg_noise(latents, t, step_cond, uncond, i < guided)
                 x0 = predicted_x0(scheduler, latents, noise, t)
                 ce, logits = self._classify(x0, targets, backward, weight / k)
                 per_step.append(ce)
@@ -162,8 +165,8 @@ class TokenLearner:
                 cond.backward(step_cond.grad)
             per_sample = torch.stack(per_step).mean(0)
         else:
-            for t in timesteps[-k:]:
-                latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond), t, latents).prev_sample
+            for i, t in enumerate(timesteps[-k:], first):
+                latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond, i < guided), t, latents).prev_sample
             per_sample, logits = self._classify(latents, targets, backward, weight)
         correct = (logits.argmax(1) == targets).view(len(active), n)
         with torch.no_grad():
@@ -198,9 +201,12 @@ class TokenLearner:
         g = torch.Generator().manual_seed(class_noise_seed(cfg.seed, s.cls.position, step))
         return torch.randn((cfg.batch_size, pipe.unet.config.in_channels, h, w), generator=g)
 
-    def _cfg_noise(self, latents, t, cond, uncond):
-        """Classifier-free guidance. The unconditional half never needs gradient, so it runs apart."""
+    def _cfg_noise(self, latents, t, cond, uncond, guided: bool = True):
+        """Classifier-free guidance (or, past `guidance_cutoff`, the conditional call alone). The
+        unconditional half never needs gradient, so it runs apart."""
         x = self.scheduler.scale_model_input(latents, t)
+        if not guided:
+            return self.pipe.unet(x, t, encoder_hidden_states=cond).sample
         with torch.no_grad():
             eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
         eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
