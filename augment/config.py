@@ -18,6 +18,14 @@ from augment.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
+# Settings added after runs were already being made, with the default that means "as before": left out of the
+# config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
+ADDED_LATER = {"guidance_cutoff": 1.0}
+
+
+def hashed_settings(section: dict[str, Any]) -> dict[str, Any]:
+    """A config section as the hashes see it: without the ADDED_LATER settings left at their default."""
+    return {k: v for k, v in section.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
 
 
 @dataclass

@@ -86,3 +86,19 @@ def test_a_cutoff_outside_0_1_is_refused_before_loading_models(tmp_path, capsys,
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "guidance_cutoff" in err, err
     assert not out.exists()
+
+
+def test_learner_checkpoints_of_earlier_versions_keep_their_fingerprint(tmp_path):
+    """The learner checkpoint's fingerprint hashes the learn config without guidance_cutoff at its default
+    (what a version without the setting hashed) and with it otherwise."""
+    from dataclasses import asdict
+
+    from augment.config import LearnConfig, hashed_settings
+    from augment.labels import read_label_set
+    from augment.learn.resume import learn_fingerprint
+
+    assert "guidance_cutoff" not in hashed_settings(asdict(LearnConfig()))
+    (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
+    labels = read_label_set(tmp_path / "colours.txt")
+    fp = [learn_fingerprint(LearnConfig(guidance_cutoff=c), labels, "g", "t") for c in (1.0, 1.0, 0.5)]
+    assert fp[0] == fp[1] != fp[2]

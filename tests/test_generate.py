@@ -209,6 +209,15 @@ def test_changed_config_is_refused_unless_overwrite(world, tmp_path, capsys):
     assert main(cli_args(world, out, *args, "--seed", "5", "--overwrite")) == 0
 
 
+def test_the_guidance_cutoff_is_part_of_a_units_config(world, reference, capsys):
+    """guidance_cutoff 1 is the default (guidance at every step): the run continues; any other value is
+    another config."""
+    assert main(cli_args(world, reference, "--dry-run", "--guidance-cutoff", "1")) == 0
+    assert "done 6, pending 0" in capsys.readouterr().out
+    assert main(cli_args(world, reference, "--dry-run", "--guidance-cutoff", "0.5")) == 2
+    assert "another config" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", ["missing-tokens", "other-generator", "unwritable", "ipc0", "shard0"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad, capsys):
     import shutil

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment.config import RunConfig
+from augment.config import RunConfig, hashed_settings
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
 from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
@@ -98,7 +98,7 @@ def generate_set(
     check_out_dir(out)
     chash = shards.config_hash(
         {
-            "generate": {k: v for k, v in config.to_dict()["generate"].items() if k not in NOT_HASHED},
+            "generate": {k: v for k, v in hashed_settings(config.to_dict()["generate"]).items() if k not in NOT_HASHED},
             "generator": source_identity(config.generator),
             "labels": labels.names(),
             "tokens": None if root is None else tokens_digest(root, labels),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from augment.atomic import write_json
+from augment.config import hashed_settings
 from augment.errors import UserError
 
 FORMAT = "augment-learner-checkpoint/1"
@@ -30,7 +31,7 @@ FORMAT = "augment-learner-checkpoint/1"
 def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
     """What a checkpoint is only valid for: the learn config (but how often it is written), the label set,
     the guide and the text encoder."""
-    learn = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
+    learn = {k: v for k, v in hashed_settings(asdict(cfg)).items() if k != "checkpoint_every"}
     blob = json.dumps(
         {"learn": learn, "labels": labels.names(), "guide": guide_spec, "text_encoder": text_encoder},
         sort_keys=True,
