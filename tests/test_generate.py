@@ -218,6 +218,16 @@ def test_the_guidance_cutoff_is_part_of_a_units_config(world, reference, capsys)
     assert "another config" in capsys.readouterr().err
 
 
+def test_a_note_says_when_generation_samples_otherwise_than_the_tokens_were_learned(world, tmp_path, capsys):
+    out = tmp_path / "fresh"  # the world's tokens: 2 steps at guidance 3, the default sampler, no cutoff
+    assert main(cli_args(world, out, "--dry-run", "--guidance-scale", "3")) == 0
+    assert "note" not in capsys.readouterr().err
+    assert main(cli_args(world, out, "--dry-run", "--guidance-scale", "5", "--guidance-cutoff", "0.5")) == 0
+    err = capsys.readouterr().err
+    assert "augment: note:" in err and "guidance_scale 3.0 → 5.0, guidance_cutoff 1.0 → 0.5" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("bad", ["missing-tokens", "other-generator", "unwritable", "ipc0", "shard0"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(world, tmp_path, bad, capsys):
     import shutil

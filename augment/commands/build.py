@@ -68,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if result.learn.note:
             print(f"augment: note: {result.learn.note}", file=sys.stderr)
         print(result.learn.summary())
+    if result.generate.note:
+        print(f"augment: note: {result.generate.note}", file=sys.stderr)
     print(result.generate.summary(args.out))
     return 0

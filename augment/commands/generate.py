@@ -8,6 +8,7 @@ OUT/_info.json. Finished units are skipped, so an interrupted run continues wher
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from augment.commands.common import add_config_arguments, add_cutoff_argument, resolve_config, workers_from
@@ -98,6 +99,8 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None):
     result = generate_set(args.labels, args.out, cfg, tokens=tokens, workers=workers_from(args),
                           overwrite=getattr(args, "overwrite", False), score=getattr(args, "score", False),
                           dry_run=getattr(args, "dry_run", False), progress=not args.no_progress)  # fmt: skip
+    if result.note:
+        print(f"augment: note: {result.note}", file=sys.stderr)
     print(result.summary(args.out))
     return result
 

@@ -70,6 +70,24 @@ def find_tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
     return root
 
 
+def sampling_note(tokens_root: Path, labels: LabelSet, generate) -> str | None:
+    """A note when `generate` (a GenerateConfig) samples otherwise than the tokens were learned (sampler, steps,
+    guidance): a token is learned for the sampler it was learned under, and elsewhere it does less well."""
+    from augment.config import ADDED_LATER
+
+    learned = read_meta(tokens_root, labels.classes[0]).get("config")
+    if not learned:
+        return None
+    differ = []
+    for key in ("scheduler", "num_inference_steps", "guidance_scale", "guidance_cutoff"):
+        was, now = learned.get(key, ADDED_LATER.get(key)), getattr(generate, key)
+        if was is not None and was != now:
+            differ.append(f"{key} {was} → {now}")
+    if not differ:
+        return None
+    return f"sampling otherwise than the tokens were learned ({', '.join(differ)}); tokens do best under their own"
+
+
 def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: str | None = None) -> dict[int, str]:
     """Load every class's learned token into `pipe` (load_textual_inversion); returns {position: token}.
 

@@ -37,6 +37,7 @@ class GenerateResult:
     pending: list[Any] | None = None  # this worker's pending units (static split; None in claim mode)
     dry_run: bool = False
     worker: tuple[int, int] = (0, 1)
+    note: str | None = None  # e.g. sampling otherwise than the tokens were learned
 
     def summary(self, out: str | Path = "OUT") -> str:
         if self.dry_run:
@@ -87,7 +88,7 @@ def generate_set(
     (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
     from augment.data import shards
-    from augment.data.tokens_io import find_tokens_root
+    from augment.data.tokens_io import find_tokens_root, sampling_note
     from augment.fingerprint import source_identity
 
     labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
@@ -108,7 +109,8 @@ def generate_set(
     mine = units if board else units[index::count]
     pending = [u for u in mine if not shards.unit_done(out, labels.name, u, chash, overwrite)]
     base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count),
-            "pending": None if board else pending}  # fmt: skip
+            "pending": None if board else pending,
+            "note": None if root is None else sampling_note(root, labels, g)}  # fmt: skip
     if dry_run:
         done = sum(shards.unit_done(out, labels.name, u, chash, True) for u in units)
         return GenerateResult(done_units=done, dry_run=True, **base)
