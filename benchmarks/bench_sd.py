@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="also: augment with a channels-last UNet and VAE")
     p.add_argument("--compile", action="store_true", help="also: augment with a torch.compile'd UNet (and its warm-up)")
     p.add_argument("--guidance-cutoff", type=float, help="also: augment and the learner with this guidance_cutoff")
+    p.add_argument("--rounds", type=int, default=1, help="run the paths in turn this many times, keep each best")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
@@ -121,14 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():  # one warm-up call each (allocations, kernel choice)
             plain(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
             pipe(prompt=prompts[:1], num_inference_steps=2, height=args.size, width=args.size)
-        timings = {
-            "plain (PNDM)": (run_plain(), args.steps),
-            "augment (PNDM)": (run_augment("pipeline", args.steps, "same"), args.steps),
-            f"augment ({args.fast_scheduler})": (run_augment(args.fast_scheduler, fast_steps, "fast"), fast_steps),
+        paths = {  # name: (run(round), steps); every round runs each path once, in turn; the best round counts
+            "plain (PNDM)": (lambda r: run_plain(), args.steps),
+            "augment (PNDM)": (lambda r: run_augment("pipeline", args.steps, f"same{r}"), args.steps),
+            f"augment ({args.fast_scheduler})": (
+                lambda r: run_augment(args.fast_scheduler, fast_steps, f"fast{r}"),
+                fast_steps,
+            ),
         }
         if args.guidance_cutoff:
-            cut = run_augment("pipeline", args.steps, "cutoff", cutoff=args.guidance_cutoff)
-            timings[f"augment (PNDM, guidance cutoff {args.guidance_cutoff})"] = (cut, args.steps)
+            paths[f"augment (PNDM, guidance cutoff {args.guidance_cutoff})"] = (
+                lambda r: run_augment("pipeline", args.steps, f"cutoff{r}", cutoff=args.guidance_cutoff),
+                args.steps,
+            )
+        rounds = {name: [] for name in paths}
+        for r in range(args.rounds):
+            for name, (run, _) in paths.items():
+                rounds[name].append(run(r))
+        results["rounds"] = rounds
+        timings = {name: (min(rounds[name]), steps) for name, (_, steps) in paths.items()}
         from augment.models.generator import speed_up
 
         variants = [("channels-last", {"channels_last": True})] if args.channels_last else []
