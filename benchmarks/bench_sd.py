@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["learner_step_seconds"] = step_s
     if args.guidance_cutoff:
-        from augment.generate.sampling import guided_steps
+        from augment.generate.sampling import guided_calls
 
-        evals = lcfg.batch_size * (calls + guided_steps(args.steps, args.guidance_cutoff))
+        evals = lcfg.batch_size * (calls + guided_calls(calls, args.guidance_cutoff))
         cut_s = learner_steps[args.guidance_cutoff]
         print(
             f"learner step with guidance cutoff {args.guidance_cutoff}: {cut_s:.1f} s ({step_s / cut_s:.2f}x); "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from augment.errors import UserError
-from augment.generate.sampling import predicted_x0
+from augment.generate.sampling import guided_calls, predicted_x0
 
 METHODS = ("date",)
 
@@ -186,11 +186,12 @@ def sample_date(
     guide,
     targets: list[int],
     opts: DateOptions,
-    guided: int | None = None,
+    guidance_cutoff: float = 1.0,
 ) -> np.ndarray:
     """Stable Diffusion sampling as `pipe(...)` does it (same latents from the same generators, CFG, the
     pipeline's scheduler), with DATE updates of the prompt embeddings; N×H×W×3 floats in [0, 1].
-    Only the first `guided` steps (default: all) use classifier-free guidance (`guidance_cutoff`)."""
+    Only the first calls (`guidance_cutoff` of them, as `sampling.guided_calls` counts) use classifier-free
+    guidance."""
     # 1. Encode the prompts (learned tokens are already in the tokenizer / text encoder)
     device = pipe._execution_device
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -212,13 +213,14 @@ def sample_date(
         _frozen(pipe.unet, pipe.vae, pipe.text_encoder, guide),
         _checkpointing(opts.checkpointing, pipe.unet, pipe.vae),
     ):
+        guided = guided_calls(len(timesteps), guidance_cutoff)
         for i, t in enumerate(timesteps):
-            if guided is not None and i == guided:
+            if i == guided:
                 do_cfg = False
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             if i in refined:
-                half = model_input[len(prompts) :]
+                half = model_input[len(prompts) :] if do_cfg else model_input
                 noise_uncond = (
                     pipe.unet(model_input[: len(prompts)], t, encoder_hidden_states=uncond, return_dict=False)[0]
                     if do_cfg

@@ -22,7 +22,7 @@ import torch
 from augment.config import GenerateConfig
 from augment.data.shards import ShardUnit, encode_image, image_seed, sample_key, write_unit
 from augment.generate.date import refine_options, sample_date
-from augment.generate.sampling import GuidanceCutoff, guided_steps
+from augment.generate.sampling import GuidanceCutoff
 from augment.labels import LabelSet
 from augment.models.prompting import format_prompt
 
@@ -84,12 +84,11 @@ def generate_images(
             guide,
             targets,
             opts,
-            guided_steps(cfg.num_inference_steps, cfg.guidance_cutoff),
+            cfg.guidance_cutoff,
         )
     text = cache.embeds(prompts) if cache is not None else {"prompt": prompts}
-    cutoff = guided_steps(cfg.num_inference_steps, cfg.guidance_cutoff)
-    if cutoff < cfg.num_inference_steps:
-        text["callback_on_step_end"] = GuidanceCutoff(cutoff)
+    if cfg.guidance_cutoff < 1:
+        text["callback_on_step_end"] = GuidanceCutoff(cfg.guidance_cutoff)
         text["callback_on_step_end_tensor_inputs"] = GuidanceCutoff.tensor_inputs
     with torch.no_grad():
         out = pipe(

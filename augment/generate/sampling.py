@@ -30,25 +30,27 @@ def check_scheduler(name: str, key: str) -> None:
         raise UserError(f"{key} must be one of {', '.join(SCHEDULERS)}, got {name!r}")
 
 
-def guided_steps(num_steps: int, cutoff: float) -> int:
-    """How many of `num_steps` sampling steps, the first ones, use classifier-free guidance under
-    `guidance_cutoff` (at least one; all of them at 1.0)."""
-    return num_steps if cutoff >= 1 else max(1, math.ceil(cutoff * num_steps - 1e-9))
+def guided_calls(num_calls: int, cutoff: float) -> int:
+    """How many of a sampler's `num_calls` UNet calls (len(scheduler.timesteps): PNDM makes N+1 for N steps),
+    the first ones, use classifier-free guidance under `guidance_cutoff` (at least one; all at 1.0)."""
+    return num_calls if cutoff >= 1 else max(1, math.ceil(cutoff * num_calls - 1e-9))
 
 
 class GuidanceCutoff:
-    """diffusers step-end callback: after the first `steps` steps the pipeline drops the unconditional half
-    of the prompt embeddings and runs the UNet on the conditional half alone (guidance scale 0 = off).
+    """diffusers step-end callback: after the first `guided_calls(pipe.num_timesteps, cutoff)` calls the
+    pipeline drops the unconditional half of the prompt embeddings and runs the UNet on the conditional half
+    alone (guidance scale 0 = off).
     diffusers' own `SDCFGCutoffCallback` keeps one row of the embeddings (`prompt_embeds[-1:]`), which is
     wrong for a batch of several prompts; this keeps the whole conditional half."""
 
     tensor_inputs = ["prompt_embeds"]
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    def __init__(self, cutoff: float):
+        self.cutoff = cutoff
 
     def __call__(self, pipe, step_index: int, timestep, kwargs: dict) -> dict:
-        if step_index == self.steps - 1 and pipe.do_classifier_free_guidance:
+        last = guided_calls(pipe.num_timesteps, self.cutoff) - 1
+        if step_index == last and pipe.do_classifier_free_guidance:
             kwargs["prompt_embeds"] = kwargs["prompt_embeds"].chunk(2)[1]
             pipe._guidance_scale = 0.0  # the pipeline sets it again at its next call
         return kwargs

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
-from augment.generate.sampling import guided_steps, make_scheduler, predicted_x0
+from augment.generate.sampling import guided_calls, make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
 from augment.learn.precision import LossScaler
 from augment.models.guide import Guide
@@ -141,7 +141,7 @@ class TokenLearner:
         scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps  # one entry = one UNet call
-        guided = guided_steps(cfg.num_inference_steps, cfg.guidance_cutoff)  # calls with CFG, from the first
+        guided = guided_calls(len(timesteps), cfg.guidance_cutoff)  # calls with CFG, from the first
         # 3. all calls but the last k without gradient ("gradient skipping")
         k = min(max(grad_steps or cfg.grad_steps, 1), len(timesteps))
         first = len(timesteps) - k  # index of the first call with gradient
