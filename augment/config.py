@@ -113,8 +113,8 @@ class GenerateConfig:
     shard_size: int = 100
     batch_size: int = 16
     guidance_scale: float = 7.0
-    guidance_cutoff: float = 1.0  # fraction of the sampling steps (the first ones) with classifier-free guidance;
-    # the rest run the UNet on the conditional prompt alone: one call per step instead of two
+    guidance_cutoff: float = 1.0  # fraction of the UNet calls (the first ones) with classifier-free guidance;
+    # the rest run the UNet on the conditional prompt alone: one evaluation per call instead of two
     num_inference_steps: int = 50
     height: int | None = None
     width: int | None = None

@@ -54,5 +54,5 @@ def add_cutoff_argument(p: argparse.ArgumentParser, shared_note: str = "") -> No
         "--guidance-cutoff",
         type=float,
         help="fraction of the denoising steps, the first ones, with classifier-free guidance; the rest make one "
-        f"UNet call instead of two (default: preset, else 1 = all){shared_note}",
+        f"UNet evaluation instead of two (default: preset, SD presets 0.5; 1 = all, the paper's){shared_note}",
     )
