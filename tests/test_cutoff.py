@@ -1,5 +1,5 @@
-"""Guidance cutoff (`guidance_cutoff`): classifier-free guidance only in the first fraction of the denoising
-steps, one UNet call per step after it; in generation (pipeline callback and DATE's own sampler) and learning."""
+"""Guidance cutoff (`guidance_cutoff`): classifier-free guidance only in the first fraction of the sampler's UNet
+calls, one evaluation per call after it; in generation (pipeline callback and DATE's own sampler) and learning."""
 
 from __future__ import annotations
 
