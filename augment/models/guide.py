@@ -27,6 +27,17 @@ class Preprocess:
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
 
+    @classmethod
+    def from_data_config(cls, cfg: dict) -> Preprocess:
+        """From a timm data config (`resolve_data_config`, or a saved classifier's config.json)."""
+        return cls(
+            tuple(cfg["input_size"][1:]),
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+            float(cfg.get("crop_pct", 1.0)),
+            cfg.get("interpolation", "bilinear"),
+        )
+
 
 class Guide(nn.Module):
     """A classifier with its labels and differentiable preprocessing; forward(images in [0,1]) → logits."""
@@ -80,13 +91,7 @@ def _timm(name: str, spec: str) -> Guide:
         labels = [info.index_to_description(i) for i in range(model.num_classes)]
     else:
         labels = list(model.pretrained_cfg.get("label_names") or [f"class_{i}" for i in range(model.num_classes)])
-    pre = Preprocess(
-        tuple(cfg["input_size"][1:]),
-        tuple(cfg["mean"]),
-        tuple(cfg["std"]),
-        float(cfg.get("crop_pct", 1.0)),
-        cfg.get("interpolation", "bilinear"),
-    )
+    pre = Preprocess.from_data_config(cfg)
     return Guide(model, labels, pre, spec)
 
 
@@ -199,13 +204,7 @@ def _ckpt(path: str, spec: str) -> Guide:
     if not Path(path).is_dir():
         raise UserError(f"guide {spec!r}: no such directory")
     model, cfg = load_classifier(path)
-    pre = Preprocess(
-        tuple(cfg["input_size"][1:]),
-        tuple(cfg["mean"]),
-        tuple(cfg["std"]),
-        float(cfg.get("crop_pct", 1.0)),
-        cfg.get("interpolation", "bilinear"),
-    )
+    pre = Preprocess.from_data_config(cfg)
     return Guide(model, cfg["labels"], pre, spec)
 
 
