@@ -1,7 +1,7 @@
 """Run configuration: dataclasses, presets (augment/presets/*.yaml, shipped in the wheel), YAML files and CLI overrides.
 
 A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `device`,
-`dtype`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
+`dtype`, `label_match`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
 The string `{toy}` in any value expands to the directory of the toy world's committed weights.
 """
 
@@ -153,6 +153,8 @@ class RunConfig:
     eval_classifier: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    label_match: str = "check"  # how classes find their guide index (augment.labels.match_to_guide): check the
+    # file's indices against the guide's label names; by-index trusts them; by-name looks each class up by name
     learn: LearnConfig = field(default_factory=LearnConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 

@@ -263,11 +263,12 @@ def score_shards(
     features: nn.Module | None = None,
     batch_size: int = 64,
     on_images: Callable[[int], None] | None = None,
+    label_match: str = "check",
 ) -> Evaluation:
     """Per-class top-1/top-5 of `classifier` on every image of the shards; with `features` (a Guide: its
     penultimate layer, in the same pass when it is `classifier`; else any module images → features) the
     images' features too, in `Evaluation.features`."""
-    indices = match_to_guide(labels, classifier.labels)
+    indices = match_to_guide(labels, classifier.labels, label_match).indices
     device = classifier.mean.device
     k = min(TOPK, len(classifier.labels))
     result = Evaluation([ClassScore(c.position, c.name, i) for c, i in zip(labels.classes, indices)], k)

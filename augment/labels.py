@@ -129,30 +129,108 @@ def read_label_set(path: str | os.PathLike) -> LabelSet:
     return LabelSet(path=path, name=slugify(Path(path).stem) or "labels", classes=tuple(classes))
 
 
-def match_to_guide(labels: LabelSet, guide_names: list[str]) -> list[int]:
-    """Guide class index for each class of `labels`: its explicit index, else the guide class of the same name.
+MATCH_MODES = ("check", "by-index", "by-name")
+_GENERIC = re.compile(r"^(label|class)[\s_-]*\d+$", re.IGNORECASE)  # transformers' LABEL_0, our class_0
+_PUNCTUATION = re.compile(r"[^\w\s]")
 
-    Names are compared with `normalise_name`. Raises UserError listing out-of-range indices, or names that
-    match no guide class (with the nearest guide names) or several.
-    """
+
+def match_key(name: str) -> str:
+    """`normalise_name` without punctuation: "Forster's Tern", "Forsters_Tern", "forsters tern." agree."""
+    return " ".join(_PUNCTUATION.sub(" ", normalise_name(name)).split())
+
+
+def names_agree(name: str, guide_label: str) -> bool:
+    """Does a label set's class name name the guide's class? Compared with `match_key`: equal to the guide's
+    label, to one of its comma-separated synonyms ("tench, Tinca tinca"), or more specific than its first one
+    by trailing words ("crane bird" for "crane")."""
+    key = match_key(name)
+    synonyms = [match_key(part) for part in guide_label.split(",") if match_key(part)]
+    return key == match_key(guide_label) or key in synonyms or bool(synonyms and key.startswith(synonyms[0] + " "))
+
+
+def has_names(guide_names: list[str]) -> bool:
+    """False when a guide's labels are placeholders (LABEL_0, class_0, ...) rather than class names."""
+    return bool(guide_names) and not all(_GENERIC.match(n.strip()) for n in guide_names)
+
+
+@dataclass(frozen=True)
+class GuideMatch:
+    """Each class's guide index, how they were found, and a note for the user when something was trusted."""
+
+    indices: list[int]
+    mode: str
+    note: str | None = None
+
+
+def match_to_guide(labels: LabelSet, guide_names: list[str], mode: str = "check") -> GuideMatch:
+    """The guide's class index for each class of `labels`, before any learning.
+
+    - "check" (default): an explicit index ("index<TAB>name") is taken only if the guide's label at that index
+      names the same class (`names_agree`); a file without indices is matched by name. A guide whose labels
+      are placeholders cannot be checked: indices (or positions) are trusted, and the note says so.
+    - "by-index": explicit indices (else positions) trusted as they are: the file is right, the names differ.
+    - "by-name": every class found by name among the guide's labels, whatever indices the file holds.
+    Raises UserError (one line) naming the first few classes that do not fit."""
+    if mode not in MATCH_MODES:
+        raise UserError(f"label match must be one of {', '.join(MATCH_MODES)}, got {mode!r}")
     n = len(guide_names)
-    out_of_range = [c for c in labels.classes if c.index is not None and not 0 <= c.index < n]
+    named = has_names(guide_names)
+    if mode == "by-name":
+        if not named:
+            raise UserError(
+                f"the guide's {n} labels are placeholders ({guide_names[0]!r}, ...): it cannot be matched by name"
+            )
+        return GuideMatch(_by_name(labels, guide_names, labels.classes), mode)
+    indexed = all(c.index is not None for c in labels.classes)
+    if mode == "check" and named and not indexed:
+        return GuideMatch(_by_name(labels, guide_names, labels.classes), "by-name")
+    indices = [c.index if c.index is not None else c.position for c in labels.classes]
+    out_of_range = [c for c, i in zip(labels.classes, indices) if not 0 <= i < n]
     if out_of_range:
-        shown = ", ".join(f"line {c.line} (index {c.index})" for c in out_of_range[:5])
+        shown = ", ".join(
+            f"line {c.line} (index {c.index if c.index is not None else c.position})" for c in out_of_range[:5]
+        )
         raise UserError(
             f"{labels.path}: {len(out_of_range)} index(es) outside the guide's 0..{n - 1}: {shown}"
             + _more(out_of_range, 5)
         )
+    if mode == "by-index":
+        return GuideMatch(indices, mode)
+    if not named:
+        how = "the file's indices" if indexed else "the classes' positions in the file"
+        return GuideMatch(
+            indices,
+            "by-index",
+            f"the guide's labels are placeholders ({guide_names[0]!r}, ...): {how} are trusted as its class indices",
+        )
+    wrong = [(c, i) for c, i in zip(labels.classes, indices) if not names_agree(c.name, guide_names[i])]
+    if wrong:
+        shown = "; ".join(f"line {c.line} {c.name!r} is the guide's {i} {guide_names[i]!r}" for c, i in wrong[:3])
+        raise UserError(
+            f"{labels.path}: {len(wrong)} class(es) do not match the guide's label at their index: {shown}"
+            + _more(wrong, 3)
+            + "; fix the file, or --label-match by-name (find each class among the guide's labels) or by-index "
+            "(trust the file's indices)"
+        )
+    return GuideMatch(indices, "check")
+
+
+def _by_name(labels: LabelSet, guide_names: list[str], classes) -> list[int]:
+    """Each class found among the guide's labels by name (`match_key`, or one of a label's synonyms);
+    UserError listing names that match none (with the nearest) or several."""
+    n = len(guide_names)
     by_key: dict[str, list[int]] = {}
     for i, guide_name in enumerate(guide_names):
-        by_key.setdefault(normalise_name(guide_name), []).append(i)
-
+        keys = {match_key(guide_name)} | {match_key(p) for p in guide_name.split(",") if match_key(p)}
+        for key in keys:
+            by_key.setdefault(key, []).append(i)
+    exact: dict[str, list[int]] = {}
+    for i, guide_name in enumerate(guide_names):
+        exact.setdefault(match_key(guide_name), []).append(i)
     result, missing, ambiguous = [], [], []
-    for c in labels.classes:
-        if c.index is not None:
-            result.append(c.index)
-            continue
-        hits = by_key.get(normalise_name(c.name), [])
+    for c in classes:
+        key = match_key(c.name)
+        hits = exact.get(key, []) if len(exact.get(key, [])) == 1 else by_key.get(key, [])
         if len(hits) == 1:
             result.append(hits[0])
         else:
@@ -161,7 +239,7 @@ def match_to_guide(labels: LabelSet, guide_names: list[str]) -> list[int]:
         keys = list(by_key)
         parts = []
         for c, _ in missing[:5]:
-            near = difflib.get_close_matches(normalise_name(c.name), keys, n=3, cutoff=0.6)
+            near = difflib.get_close_matches(match_key(c.name), keys, n=3, cutoff=0.6)
             near_names = ", ".join(repr(guide_names[by_key[k][0]]) for k in near) or "none close"
             parts.append(f"line {c.line} {c.name!r} (nearest: {near_names})")
         raise UserError(

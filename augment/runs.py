@@ -35,14 +35,21 @@ class Workers:
 
 
 def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
-    """(index, count) from the flags, else torchrun/accelerate's RANK/WORLD_SIZE, else a Slurm array."""
+    """(index, count) from the flags, else torchrun/accelerate's RANK/WORLD_SIZE, else Slurm: the tasks of an
+    srun step (SLURM_PROCID/SLURM_NTASKS), of an array (SLURM_ARRAY_TASK_ID/COUNT), or both (an array of
+    multi-task steps: array task a, task p → a·ntasks + p)."""
     env = os.environ
     if index is None and count is None:
         if "RANK" in env and "WORLD_SIZE" in env:
             index, count = int(env["RANK"]), int(env["WORLD_SIZE"])
-        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+        else:
+            index, count = 0, 1
+            if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+                index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+            tasks = int(env.get("SLURM_NTASKS", 1) or 1)
+            if tasks > 1 and "SLURM_PROCID" in env:
+                index, count = index * tasks + int(env["SLURM_PROCID"]), count * tasks
     index, count = (index or 0), (count or 1)
     if count < 1 or not 0 <= index < count:
         raise UserError(f"worker index {index} is not in 0..{count - 1}")
@@ -105,13 +112,23 @@ def versions() -> dict[str, str]:
     }
 
 
-def update_manifest(out: Path, section: str, content: dict[str, Any]) -> Path:
-    """Merge one section into OUT/manifest.json (written atomically)."""
+def update_manifest(out: Path, section: str, content: dict[str, Any], worker: dict[str, Any] | None = None) -> Path:
+    """Merge one section into OUT/manifest.json (written atomically, under a lock: workers share it). With
+    `worker` (index, count and what this worker ran on), it is recorded under workers.<section>.<i>of<n>."""
+    import fcntl
+
     path = out / "manifest.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    data["versions"] = versions()
-    return write_json(path, data)
+    lock = out / ".locks" / "manifest.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if worker is not None:
+            slot = f"{worker['index']}of{worker['count']}"
+            data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
+        data["versions"] = versions()
+        return write_json(path, data)
 
 
 def claim_board(out: Path, stage: str, workers: Workers):

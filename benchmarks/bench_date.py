@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
     guide = load_guide(run_cfg.guide, device)
     heldout = load_guide(run_cfg.eval_classifier, device)
-    guide_idx, heldout_idx = match_to_guide(labels, guide.labels), match_to_guide(labels, heldout.labels)
+    guide_idx, heldout_idx = (
+        match_to_guide(labels, guide.labels).indices,
+        match_to_guide(labels, heldout.labels).indices,
+    )
     print_environment(env)
     steps = plain_cfg.num_inference_steps
     print(

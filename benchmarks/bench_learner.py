@@ -67,7 +67,7 @@ def learn(run_cfg, labels, learn_cfg, out: Path, device) -> tuple[float, dict]:
     guide = load_guide(run_cfg.guide, device)
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
-    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), learn_cfg, out, info)
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels).indices, learn_cfg, out, info)
     t0 = time.perf_counter()
     metas = learner.run(list(labels.classes))
     return time.perf_counter() - t0, metas
@@ -85,7 +85,7 @@ def held_out_accuracy(run_cfg, labels, tokens_dir: Path | None, heldout, per_cla
     cfg = run_cfg.generate
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
     tokens = load_tokens(pipe, tokens_dir, labels) if tokens_dir else {}
-    targets = match_to_guide(labels, heldout.labels)
+    targets = match_to_guide(labels, heldout.labels).indices
     scores = {}
     for c in labels.classes:
         images = []

@@ -96,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict:
     pipe = load_generator(cfg.generator, device, cfg.dtype)
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg.learn, tmp)
+        learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels).indices, cfg.learn, tmp)
         if cuda:
             torch.cuda.synchronize(device)
             base, loading_peak = torch.cuda.memory_allocated(device), 0

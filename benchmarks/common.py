@@ -147,7 +147,7 @@ def probe_setup(cfg, args: argparse.Namespace):
     classes = [c for c in labels.classes if c.name in wanted][: 1 if args.quick else None]
     pipe = load_generator(cfg.generator, cfg.device, "fp32")
     guide = load_guide(cfg.guide, pipe.device)
-    return labels, classes, pipe, guide, match_to_guide(labels, guide.labels)
+    return labels, classes, pipe, guide, match_to_guide(labels, guide.labels).indices
 
 
 def top1(classifier, images: np.ndarray, targets: list[int], batch: int = 100) -> float:

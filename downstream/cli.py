@@ -203,6 +203,7 @@ def _sha256(path: str | Path) -> str:
 
 def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
     from augment.atomic import write_json
+    from augment.devices import describe_device, resolve_device
     from downstream.fewshot import GridConfig, check_grid, run_grid
 
     grid = GridConfig(
@@ -247,6 +248,7 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
         "grid": dataclasses.asdict(grid),
         "train": dataclasses.asdict(config),
         "versions": _versions(),
+        "device": describe_device(resolve_device(config.device)),
     }
     write_json(args.out / "manifest.json", manifest, indent=2)
     run_grid(dataset, synthetic, config, grid, args.out)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from augment.data.images import Split, concat
 from augment.data.mixing import index_batches, mixed_batches
+from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
-from augment.models.generator import resolve_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
@@ -245,6 +245,7 @@ def train_classifier(
     if n == 0:
         raise UserError("nothing to train on: 0 real shots and no synthetic images")
     device = resolve_device(config.device)
+    bind_device(device)
     steps = num_steps(config, n)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

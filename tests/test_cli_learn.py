@@ -75,3 +75,27 @@ def test_workers_split_the_classes(world, tmp_path):
 def test_worker_index_out_of_range_is_a_user_error(world, tmp_path, capsys):
     assert main(learn_argv(world, tmp_path / "run", "--num-workers", "2", "--worker-index", "2")) == 2
     assert "worker index" in capsys.readouterr().err
+
+
+def test_a_guide_in_another_order_is_refused_before_learning_unless_matched_by_name(world, tmp_path, capsys):
+    """The file's `index<TAB>name` lines against a guide whose labels run the other way: exit 2 with one line
+    and nothing learned; `--label-match by-name` learns each token towards its own class's index."""
+    import shutil
+
+    swapped = tmp_path / "swapped-guide"
+    shutil.copytree(world / "guide", swapped)
+    config = json.loads((swapped / "config.json").read_text())
+    config["labels"] = COLOURS[::-1]
+    (swapped / "config.json").write_text(json.dumps(config))
+    indexed = tmp_path / "colours.txt"
+    indexed.write_text("".join(f"{i}\t{name}\n" for i, name in enumerate(COLOURS)))
+    out = tmp_path / "run"
+    argv = learn_argv(world, out, "--guide", f"ckpt:{swapped}")
+    argv[argv.index("--labels") + 1] = str(indexed)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not match the guide's label at their index" in err
+    assert "'red' is the guide's 0 'blue'" in err and not (out / "tokens").exists()
+    assert main([*argv, "--label-match", "by-name"]) == 0
+    metas = {p.name: json.loads((p / "meta.json").read_text()) for p in (out / "tokens").iterdir()}
+    assert {slug: m["guide_index"] for slug, m in metas.items()} == {"000-red": 2, "001-green": 1, "002-blue": 0}

@@ -12,7 +12,8 @@ from augment.config import LearnConfig, load_config
 from augment.labels import match_to_guide, read_label_set
 from augment.learn.learner import TokenLearner
 from augment.models.generator import attention_backends, load_generator
-from augment.models.guide import load_guide, parse_hf_spec
+from augment.models.guide import load_guide
+from augment.models.hf_guide import known_recipe
 
 SMALL = """
 learn: {height: 64, width: 64, num_inference_steps: 3, max_steps: 1, batch_size: 2}
@@ -52,19 +53,10 @@ def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_g
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     cls = load_guide(f"hf:{cub_guide_dir}?pool=cls")(x)
     assert (cls - logits).abs().max() > 0.1  # CLS pooling is another classifier
-    assert parse_hf_spec("vesteinn/vit-mae-cub", "s")[1] == "mean"  # the hub id of the paper's guide
-    assert parse_hf_spec("google/vit-large-patch16-224", "s")[1] == "cls"
-    assert parse_hf_spec("/models/vit-mae-inat21/", "s")[1] == "mean"
-
-
-@pytest.mark.parametrize(
-    "spec, needle", [("?pool=max", "pool must be"), ("?size=3", "unknown option"), ("?crop_pct=2", "crop_pct")]
-)
-def test_bad_hf_guide_options_are_user_errors(cub_guide_dir, spec, needle):
-    from augment.errors import UserError
-
-    with pytest.raises(UserError, match=needle):
-        load_guide(f"hf:{cub_guide_dir}{spec}")
+    assert known_recipe("vesteinn/vit-mae-cub", {})[1].pool == "mean"  # the hub id of the paper's guide
+    assert known_recipe("google/vit-large-patch16-224", {})[1].pool == "cls"
+    assert known_recipe("/models/vit-mae-inat21/", {})[1].pool == "mean"
+    assert known_recipe("/models/my-vit", {}) is None
 
 
 def test_presets_learn_under_the_generators_sampler_with_the_original_gradient_placement():
@@ -92,7 +84,7 @@ def grads(pipe, guide, labels, **kw):
             **kw,
         }
     )
-    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, "unused")
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels).indices, cfg, "unused")
     states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
     learner.losses(states, backward=True)
     assert learner.scaler.unscale([s.embedding for s in states])

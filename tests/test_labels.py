@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from augment.errors import UserError
-from augment.labels import LabelSet, match_to_guide, normalise_name, read_label_set, slugify
+from augment.labels import LabelSet, match_to_guide, names_agree, normalise_name, read_label_set, slugify
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+CUB_CLASSES_TXT = Path(__file__).resolve().parent / "data" / "cub200_classes.txt"
 SAFE_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
@@ -62,7 +63,18 @@ def test_cub200_matches_official_folder_names_by_name():
         labels.path, labels.name, tuple(type(c)(c.position, c.name, None, c.slug, c.line) for c in labels.classes)
     )
     folders = [f"{i + 1:03d}.{c.name.replace(' ', '_')}" for i, c in enumerate(labels.classes)]
-    assert match_to_guide(unindexed, folders[::-1]) == list(range(199, -1, -1))
+    assert match_to_guide(unindexed, folders[::-1]).indices == list(range(199, -1, -1))
+
+
+def test_cub200_manifest_is_classes_txt_in_its_order():
+    """Against CUB's classes.txt as another project lists it (tests/data, with its source): the default
+    check passes, index by index, with the guide labels a CUB classifier would carry ("001.Black_footed_...")."""
+    lines = [line.split(" ", 1) for line in CUB_CLASSES_TXT.read_text().splitlines() if not line.startswith("#")]
+    official = [name for _, name in lines]
+    assert [int(i) for i, _ in lines] == list(range(1, 201))
+    labels = read_label_set(MANIFESTS / "cub200.txt")
+    assert match_to_guide(labels, official).indices == list(range(200))
+    assert [normalise_name(n) for n in labels.names()] == [normalise_name(n) for n in official]
 
 
 def test_imagenet1k_manifest():
@@ -71,7 +83,53 @@ def test_imagenet1k_manifest():
     assert len({normalise_name(n) for n in labels.names()}) == 1000
     assert labels.classes[0].name == "tench" and labels.classes[999].name == "toilet tissue"
     assert labels.classes[134].name != labels.classes[517].name  # the two "crane"s are told apart
+    assert not [n for n in labels.names() if re.search(r"\bn\d{8}\b", n)]  # prompts carry no WordNet ids
     assert_safe(labels)
+
+
+def test_imagenet1k_manifest_passes_the_check_against_the_guides_label_lists():
+    """torchvision's category list (its weights' metadata) and timm's ImageNet descriptions ("tench, Tinca
+    tinca", the form of google/vit-large-patch16-224's id2label and of the original code's inet_classes.py):
+    every class agrees with the guide's label at its index, so `augment learn` starts without a flag."""
+    from timm.data import ImageNetInfo
+    from torchvision.models import ResNet50_Weights
+
+    labels = read_label_set(MANIFESTS / "imagenet1k.txt")
+    torchvision_names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    info = ImageNetInfo("imagenet-1k")
+    timm_names = [info.index_to_description(i) for i in range(1000)]
+    for guide_names in (torchvision_names, timm_names):
+        assert match_to_guide(labels, guide_names).indices == list(range(1000))
+    assert timm_names[134] == "crane" and labels.classes[134].name == "crane bird"
+
+
+def test_the_check_refuses_a_guide_in_another_order(tmp_path):
+    labels = read_label_set(MANIFESTS / "cub200.txt")
+    official = [line.split(" ", 1)[1] for line in CUB_CLASSES_TXT.read_text().splitlines() if line[0].isdigit()]
+    swapped = list(official)
+    swapped[3], swapped[7] = swapped[7], swapped[3]
+    with pytest.raises(UserError) as info:
+        match_to_guide(labels, swapped)
+    message = str(info.value)
+    assert "\n" not in message and "2 class(es) do not match" in message
+    assert "'Groove billed Ani' is the guide's 3 '008.Rhinoceros_Auklet'" in message and "by-name" in message
+    assert match_to_guide(labels, swapped, "by-name").indices[3] == 7  # each class to its own guide index
+    assert match_to_guide(labels, swapped, "by-index").indices[3] == 3  # the file trusted
+
+
+def test_names_agree():
+    assert names_agree("tench", "tench, Tinca tinca") and names_agree("Tinca tinca", "tench, Tinca tinca")
+    assert names_agree("Forster's Tern", "146.Forsters_Tern") and names_agree("maillot tank suit", "maillot, tank suit")
+    assert names_agree("crane bird", "crane") and not names_agree("crane", "crane bird")
+    assert not names_agree("American Crow", "American Goldfinch") and not names_agree("Fish Crow", "American Crow")
+
+
+def test_placeholder_guide_labels_trust_the_indices_with_a_note(tmp_path):
+    labels = read_label_set(write(tmp_path, "1\tdog\n0\tcat\n"))
+    matched = match_to_guide(labels, ["LABEL_0", "LABEL_1"])
+    assert matched.indices == [1, 0] and "placeholders" in matched.note
+    with pytest.raises(UserError, match="cannot be matched by name"):
+        match_to_guide(labels, ["LABEL_0", "LABEL_1"], "by-name")
 
 
 def test_fashion_mnist_manifest_matches_toy_world():
@@ -81,7 +139,7 @@ def test_fashion_mnist_manifest_matches_toy_world():
     assert labels.names() == FINE_NAMES
     assert [c.index for c in labels.classes] == list(range(10))
     assert labels.name == "fashion-mnist" and labels.classes[0].slug == "000-t-shirt"
-    assert match_to_guide(labels, FINE_NAMES) == list(range(10))
+    assert match_to_guide(labels, FINE_NAMES).indices == list(range(10))
     assert_safe(labels)
 
 
@@ -220,7 +278,7 @@ def test_slugify():
 def test_match_by_name_with_numbering_and_underscores(tmp_path):
     labels = read_label_set(write(tmp_path, "Laysan albatross\nblack-footed Albatross\n"))
     guide = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
-    assert match_to_guide(labels, guide) == [1, 0]
+    assert match_to_guide(labels, guide).indices == [1, 0]
 
 
 def test_unmatched_names_suggest_nearest(tmp_path):
@@ -250,9 +308,12 @@ def test_explicit_index_out_of_range(tmp_path):
     assert "line 2 (index 2)" in message and "line 3 (index 7)" in message and "line 1" not in message
 
 
-def test_explicit_index_wins_over_name(tmp_path):
+def test_explicit_index_is_checked_against_the_name(tmp_path):
     labels = read_label_set(write(tmp_path, "1\tcat\n"))
-    assert match_to_guide(labels, ["cat", "dog"]) == [1]
+    with pytest.raises(UserError, match="'cat' is the guide's 1 'dog'"):
+        match_to_guide(labels, ["cat", "dog"])
+    assert match_to_guide(labels, ["cat", "dog"], "by-index").indices == [1]
+    assert match_to_guide(labels, ["cat", "dog"], "by-name").indices == [0]
 
 
 def test_ambiguous_guide_name(tmp_path):

@@ -66,7 +66,7 @@ def test_learning_raises_target_probability_for_every_class(tokenizer_dir, label
 
     pipe = tiny_pipeline(tokenizer_dir)
     cfg = learn_config(batch_size=6, max_steps=12, lr=0.03, objective=objective, grad_steps=STEPS)
-    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels), cfg, tmp_path)
+    learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels).indices, cfg, tmp_path)
     results = learner.run()
     after = target_probability(pipe, guide, labels)
 

@@ -21,6 +21,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide", help="guide classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
+    add_label_match_argument(p)
     p.add_argument("--worker-index", type=int, help="this worker's index (default: $RANK or $SLURM_ARRAY_TASK_ID)")
     p.add_argument(
         "--num-workers", type=int, help="number of workers (default: $WORLD_SIZE or $SLURM_ARRAY_TASK_COUNT)"
@@ -41,7 +42,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
-    overrides = {"generator": args.generator, "guide": args.guide, "device": args.device, "dtype": args.dtype}
+    overrides = {"generator": args.generator, "guide": args.guide, "device": args.device, "dtype": args.dtype,
+                 "label_match": args.label_match}  # fmt: skip
     return load_config(args.preset, args.config, {**overrides, **(extra or {})})
 
 
@@ -55,4 +57,13 @@ def add_cutoff_argument(p: argparse.ArgumentParser, shared_note: str = "") -> No
         type=float,
         help="fraction of the denoising steps, the first ones, with classifier-free guidance; the rest make one "
         f"UNet evaluation instead of two (default: preset, SD presets 0.5; 1 = all, the paper's){shared_note}",
+    )
+
+
+def add_label_match_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label-match",
+        choices=("check", "by-index", "by-name"),
+        help="how classes find the guide's class index: check (default) refuses a file whose index<TAB>name lines "
+        "do not match the guide's label names; by-index trusts the indices; by-name looks each name up",
     )

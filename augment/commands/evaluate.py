@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.atomic import write_json
+from augment.commands.common import add_label_match_argument
 from augment.errors import UserError
 
 
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="reference images for FID/KID: a shards directory or a dataset spec")
     p.add_argument("--reference-limit", type=int, help="use at most N reference images (a seeded random subset)")
     p.add_argument("--features", help="FID/KID feature extractor: 'inception' or a classifier spec")
+    add_label_match_argument(p)
     p.add_argument("--out", type=Path, help="write the results to this JSON file")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's)")
@@ -56,7 +58,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"--out {args.out}: {parent} is not a writable directory")
         if args.out.is_dir():
             raise UserError(f"--out {args.out}: is a directory, expected a .json file path")
-    report = score_set(args.shards, load_config(args.preset, args.config, {}), classifier=args.classifier,
+    config = load_config(args.preset, args.config, {"label_match": args.label_match})
+    report = score_set(args.shards, config, classifier=args.classifier,
                        reference=args.reference, reference_limit=args.reference_limit, features=args.features,
                        batch_size=args.batch_size, device=args.device, progress=not args.no_progress)  # fmt: skip
     return {**report, "command": command_line(args)}

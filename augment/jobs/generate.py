@@ -118,19 +118,21 @@ def generate_set(
         complete = shards.write_info(out, labels.name, units) is not None
         return GenerateResult(complete=complete, **base)
 
+    from augment.devices import bind_device, describe_device, resolve_device
     from augment.generate.sampling import make_scheduler
-    from augment.models.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
+    from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
 
     if not progress:
         quiet_loading()
     device = resolve_device(config.device)
+    bind_device(device)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
         from augment.labels import match_to_guide
         from augment.models.guide import load_guide
 
         guide = load_guide(config.guide, device)
-        guide_indices = match_to_guide(labels, guide.labels)
+        guide_indices = match_to_guide(labels, guide.labels, config.label_match).indices
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
     from augment.models.generator import speed_up
@@ -147,8 +149,9 @@ def generate_set(
                 "config_hash": chash, "seeds": shards.SEEDS_RULE, **info}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
+    worker = {"index": index, "count": count, **describe_device(device)}
     result = _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices, manifest,
-                        board, overwrite, progress)  # fmt: skip
+                        board, overwrite, progress, worker)  # fmt: skip
     return GenerateResult(**result, **base)
 
 
@@ -162,7 +165,8 @@ def quiet_loading() -> None:
 
 
 def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices,
-               manifest: dict[str, Any], board, overwrite: bool, progress: bool) -> dict[str, Any]:  # fmt: skip
+               manifest: dict[str, Any], board, overwrite: bool, progress: bool,
+               worker: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     from tqdm import tqdm
 
     from augment.data import shards
@@ -186,7 +190,7 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
                 if m is not None and m.get("config_hash") == chash:
                     done[m["unit"]] = m
         listed = {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}
-        update_manifest(out, "generate", {**manifest, "shards": listed})
+        update_manifest(out, "generate", {**manifest, "shards": listed}, worker)
 
     record(final=True)
     t0 = time.time()

@@ -8,6 +8,7 @@ stopped, mid-class.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,22 +71,28 @@ def learn_tokens(
     if not pending and not checkpoint_path(out, (index, count)).is_file():
         return LearnResult()
 
+    from augment.devices import bind_device, describe_device, resolve_device
     from augment.fingerprint import source_identity
     from augment.learn.learner import TokenLearner
     from augment.learn.resume import LearnerCheckpoint, learn_fingerprint
-    from augment.models.generator import generator_source, load_generator, resolve_device, text_encoder_fingerprint
+    from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
     from augment.models.guide import load_guide
 
     device = resolve_device(config.device)
+    bind_device(device)
     guide = load_guide(config.guide, device)  # names and index range before the generator
-    guide_indices = match_to_guide(labels, guide.labels)
+    matched = match_to_guide(labels, guide.labels, config.label_match)
+    if matched.note:
+        print(f"augment: note: {matched.note}", file=sys.stderr)
+    guide_indices = matched.indices
     pipe = load_generator(config.generator, device, config.dtype)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
     manifest = {"labels": labels.names(), "label_file": labels.path, "config": config.to_dict(), **info,
                 "worker": [index, count], "claim": board is not None}  # fmt: skip
-    update_manifest(out, "learn", manifest)
+    worker = {"index": index, "count": count, **describe_device(device)}
+    update_manifest(out, "learn", manifest, worker)
     learner = TokenLearner(pipe, guide, labels, guide_indices, config.learn, out, info)
     fingerprint = learn_fingerprint(config.learn, labels, source_identity(config.guide), info["text_encoder"])
     checkpoint = LearnerCheckpoint(out, (index, count), fingerprint, device, pipe.unet.dtype)

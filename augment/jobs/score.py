@@ -35,7 +35,7 @@ def score_set(
 
     from augment import evaluate as ev
     from augment.data.shards import tar_files
-    from augment.models.generator import resolve_device
+    from augment.devices import resolve_device
     from augment.models.guide import load_guide
 
     shards = Path(shards)
@@ -64,6 +64,7 @@ def score_set(
     t0 = time.time()
     with _progress(ev.shard_count(shards), "scoring", not progress) as bar:
         result = ev.score_shards(shards, model, labels, features=extractor, batch_size=batch_size,
+                                 label_match=config.label_match,
                                  on_images=bar.update)  # fmt: skip
     classes = [{"position": c.position, "name": c.name, "classifier_index": c.classifier_index, "n": c.n,
                 "top1": c.top1 if c.n else None, "top5": c.top5 if c.n else None} for c in result.classes]  # fmt: skip

@@ -8,39 +8,8 @@ from pathlib import Path
 
 import torch
 
+from augment.devices import resolve_device, resolve_dtype
 from augment.errors import UserError
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but CUDA is not available here")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-    }
-    if dtype not in table:
-        raise UserError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
-    return table[dtype]
 
 
 def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):

@@ -1,0 +1,113 @@
+"""Which device and dtype a process runs on: one GPU per worker, whatever launched it.
+
+`resolve_device("auto")` (and plain "cuda") picks this process's own GPU from its local rank on the node:
+`LOCAL_RANK` (torchrun, accelerate), else `SLURM_LOCALID` (srun with several tasks per node), else 0 (one
+process per node: a Slurm array task, a plain shell). GPUs are counted as torch sees them, so
+`CUDA_VISIBLE_DEVICES` (and Slurm's per-task binding, which sets it) is respected: a process that sees one
+GPU uses it, whatever its local rank. A local rank beyond the visible GPUs is refused with one line rather
+than silently stacking several workers on one GPU. `cuda:N` is taken as given (N checked).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from augment.errors import UserError
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def local_rank() -> tuple[int, int | None, str | None]:
+    """(local rank, processes on this node or None, the variable it came from or None)."""
+    env = os.environ
+    if "LOCAL_RANK" in env:
+        size = env.get("LOCAL_WORLD_SIZE")
+        return int(env["LOCAL_RANK"]), int(size) if size else None, "LOCAL_RANK"
+    if "SLURM_LOCALID" in env:  # srun: "2(x4)" or "2,1" tasks per node
+        size = re.match(r"\d*", env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "")[0]
+        return int(env["SLURM_LOCALID"]), int(size) if size else None, "SLURM_LOCALID"
+    return 0, None, None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → this process's GPU when CUDA is available (see the module docstring), else cpu; 'cuda' →
+    this process's GPU; 'cuda:N', 'cpu', 'mps' as given. UserError (one line) for what cannot work here."""
+    if device in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if device == "cuda":
+                raise UserError("device 'cuda' asked for, but CUDA is not available here")
+            return torch.device("cpu")
+        return torch.device("cuda", _local_gpu())
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: this process sees {torch.cuda.device_count()} GPU(s){_visible()}")
+    return dev
+
+
+def _local_gpu() -> int:
+    rank, size, source = local_rank()
+    count = torch.cuda.device_count()
+    if count == 1:  # one GPU visible: this process's own (Slurm's per-task binding), or the only one there is
+        return 0
+    if rank < count:
+        return rank
+    per_node = f" of {size}" if size else ""
+    raise UserError(
+        f"local rank {rank}{per_node} ({source}) but this process sees only {count} GPU(s){_visible()}: "
+        "start at most one process per GPU, or give each one its GPU with --device cuda:N"
+    )
+
+
+def _visible() -> str:
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else ""
+
+
+def bind_device(dev: torch.device) -> None:
+    """Make `dev` this process's current CUDA device, so that libraries which allocate on "the current
+    device" (and `torch.cuda.mem_get_info()` without an argument) use this worker's GPU."""
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+
+
+def describe_device(dev: torch.device) -> dict[str, object]:
+    """What the manifest records about the device a worker used."""
+    info: dict[str, object] = {"device": str(dev)}
+    rank, _, source = local_rank()
+    if source:
+        info["local_rank"] = rank
+        info["local_rank_from"] = source
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        info["name"] = torch.cuda.get_device_name(index)
+        info["memory_gib"] = round(torch.cuda.get_device_properties(index).total_memory / 1024**3, 1)
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return info
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
