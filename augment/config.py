@@ -20,7 +20,14 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 # Settings added after runs were already being made, with the default that means "as before": left out of the
 # config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
-ADDED_LATER = {"guidance_cutoff": 1.0}
+ADDED_LATER = {
+    "guidance_cutoff": 1.0,
+    "keep": "last",  # (runs begun before it kept the last vector: their checkpoints now count as another config)
+    "clamp": "straight-through",
+    "reseed_on_collapse": False,
+    "grad_clip_mode": "step",
+    "shuffle_prompts": False,
+}
 
 
 def hashed_settings(section: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +57,16 @@ class LearnConfig:
     # noises at every step (original code: its generator is reseeded
     # every epoch)
     grad_clip: float = 1.0
+    grad_clip_mode: str = "step"  # "step": the step's gradient clipped at grad_clip; "original": as the code
+    # behind the paper, each image's gradient added to a running sum clipped before it (augment.learn.original)
+    keep: str = "best"  # the token saved: "best" (lowest loss), "after-best" (its update applied, as the
+    # original code saves it) or "last" (augment.learn.state)
+    clamp: str = "straight-through"  # decoded pixels clamped to [0, 1]: "straight-through" or "hard" (the
+    # original code's; zero gradient where clamped: augment.models.decode)
+    reseed_on_collapse: bool = False  # the original code's "training collapse": a step whose loss exceeds
+    # twice the best moves the noise seed on by one
+    shuffle_prompts: bool = False  # each step pairs the images with the prompts in a new random order (the
+    # original's shuffled prompt DataLoader); else image j always takes prompt j
     guidance_scale: float = 7.0
     guidance_cutoff: float = 1.0  # as generate.guidance_cutoff: the first fraction of the UNet calls use CFG
     num_inference_steps: int = 50
@@ -89,6 +106,9 @@ class LearnConfig:
             "timestep_spacing": (None, "leading", "trailing", "linspace"),
             "objective": ("final", "x0"),
             "noise": ("fresh", "fixed"),
+            "keep": ("best", "after-best", "last"),
+            "clamp": ("straight-through", "hard"),
+            "grad_clip_mode": ("step", "original"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -103,6 +123,8 @@ class LearnConfig:
             if getattr(self, key) < 0:
                 raise UserError(f"learn.{key} must be ≥ 0, got {getattr(self, key)}")
         check_scheduler(self.scheduler, "learn.scheduler")
+        if self.grad_clip_mode == "original" and self.objective != "final":
+            raise UserError("learn.grad_clip_mode original needs learn.objective final (the original's objective)")
 
 
 @dataclass

@@ -28,6 +28,7 @@ def learn_config(**kw) -> LearnConfig:
         num_inference_steps=STEPS,
         prompts=["a photo of {token} {name}"],
         decode_batch=100,
+        keep="last",  # these tests follow the vector as it learns; tests/test_keep.py covers the kept snapshot
     )
     return LearnConfig(**{**base, **kw})
 

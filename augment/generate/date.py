@@ -25,6 +25,7 @@ import torch
 
 from augment.errors import UserError
 from augment.generate.sampling import guided_calls, predicted_x0
+from augment.models.decode import decode_latents
 
 METHODS = ("date",)
 
@@ -110,8 +111,9 @@ def _frozen(*modules: torch.nn.Module):
 
 
 def class_log_prob(pipe, guide, x0: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The reward: the guide's log-probability of each image's target class, on the decoded x̂0."""
-    image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5
+    """The reward: the guide's log-probability of each image's target class, on the decoded x̂0, clamped to
+    [0, 1] as the learner's and the pipeline's images are (straight-through: augment.models.decode)."""
+    image = decode_latents(pipe, x0)
     logp = guide(image).float().log_softmax(1)
     return logp[torch.arange(len(targets), device=logp.device), targets]
 

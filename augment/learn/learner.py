@@ -22,13 +22,10 @@ gradients do not vanish in fp16.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,38 +33,12 @@ from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
 from augment.generate.sampling import guided_calls, make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
+from augment.learn.original import original_accumulation
 from augment.learn.precision import LossScaler
+from augment.learn.state import ClassState, class_noise_seed, improves, prompt_order, record
+from augment.models.decode import decode_latents
 from augment.models.guide import Guide
 from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
-
-
-@dataclass
-class ClassState:
-    """One class being learned: its token row and the paper's stopping bookkeeping."""
-
-    cls: LabelClass
-    token: str
-    guide_index: int
-    init_word: str
-    embedding: torch.nn.Parameter
-    optimizer: torch.optim.Optimizer
-    token_id: int = -1
-    step: int = 0
-    best_loss: float = math.inf
-    since_best: int = 0
-    recent_correct: list[list[bool]] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
-    stop_reason: str | None = None
-    started: float = field(default_factory=time.time)
-    elapsed: float = 0.0  # seconds spent before a restart (augment.learn.resume)
-
-    def seconds(self) -> float:
-        return self.elapsed + time.time() - self.started
-
-
-def class_noise_seed(seed: int, position: int, step: int) -> int:
-    """Noise of class `position` at learning step `step`: independent of which classes share the batch."""
-    return int(np.random.SeedSequence([seed, position, step]).generate_state(1)[0])
 
 
 class TokenLearner:
@@ -110,10 +81,16 @@ class TokenLearner:
             for s in active:  # fp16 overflow: same noise, half scale
                 s.optimizer.zero_grad(set_to_none=True)
         for i, s in enumerate(active):
-            grad_norm = float(torch.nn.utils.clip_grad_norm_([s.embedding], cfg.grad_clip))
+            loss = float(per_sample[i].mean())
+            if cfg.keep == "best" and improves(s, loss):
+                s.snapshot()  # the vector this loss was measured on
+            if cfg.grad_clip_mode == "step":
+                grad_norm = float(torch.nn.utils.clip_grad_norm_([s.embedding], cfg.grad_clip))
+            else:  # the original's clipping happened image by image (augment.learn.original)
+                grad_norm = float(s.embedding.grad.norm())
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
-            self._record(s, float(per_sample[i].mean()), correct[i].tolist(), float(probs[i]), grad_norm)
+            record(s, cfg, loss, correct[i].tolist(), float(probs[i]), grad_norm)
 
     def losses(self, active: list[ClassState], grad_steps: int | None = None, backward: bool = False):
         """Steps 1-5 for the active classes: per-sample cross-entropy (classes × batch, with gradient to the
@@ -127,7 +104,9 @@ class TokenLearner:
         n = cfg.batch_size
         # 1. prompts: each class's samples alternate over the templates, each carries its own token
         prompts = [
-            format_prompt(cfg.prompts[j % len(cfg.prompts)], s.token, s.cls.name) for s in active for j in range(n)
+            format_prompt(cfg.prompts[j % len(cfg.prompts)], s.token, s.cls.name)
+            for s in active
+            for j in prompt_order(cfg.seed, s.cls.position, s.step, n, cfg.shuffle_prompts)
         ]
         cond = encode_prompts(pipe, prompts)  # depends on the token rows (grad)
         if self._uncond is None:  # the empty prompt holds no learned token: encoded once, reused every step
@@ -167,38 +146,61 @@ class TokenLearner:
         else:
             for i, t in enumerate(timesteps[-k:], first):
                 latents = scheduler.step(self._cfg_noise(latents, t, cond, uncond, i < guided), t, latents).prev_sample
-            per_sample, logits = self._classify(latents, targets, backward, weight)
+            per_image = (active, weight) if backward and cfg.grad_clip_mode == "original" else None
+            per_sample, logits = self._classify(latents, targets, backward, weight, per_image)
         correct = (logits.argmax(1) == targets).view(len(active), n)
         with torch.no_grad():
             probs = logits.float().softmax(1).gather(1, targets[:, None]).view(len(active), n).mean(1)
         return per_sample.view(len(active), n), correct, probs
 
-    def _classify(self, latents: torch.Tensor, targets: torch.Tensor, backward: bool, weight: float):
+    def _classify(self, latents: torch.Tensor, targets: torch.Tensor, backward: bool, weight: float, per_image=None):
         """Decode, classify and cross-entropy, `decode_batch` images at a time. With `backward` each chunk's
         weighted loss is backpropagated into the latents at once (its decode graph freed), then the
-        accumulated gradient goes once through whatever produced `latents`; returns detached (ce, logits)."""
+        accumulated gradient goes once through whatever produced `latents`; returns detached (ce, logits).
+        With `per_image` (the active classes and the loss weight: `grad_clip_mode: original`) it goes
+        through once per image slot instead, and each token's gradient is the original's accumulation."""
+        clamp = self.cfg.clamp
         if not backward:
-            logits = self.guide(decode_latents(self.pipe, latents))
+            logits = self.guide(decode_latents(self.pipe, latents, clamp))
             return F.cross_entropy(logits, targets, reduction="none"), logits
         leaf = latents.detach().requires_grad_(True)
         ces, all_logits = [], []
         for lo in range(0, len(leaf), max(self.cfg.decode_batch, 1)):
             hi = lo + max(self.cfg.decode_batch, 1)
-            logits = self.guide(decode_latents(self.pipe, leaf[lo:hi]))
+            logits = self.guide(decode_latents(self.pipe, leaf[lo:hi], clamp))
             ce = F.cross_entropy(logits, targets[lo:hi], reduction="none")
             (ce.sum() * weight).backward()
             ces.append(ce.detach())
             all_logits.append(logits.detach())
-        if latents.requires_grad:
+        if latents.requires_grad and per_image is not None:
+            self._per_image_backward(latents, leaf.grad, *per_image)
+        elif latents.requires_grad:
             latents.backward(leaf.grad)
         return torch.cat(ces), torch.cat(all_logits)
+
+    def _per_image_backward(self, latents: torch.Tensor, grad: torch.Tensor, active: list[ClassState], weight: float):
+        """Image slot j of every class through the UNet calls on its own (class-major rows: class i's image j is
+        row i·n + j), each token's per-image gradients then combined as the code behind the paper combines them
+        (augment.learn.original), in slot order (`prompt_order` shuffles which prompt a slot gets)."""
+        n = self.cfg.batch_size
+        rows = grad.view(len(active), n, *grad.shape[1:])
+        per_class: list[list[torch.Tensor]] = [[] for _ in active]
+        for j in range(n):
+            only_j = torch.zeros_like(rows)
+            only_j[:, j] = rows[:, j]
+            latents.backward(only_j.view_as(grad), retain_graph=j < n - 1)
+            for grads, s in zip(per_class, active):
+                grads.append(s.embedding.grad.detach() / weight)  # this image's own cross-entropy gradient
+                s.embedding.grad = None
+        for grads, s in zip(per_class, active):
+            s.embedding.grad = original_accumulation(grads, self.cfg.grad_clip) * self.scaler.scale
 
     def _noise(self, s: ClassState) -> torch.Tensor:
         pipe, cfg = self.pipe, self.cfg
         h = (cfg.height or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
         w = (cfg.width or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
         step = 0 if cfg.noise == "fixed" else s.step
-        g = torch.Generator().manual_seed(class_noise_seed(cfg.seed, s.cls.position, step))
+        g = torch.Generator().manual_seed(class_noise_seed(cfg.seed + s.noise_offset, s.cls.position, step))
         return torch.randn((cfg.batch_size, pipe.unet.config.in_channels, h, w), generator=g)
 
     def _cfg_noise(self, latents, t, cond, uncond, guided: bool = True):
@@ -211,34 +213,6 @@ class TokenLearner:
             eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
         eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
         return eps_u + self.cfg.guidance_scale * (eps_c - eps_u)
-
-    # ---------------------------------------------------------------- stopping rules
-    def _record(self, s: ClassState, loss: float, correct: list[bool], prob: float, grad_norm: float) -> None:
-        cfg = self.cfg
-        s.step += 1
-        acc = sum(correct) / len(correct)
-        s.history.append(
-            {
-                "step": s.step,
-                "loss": round(loss, 5),
-                "accuracy": acc,
-                "target_prob": round(prob, 5),
-                "grad_norm": round(grad_norm, 5),
-                "token_norm": round(float(s.embedding.detach().norm()), 5),
-            }
-        )
-        s.recent_correct = (s.recent_correct + [correct])[-cfg.stop_window :]
-        if loss < s.best_loss:
-            s.best_loss, s.since_best = loss, 0
-        else:
-            s.since_best += 1
-        window = [c for step in s.recent_correct for c in step]
-        if len(s.recent_correct) == cfg.stop_window and sum(window) >= cfg.stop_accuracy * len(window):
-            s.stop_reason = "all correct" if all(window) else f"at least {cfg.stop_accuracy:.0%} correct"
-        elif s.since_best >= cfg.patience and acc >= cfg.patience_min_accuracy:
-            s.stop_reason = f"no loss improvement for {cfg.patience} steps"
-        elif s.step >= cfg.max_steps:
-            s.stop_reason = "max steps"
 
     # ---------------------------------------------------------------- the whole procedure
     def run(
@@ -292,13 +266,12 @@ class TokenLearner:
                 for s in [s for s in active if s.stop_reason]:
                     active.remove(s)
                     del self.injector.vectors[s.token_id]
+                    kept = s.kept(self.cfg.keep)
                     with torch.no_grad():  # the matrix row now holds the learned vector (for later use)
-                        self.pipe.text_encoder.get_input_embeddings().weight[s.token_id] = s.embedding.to(
+                        self.pipe.text_encoder.get_input_embeddings().weight[s.token_id] = kept.to(
                             self.pipe.text_encoder.dtype
                         )
-                    results[s.cls.position] = save_token(
-                        self.out_dir, s.cls, s.token, s.embedding.detach(), self._meta(s)
-                    )
+                    results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, kept, self._meta(s))
                     if feed is not None:
                         feed.board.release(feed.key(s.cls))
                 if feed is not None and not active and not queue:  # only others' classes left: wait for them
@@ -353,6 +326,9 @@ class TokenLearner:
         s.step, s.best_loss, s.since_best = saved["step"], saved["best_loss"], saved["since_best"]
         s.recent_correct, s.history = saved["recent_correct"], saved["history"]
         s.stop_reason, s.elapsed = saved["stop_reason"], saved["seconds"]
+        s.best_step, s.noise_offset = saved.get("best_step", 0), saved.get("noise_offset", 0)
+        if f"{p}.best" in tensors:
+            s.best_vector = tensors[f"{p}.best"].to(s.embedding.device).float()
         return s
 
     def prepare(self, classes: list[LabelClass]) -> list[tuple]:
@@ -366,8 +342,8 @@ class TokenLearner:
         token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
         if self.injector is not None and not self.injector.removed:  # set up already (claim mode adds classes)
             return list(zip(classes, tokens, token_ids, words, init_vectors))
-        for p in (*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()):
-            p.requires_grad_(False)
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):  # frozen, in eval mode (dropout off); gradient
+            model.eval().requires_grad_(False)  # checkpointing does not depend on the mode (diffusers ≥ 0.32)
         if cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             pipe.vae.enable_gradient_checkpointing()
@@ -392,7 +368,10 @@ class TokenLearner:
             **self.generator_info,
             "steps": s.step,
             "stop_reason": s.stop_reason,
-            "final_loss": s.history[-1]["loss"],
+            "kept": self.cfg.keep,  # which vector the token file holds (augment.learn.state)
+            "kept_step": s.step if self.cfg.keep == "last" or s.best_vector is None else s.best_step,
+            "best_loss": round(s.best_loss, 5),
+            "final_loss": s.history[-1]["loss"],  # the last step's, whatever was kept
             "final_accuracy": s.history[-1]["accuracy"],
             "seconds": round(s.seconds(), 2),
             "lr": self.lr,
@@ -400,10 +379,3 @@ class TokenLearner:
             "config": asdict(self.cfg),
             "history": s.history,
         }
-
-
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode to images in [0, 1]. Clamped in the forward pass only: a straight-through gradient keeps
-    saturated pixels from silencing the classifier's signal."""
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5
-    return images + (images.clamp(0, 1) - images).detach()

@@ -118,6 +118,8 @@ class LearnerCheckpoint:
             for key in ("exp_avg", "exp_avg_sq"):
                 value = opt_state.get(key, torch.zeros_like(s.embedding))
                 tensors[f"{s.cls.position}.{key}"] = value.detach().float().cpu().contiguous()
+            if s.best_vector is not None:
+                tensors[f"{s.cls.position}.best"] = s.best_vector.detach().float().cpu().contiguous()
             opt_step = opt_state.get("step", 0)
             entries.append(
                 {
@@ -130,6 +132,8 @@ class LearnerCheckpoint:
                     "stop_reason": s.stop_reason,
                     "seconds": s.seconds(),
                     "optimizer_step": float(opt_step),
+                    "best_step": s.best_step,
+                    "noise_offset": s.noise_offset,
                 }
             )
         name = f"{self.stem}-{self._serial}.safetensors"
