@@ -12,7 +12,7 @@
 mode). Mistakes in the input raise `augment.UserError` (one line) before any model is loaded.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "learn_tokens": "augment.jobs.learn",

@@ -12,7 +12,6 @@ ones'), Kynkäänniemi et al. 2019, k = 5. Shards are read as raw bytes and deco
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,17 +34,14 @@ INCEPTION = "inception"
 def shard_label_set(directory: str | Path) -> LabelSet:
     """The label set a generated directory was made from: its recorded label file when that still lists the
     same names (so explicit 'index<TAB>name' lines keep working), else the names in manifest.json."""
+    from augment.data.shards import manifest_labels
+
     path = Path(directory) / "manifest.json"
-    try:
-        generate = json.loads(path.read_text())["generate"]
-        names, label_file = generate["labels"], generate.get("label_file")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    names, label_file, _ = manifest_labels(directory)
+    if names is None:
         raise UserError(
-            f"{path}: cannot read the generated set's class list ({type(e).__name__}); "
-            "is this an `augment generate` output directory?"
-        ) from None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{path}: generate.labels must be a non-empty list of class names")
+            f"{path}: cannot read the generated set's class list; is this an `augment generate` output directory?"
+        )
     if label_file and Path(label_file).is_file():
         try:
             labels = read_label_set(label_file)

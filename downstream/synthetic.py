@@ -8,7 +8,6 @@ json "class" is used. Samples are read with `webdataset` without its decoders: n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.data.images import EncodedImages, Split
-from augment.data.shards import image_bytes, iter_samples, tar_files
+from augment.data.shards import image_bytes, iter_samples, manifest_labels, tar_files
 from augment.errors import UserError
 from augment.labels import LabelSet, normalise_name
 
@@ -56,33 +55,13 @@ def shard_paths(directory: Path) -> list[Path]:
     return [Path(p) for p in tar_files(directory)]
 
 
-def _manifest_labels(directory: Path) -> tuple[list[str] | None, str | None]:
-    path = directory / "manifest.json"
-    if not path.is_file():
-        return None, None
-    data = path.read_bytes()
-    try:
-        manifest = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
-    labels = None
-    if isinstance(manifest, dict):  # augment writes generate.labels; a top-level list is accepted too
-        generate = manifest.get("generate")
-        labels = manifest.get("labels", generate.get("labels") if isinstance(generate, dict) else None)
-    if labels is not None:
-        if not isinstance(labels, list):
-            raise UserError(f"{path}: 'labels' is not a list")
-        labels = [x["name"] if isinstance(x, dict) else str(x) for x in labels]
-    return labels, hashlib.sha256(data).hexdigest()
-
-
 def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet:
     """Read every sample of DIR's shards into memory (encoded bytes) with labels as positions in `labels`."""
 
     shards = shard_paths(directory)
     if not shards:
         raise UserError(f"synthetic set {name}: no shards in {directory / 'shards'}")
-    generated_names, manifest_sha = _manifest_labels(directory)
+    generated_names, _, manifest_sha = manifest_labels(directory)
     position = {normalise_name(n): i for i, n in enumerate(labels.names())}
 
     def to_position(class_name: str, where: str) -> int:

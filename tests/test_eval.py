@@ -49,8 +49,9 @@ def make_shards(out, seed: int, brightness: float = 0.0):
         tint = rng.uniform(0, 1, size=3)
         units = shards.plan_units([position], count, shard_size=4)
         for unit in units:
+            unit = shards.ShardUnit(100 * position + unit.number, unit.samples)  # one class per shard here
             samples = []
-            for i in range(unit.start, unit.stop):
+            for _, i in unit.samples:
                 pixels = np.clip(0.5 * rng.uniform(0, 1, (16, 16, 3)) + 0.5 * tint + brightness, 0, 1)
                 samples.append(
                     {

@@ -7,7 +7,6 @@ import tomllib
 from importlib.metadata import version
 
 import pytest
-import torch
 from packaging.requirements import Requirement
 
 from augment.config import LearnConfig

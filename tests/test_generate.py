@@ -90,11 +90,14 @@ def reference(world, tmp_path_factory):
 
 def test_layout_manifest_and_info(reference):
     tars = sorted(p.name for p in (reference / "shards").glob("*.tar"))
-    assert tars == [f"colours-c{c:04d}-{s:04d}.tar" for c in range(3) for s in range(2)]
+    assert tars == [f"colours-{n:06d}.tar" for n in range(6)]
+    seen = []
     for t in tars:
         marker = json.loads((reference / "shards" / t.replace(".tar", ".json")).read_text())
-        assert marker["count"] == 2
+        assert marker["count"] == 2 and len(marker["classes"]) == 2  # every shard mixes classes
         assert marker["sha256"] == hashlib.sha256((reference / "shards" / t).read_bytes()).hexdigest()
+        seen += [tuple(x) for x in marker["samples"]]
+    assert sorted(seen) == [(c, i) for c in range(3) for i in range(4)]  # each image once
     manifest = json.loads((reference / "manifest.json").read_text())
     assert len(manifest["generate"]["shards"]) == 6
     info = json.loads((reference / "_info.json").read_text())["splits"]["train"]
@@ -119,13 +122,14 @@ def test_shards_load_with_webdataset_datasets_and_augment(reference, world):
 
     rows = list(webdataset_pipeline(reference, shuffle=0))
     assert len(rows) == 12
-    assert rows[0][0].size == (16, 16) and rows[0][1] == 0 and rows[0][2]["index"] == 0
+    first = json.loads((reference / "shards" / "colours-000000.json").read_text())["samples"][0]
+    assert rows[0][0].size == (16, 16) and [rows[0][1], rows[0][2]["index"]] == first  # in shard order
     assert sorted(r[2]["index"] + 100 * r[1] for r in webdataset_pipeline(reference, shuffle=5)) == sorted(
         r[2]["index"] + 100 * r[1] for r in rows
     )
 
     listed = load_samples(reference)
-    assert [s["key"] for s in listed] == sorted(samples) and listed[5]["cls"] == 1
+    assert sorted(s["key"] for s in listed) == sorted(samples) and [s["cls"] for s in listed] == [r[1] for r in rows]
 
     import datasets
 
@@ -415,16 +419,18 @@ def test_prompt_cache_and_background_writer_give_the_serial_paths_bytes(world, t
 def test_downstream_reads_real_augment_output_through_its_manifest(world, reference, tmp_path):
     """`augment generate` writes the label list under manifest.json's generate.labels; downstream maps cls
     through it (a label set in another order gets the samples under the right names)."""
-    from downstream.synthetic import _manifest_labels, load_synthetic
+    from augment.data.shards import iter_samples, manifest_labels
+    from downstream.synthetic import load_synthetic
 
-    names, _ = _manifest_labels(reference)
+    names, _, _ = manifest_labels(reference)
     assert names == COLOURS
     reordered = tmp_path / "reordered.txt"
     reordered.write_text("blue\nred\ngreen\n")
     synthetic = load_synthetic("tokens", reference, read_label_set(reordered))
     ys = synthetic.split.labels
     assert sorted(np.bincount(ys).tolist()) == [4, 4, 4]
-    assert (ys[:4] == 1).all()  # red (cls 0 in the shards) is position 1 here
+    cls = np.array([int(m["cls"]) for _, _, m in iter_samples(reference)])
+    assert (ys[cls == 0] == 1).all() and (ys[cls == 2] == 0).all()  # red (cls 0) is position 1 here, blue 0
 
 
 def test_a_run_and_its_generator_can_move_and_continue(world, reference, tmp_path, capsys):
@@ -475,7 +481,7 @@ def test_verify_catches_a_truncated_tar_and_a_tampered_token(world, reference, t
     out = capsys.readouterr().out
     assert f"problem: {tar}: sha256 differs" in out
     assert f"problem: {weights}: sha256 differs" in out
-    assert "a rerun would redo: unit colours-c0002-0001 (missing)" in out
+    assert "a rerun would redo: unit colours-000005 (missing)" in out
     assert f"problem: {run / '_info.json'}: does not match the shard markers" in out
     assert out.strip().splitlines()[-1].startswith("3 problem(s)")
     assert main(["verify", str(tmp_path / "nowhere")]) == 2

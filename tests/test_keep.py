@@ -31,7 +31,10 @@ def labels(tmp_path):
 def learn(tokenizer_dir, labels, out, **kw) -> dict[str, torch.Tensor]:
     cfg = learn_config(**{"lr": 0.2, "max_steps": 6, **kw})
     TokenLearner(tiny_pipeline(tokenizer_dir), colour_guide(), labels, [0, 1, 2], cfg, out).run()
-    return {c.name: load_file(str(token_dir(out, c) / "learned_embeds.safetensors"))[labels.token(c)] for c in labels.classes}
+    return {
+        c.name: load_file(str(token_dir(out, c) / "learned_embeds.safetensors"))[labels.token(c)]
+        for c in labels.classes
+    }
 
 
 def test_best_keeps_the_vector_its_lowest_loss_was_measured_on(tokenizer_dir, labels, tmp_path):

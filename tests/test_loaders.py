@@ -110,3 +110,48 @@ def test_timm_wds_reader_reads_info_json(shards):
     assert len(targets) >= 12 and set(targets) == {0, 1, 2}
     info = json.loads((shards / "_info.json").read_text())["splits"]["train"]
     assert all((shards / f).is_file() for f in info["filenames"])
+
+
+@pytest.fixture(scope="module")
+def toy_set(tmp_path_factory):
+    """The toy world's ten classes, 100 images each (plain prompts, 2 sampler steps: the layout is what counts)."""
+    out = tmp_path_factory.mktemp("toy") / "run"
+    argv = ["generate", "--preset", "toy", "--labels", "manifests/fashion-mnist.txt", "--no-tokens", "--out", str(out),
+            "--steps", "2", "--batch-size", "100", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def distinct_classes(labels, batch: int = 64, batches: int = 10) -> list[int]:
+    """Distinct classes in each of the first `batches` batches of `batch` consecutive labels."""
+    labels = list(labels)
+    return [len(set(labels[k * batch : (k + 1) * batch])) for k in range(batches)]
+
+
+def test_readme_loader_recipe_gives_mixed_batches_from_the_first_one(toy_set):
+    """The README's DataLoader recipe (8 workers, batch 64, shuffle 1000) on ten classes: every one of the
+    first ten batches holds at least 8 of them (class-pure shards gave 1-2 per batch)."""
+    from augment.data.shards import webdataset_pipeline
+
+    ds = webdataset_pipeline(toy_set, shuffle=1000, meta=False)
+    loader = torch.utils.data.DataLoader(ds.map_tuple(lambda im: 0, int), batch_size=64, num_workers=8)
+    counts = []
+    for _, cls in loader:
+        counts.append(len(set(cls.tolist())))
+        if len(counts) == 10:
+            break
+    assert len(counts) == 10 and min(counts) >= 8, counts
+
+
+def test_hf_streaming_and_timm_reader_give_mixed_batches(toy_set):
+    import datasets
+    from timm.data import create_dataset
+
+    stream = datasets.load_dataset(
+        "webdataset", data_files={"train": str(toy_set / "shards" / "*.tar")}, split="train", streaming=True
+    )
+    hf = distinct_classes(int(row["cls"]) for row in stream)
+    assert min(hf) >= 8, hf
+    tm = create_dataset("wds/augment", root=str(toy_set), split="train", is_training=True, batch_size=64)
+    timm_counts = distinct_classes(int(t) for _, t in tm)
+    assert min(timm_counts) >= 8, timm_counts

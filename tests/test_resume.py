@@ -235,6 +235,52 @@ def test_torchrun_two_processes_build_the_one_process_bytes(labels3, one_process
     assert tar_samples(two) == tar_samples(one)
 
 
+def test_torchrun_at_the_default_classes_per_step_agrees_to_float_rounding(labels3, tmp_path):
+    """At the toy preset's default classes per step the three classes share one learner batch in one process,
+    and two batches of another composition under two processes. What the README promises then: tokens equal
+    up to float rounding (not bytes: a batched UNet call rounds differently), images equal up to a unit of
+    the 8-bit pixel values."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load
+
+    def default_cps(out):
+        cmd = build_cmd(labels3, out)
+        i = cmd.index("--classes-per-step")
+        return cmd[3:i] + cmd[i + 2 :]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(default_cps(one)) == 0
+    cmd2 = default_cps(two)
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "augment.cli",
+    ]
+    r = subprocess.run([*launch, *cmd2], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert sorted(manifest["workers"]["learn"]) == ["0of2", "1of2"]  # each worker's device recorded
+    a, b = token_bytes(one), token_bytes(two)
+    assert sorted(a) == sorted(b) and len(a) == 3
+    for slug in a:
+        ta, tb = (next(iter(load(x[slug]).values())) for x in (a, b))
+        assert torch.allclose(ta, tb, rtol=1e-5, atol=1e-6 * float(ta.abs().max())), slug
+    sa, sb = tar_samples(one), tar_samples(two)
+    assert sorted(sa) == sorted(sb)
+    for key in sa:
+        pa, pb = (np.asarray(Image.open(io.BytesIO(x[key]["png"])), dtype=int) for x in (sa, sb))
+        assert np.abs(pa - pb).max() <= 1, key
+
+
 def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a_rerun_completes(
     labels3, tmp_path, monkeypatch, capsys
 ):

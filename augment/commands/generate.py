@@ -1,6 +1,6 @@
 """Generate a synthetic training set into webdataset shards, with learned class tokens (or --no-tokens).
 
-Writes OUT/shards/<set>-c{class:04d}-{shard:04d}.{tar,json}, OUT/manifest.json and, once every unit exists,
+Writes OUT/shards/<set>-{number:06d}.{tar,json} (mixed shards: augment.data.shards), OUT/manifest.json and, once every unit exists,
 OUT/_info.json. Finished units are skipped, so an interrupted run continues where it stopped; workers
 (--worker-index/--num-workers, or $RANK/$WORLD_SIZE, or a Slurm array) take every N-th unit.
 """

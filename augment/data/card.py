@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from augment.data.shards import image_bytes, read_tar, tar_files
+from augment.data.shards import class_counts, image_bytes, parse_key, read_tar, tar_files
 from augment.labels import LabelSet
 
 
@@ -19,15 +19,16 @@ def class_grids(
     most `tile` pixels; only for the first `max_classes` classes (the card shows those)."""
     from PIL import Image
 
+    wanted = range(len(labels) if max_classes is None else min(max_classes, len(labels)))
     by_class: dict[int, list] = {}
     for url in tar_files(out):
-        position = int(Path(url).stem.rsplit("-", 2)[1][1:])
-        if max_classes is not None and position >= max_classes:
-            continue
-        if len(by_class.get(position, [])) >= per_class:  # only as many shards as needed are read
-            continue
+        if all(len(by_class.get(p, [])) >= per_class for p in wanted):  # only as many shards as needed are read
+            break
         for key, members in read_tar(url):
-            imgs = by_class.setdefault(int(key[1:5]), [])
+            position = parse_key(key)[0]
+            if position not in wanted:
+                continue
+            imgs = by_class.setdefault(position, [])
             if len(imgs) < per_class and image_bytes(members) is not None:
                 im = Image.open(io.BytesIO(image_bytes(members))).convert("RGB")
                 im.thumbnail((tile, tile))
@@ -53,21 +54,17 @@ def source_name(source: str) -> str:
 
 def class_table(out: Path, labels: LabelSet) -> list[tuple[int, int, float | None]]:
     """(position, images, mean guide probability or None) per class, from the shard markers."""
-    counts: dict[int, int] = {}
-    probs: dict[int, list[tuple[float, int]]] = {}
-    for marker in sorted((out / "shards").glob("*.json")):
-        m = json.loads(marker.read_text())
-        counts[m["position"]] = counts.get(m["position"], 0) + m["count"]
-        if m.get("guide_prob_mean") is not None:
-            probs.setdefault(m["position"], []).append((m["guide_prob_mean"], m["count"]))
-    return [
-        (p, counts.get(p, 0), sum(v * n for v, n in probs[p]) / sum(n for _, n in probs[p]) if p in probs else None)
-        for p in range(len(labels))
-    ]
+    counts, probs = class_counts(out)
+    return [(p, counts.get(p, 0), probs[p] / counts[p] if p in probs else None) for p in range(len(labels))]
 
 
 def write_card(
-    out: str | Path, labels: LabelSet, info: dict[str, Any], per_class: int = 8, max_grids: int = 50
+    out: str | Path,
+    labels: LabelSet,
+    info: dict[str, Any],
+    per_class: int = 8,
+    max_grids: int = 50,
+    command: str = "augment generate",
 ) -> Path:
     """OUT/README.md describing the set (how it was made, how to load it): per class its image count, the
     guide's mean probability when scored, and an image grid for the first `max_grids` classes."""
@@ -94,11 +91,11 @@ def write_card(
         f"# Synthetic {labels.name}",
         "",
         f"{split['num_samples']} images of {len(labels)} classes in {len(split['filenames'])} webdataset shards, "
-        f"generated with `{source_name(str(info.get('generator', '?')))}` and {tokens} (`augment generate`; "
+        f"generated with `{source_name(str(info.get('generator', '?')))}` and {tokens} (`{command}`; "
         "manifest.json has the full config).",
         "",
         "Each sample: `jpg`/`png` image, `cls` (class position in the label set), `json` (class, index, seed, "
-        "prompt, token). Shards hold one class each: shuffle shards *and* samples when training.",
+        "prompt, token). Every shard mixes many classes, so batches do from the first one on.",
         "",
         "```python",
         "import datasets",

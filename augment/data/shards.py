@@ -1,22 +1,23 @@
-"""Shards on disk: work units, per-image seeds, atomic writing, completion markers, and reading back.
+"""The generated set on disk, owned here: units and shard names, the sample layout, atomic writing, completion
+markers, timm's split file, the manifest's class list, and reading it all back.
 
-OUT/shards/<set>-c{position:04d}-{shard:04d}.tar   one finished unit (webdataset tar, class-pure)
-OUT/shards/<set>-c{position:04d}-{shard:04d}.json  completion marker: count, sha256, seeds rule, config hash
-OUT/_info.json                                     timm-style split info, once every unit exists
+OUT/shards/<set>-{number:06d}.tar   one finished unit: a webdataset tar holding images of many classes
+OUT/shards/<set>-{number:06d}.json  its completion marker: samples, count, sha256, seeds rule, config hash
+OUT/_info.json                      timm-style split info, once every unit exists
 
-A unit is written as `.tar.<pid>.tmp`, flushed, fsynced and renamed; only then is its marker written (also via a
-temporary name). So a unit is done iff its marker exists; a failed write (a full disk) removes its `.tmp` files and a
-killed run leaves at most `.tmp` files, which the next run removes. Samples: key `c0017_000042`, extensions `jpg`|`png`, `cls` (ASCII position), `json`.
+Shards are mixed: round r holds image indices [r·S, (r+1)·S) of every class (S = shard size), interleaved
+index by index with the classes in a seeded order, cut into shards of S and shuffled within each shard. Every
+shard holds min(S, classes) classes or more, so any loader (webdataset with workers, HF `datasets`
+streaming, timm's reader) gives batches of many classes from the first batch on. A unit is written as `.tar.<pid>.tmp`, fsynced and renamed; only then is its marker
+written, so a unit is done iff its marker exists; a killed run leaves at most `.tmp` files, which the next run
+removes. Sample: key `c{position:04d}_{index:06d}`, `jpg`|`png`, `cls` (ASCII position in the label set), `json`.
 
-Reading the shards for training::
+Reading for training (nothing is ever unpickled):
 
-    augment.data.shards.webdataset_pipeline("OUT/shards", shuffle=1000)   # iterable, streaming
-    augment.data.shards.load_samples("OUT/shards")                         # map-style list, small sets only
+    augment.data.shards.webdataset_pipeline("OUT", shuffle=1000)   # iterable, streaming
+    augment.data.shards.load_samples("OUT")                          # map-style list, small sets only
     datasets.load_dataset("webdataset", data_files={"train": "OUT/shards/*.tar"}, split="train")
     timm: create_dataset("wds/", root="OUT", split="train") reads OUT/_info.json
-
-Each shard holds one class only, so a training loop must mix: shuffle the shard list (`shardshuffle`) *and*
-keep a sample buffer (`shuffle`) bigger than a shard; otherwise batches are one or two classes at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,45 +41,67 @@ SEEDS_RULE = (
     "torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
     ".generate_state(1, numpy.uint64)[0] >> 1))"
 )
+LAYOUT = "mixed/1"  # rounds of S images per class, interleaved across classes (plan_units)
+_OLD_UNIT = re.compile(r"-c\d{4}-\d{4}\.json$")  # augment < 0.2: one class per shard
 
 
 @dataclass(frozen=True)
 class ShardUnit:
-    """Images [start, stop) of class `position`: shard number `shard` of that class."""
+    """One shard to make: `samples` are (class position, image index) pairs in the order they are written."""
 
-    position: int
-    shard: int
-    start: int
-    stop: int
+    number: int
+    samples: tuple[tuple[int, int], ...]
 
     @property
     def count(self) -> int:
-        return self.stop - self.start
+        return len(self.samples)
 
     def name(self, setname: str) -> str:
-        return f"{setname}-c{self.position:04d}-{self.shard:04d}"
+        return f"{setname}-{self.number:06d}"
+
+    def keys(self) -> list[str]:
+        return [sample_key(p, i) for p, i in self.samples]
+
+    def classes(self) -> dict[int, int]:
+        """Images per class position in this unit."""
+        counts: dict[int, int] = {}
+        for p, _ in self.samples:
+            counts[p] = counts.get(p, 0) + 1
+        return counts
 
 
-def plan_units(positions: Iterable[int], images_per_class: int, shard_size: int) -> list[ShardUnit]:
-    """All units, class-major: (c0, s0), (c0, s1), ..., (c1, s0), ..."""
+def plan_units(positions: Iterable[int], images_per_class: int, shard_size: int, seed: int = 0) -> list[ShardUnit]:
+    """All units of a set (see the module docstring): deterministic for (positions, images per class, shard
+    size, seed); a larger images_per_class keeps every full round's units as they were."""
+    positions = list(positions)
     if images_per_class < 1:
         raise UserError(f"images per class must be ≥ 1, got {images_per_class}")
     if shard_size < 1:
         raise UserError(f"shard size must be ≥ 1, got {shard_size}")
-    units = []
-    for p in positions:
-        for s, start in enumerate(range(0, images_per_class, shard_size)):
-            units.append(ShardUnit(p, s, start, min(start + shard_size, images_per_class)))
+    units: list[ShardUnit] = []
+    for r, start in enumerate(range(0, images_per_class, shard_size)):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, r, 0x5A4D]))
+        order = [(positions[k], i) for i in range(start, min(start + shard_size, images_per_class))
+                 for k in rng.permutation(len(positions))]  # fmt: skip
+        for lo in range(0, len(order), shard_size):
+            chunk = order[lo : lo + shard_size]
+            units.append(ShardUnit(len(units), tuple(chunk[k] for k in rng.permutation(len(chunk)))))
     return units
 
 
 def image_seed(seed: int, position: int, i: int) -> int:
-    """The seed of image i of class `position`: independent of batch size, worker and order (63 bits)."""
+    """The seed of image i of class `position`: independent of batch size, worker, unit and order (63 bits)."""
     return int(np.random.SeedSequence([seed, position, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def sample_key(position: int, i: int) -> str:
     return f"c{position:04d}_{i:06d}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    """(class position, image index) of a sample key."""
+    position, _, index = key[1:].partition("_")
+    return int(position), int(index)
 
 
 def shards_dir(out: str | Path) -> Path:
@@ -95,6 +119,18 @@ def marker_path(out: str | Path, setname: str, unit: ShardUnit) -> Path:
 def config_hash(content: dict[str, Any]) -> str:
     """A short stable hash of everything the images depend on."""
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_layout(out: str | Path) -> None:
+    """Refuse a directory holding shards of the class-pure layout of augment < 0.2: new units beside them
+    would give every image twice."""
+    d = shards_dir(out)
+    old = next((p for p in d.glob("*.json") if _OLD_UNIT.search(p.name)), None) if d.is_dir() else None
+    if old is not None:
+        raise UserError(
+            f"{d} holds class-pure shards of an earlier augment ({old.name}); generate into another --out, "
+            f"or delete {d} to make the set again as mixed shards"
+        )
 
 
 def read_marker(out: str | Path, setname: str, unit: ShardUnit) -> dict | None:
@@ -135,19 +171,6 @@ def remove_stale_tmp(out: str | Path, setname: str, units: Iterable[ShardUnit]) 
     return n
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def encode_image(array: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
     """HWC float in [0, 1] (or uint8) → jpg/png bytes (deterministic)."""
     from PIL import Image
@@ -164,16 +187,25 @@ def encode_image(array: np.ndarray, image_format: str, jpeg_quality: int = 95) -
     return buf.getvalue()
 
 
+def encode_sample(position: int, i: int, image: bytes, image_format: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """One webdataset sample: the encoded image, `cls` and the json record (class, position, index, ...)."""
+    return {
+        "__key__": sample_key(position, i),
+        image_format: image,
+        "cls": str(position).encode("ascii"),
+        "json": json.dumps({"position": position, "index": i, **meta}, sort_keys=True).encode(),
+    }
+
+
 def write_unit(
     out: str | Path, setname: str, unit: ShardUnit, samples: list[dict[str, Any]], chash: str
 ) -> dict[str, Any]:
-    """Write one unit atomically: `.tar.<pid>.tmp` → fsync → rename → marker. Samples are webdataset dicts with
-    bytes values (`__key__`, `jpg`|`png`, `cls`, `json`). Returns the marker."""
+    """Write one unit atomically: `.tar.<pid>.tmp` → fsync → rename → marker. Returns the marker."""
     from webdataset import TarWriter
 
     final = tar_path(out, setname, unit)
     final.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()  # one class's shard: megabytes; written to disk in one piece below
+    buf = io.BytesIO()  # one shard: megabytes; written to disk in one piece below
     writer = TarWriter(buf, encoder=False, mtime=0.0)
     for s in samples:
         writer.write(s)
@@ -184,20 +216,37 @@ def write_unit(
     write_bytes(final, data, fsync=True)  # <name>.<pid>.tmp → fsync → rename; removed on failure (a full disk)
     marker = {
         "unit": unit.name(setname),
-        "position": unit.position,
-        "shard": unit.shard,
-        "first_index": unit.start,
+        "layout": LAYOUT,
         "count": len(samples),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "classes": {str(p): n for p, n in sorted(unit.classes().items())},
+        "samples": [list(s) for s in unit.samples],
         "seeds": SEEDS_RULE,
         "config_hash": chash,
     }
-    probs = [json.loads(s["json"]).get("guide_prob") for s in samples if "json" in s]
-    if probs and all(p is not None for p in probs):  # scored (--score, DATE): for the dataset card
-        marker["guide_prob_mean"] = round(sum(probs) / len(probs), 6)
+    probs: dict[str, float] = {}
+    for s in samples:
+        meta = json.loads(s["json"])
+        if meta.get("guide_prob") is not None:  # scored (--score, DATE): the card's per-class mean
+            probs[str(meta["position"])] = probs.get(str(meta["position"]), 0.0) + meta["guide_prob"]
+    if probs:
+        marker["guide_prob_sum"] = {k: round(v, 6) for k, v in sorted(probs.items())}
     write_text(mpath, json.dumps(marker, indent=1) + "\n", fsync=True)
     _fsync_dir(final.parent)
     return marker
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_info(out: str | Path, setname: str, units: list[ShardUnit], split: str = "train") -> Path | None:
@@ -216,8 +265,42 @@ def write_info(out: str | Path, setname: str, units: list[ShardUnit], split: str
             }
         },
     }
-    path = Path(out) / "_info.json"
-    return write_json(path, info)
+    return write_json(Path(out) / "_info.json", info)
+
+
+def class_counts(out: str | Path) -> tuple[dict[int, int], dict[int, float]]:
+    """Images per class position and the sum of their guide probabilities (scored sets), from the markers."""
+    counts: dict[int, int] = {}
+    probs: dict[int, float] = {}
+    for marker in sorted(shards_dir(out).glob("*.json")):
+        m = json.loads(marker.read_text())
+        for p, n in m.get("classes", {}).items():
+            counts[int(p)] = counts.get(int(p), 0) + n
+        for p, v in m.get("guide_prob_sum", {}).items():
+            probs[int(p)] = probs.get(int(p), 0.0) + v
+    return counts, probs
+
+
+def manifest_labels(directory: str | Path) -> tuple[list[str] | None, str | None, str | None]:
+    """(class names in `cls` order, the label file it was made from, sha256 of manifest.json) of a generated
+    set; (None, None, None) without a manifest. UserError for a manifest that cannot be read."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        return None, None, None
+    data = path.read_bytes()
+    try:
+        manifest = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    labels = label_file = None
+    if isinstance(manifest, dict):  # augment writes generate.labels; a top-level list is accepted too
+        generate = manifest.get("generate") if isinstance(manifest.get("generate"), dict) else {}
+        labels, label_file = manifest.get("labels", generate.get("labels")), generate.get("label_file")
+    if labels is not None:
+        if not isinstance(labels, list) or not labels:
+            raise UserError(f"{path}: the class list ('labels') is not a non-empty list")
+        labels = [x["name"] if isinstance(x, dict) else str(x) for x in labels]
+    return labels, label_file, hashlib.sha256(data).hexdigest()
 
 
 def tar_files(directory: str | Path) -> list[str]:
@@ -228,28 +311,25 @@ def tar_files(directory: str | Path) -> list[str]:
     return sorted(str(p) for p in d.glob("*.tar"))
 
 
-def webdataset_pipeline(directory: str | Path, shuffle: int = 1000, seed: int = 0, decode: str = "pil"):
-    """A streaming `webdataset.WebDataset` over the shards, yielding (image, cls, meta) tuples.
-
-    Shards are class-pure, so with `shuffle > 0` the shard list is shuffled *and* samples pass a buffer of
-    `shuffle` samples (make it larger than a shard); `shuffle=0` reads in order (evaluation)."""
+def webdataset_pipeline(
+    directory: str | Path, shuffle: int = 1000, seed: int = 0, decode: str = "pil", meta: bool = True
+):
+    """A streaming `webdataset.WebDataset` over the shards, yielding (image, cls, meta) tuples, or (image, cls)
+    with `meta=False` (what a DataLoader's default collate takes: meta holds None and nested values); with
+    `shuffle > 0` the shard list is shuffled and samples pass a buffer of `shuffle`; 0 reads in order."""
     import webdataset as wds
 
     urls = tar_files(directory)
     if not urls:
         raise UserError(f"{directory}: no .tar shards")
-    ds = wds.WebDataset(
-        urls,
-        shardshuffle=(len(urls) if shuffle else False),
-        seed=seed,
-        empty_check=False,
-        workersplitter=wds.split_by_worker,
-        nodesplitter=wds.split_by_node,
-    )
+    ds = wds.WebDataset(urls, shardshuffle=(len(urls) if shuffle else False), seed=seed, empty_check=False,
+                        workersplitter=wds.split_by_worker, nodesplitter=wds.split_by_node)  # fmt: skip
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
     # raw bytes first, then our own decoders: webdataset's default handlers would unpickle a `.pickle` member
     image = _decode_pil if decode == "pil" else (lambda b: b)
+    if not meta:
+        return ds.to_tuple("jpg;png", "cls").map_tuple(image, lambda b: int(b))
     return ds.to_tuple("jpg;png", "cls", "json").map_tuple(image, lambda b: int(b), lambda b: json.loads(b))
 
 

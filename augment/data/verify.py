@@ -11,7 +11,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from augment.data.shards import ShardUnit, marker_path, plan_units, read_tar, sample_key
+from augment.data.shards import marker_path, plan_units, read_marker, read_tar, sample_key, shards_dir
 from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
 
@@ -76,7 +76,7 @@ def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
 
 def _verify_shards(out: Path, generate: dict, report: Report) -> None:
     labels, cfg = generate.get("labels"), (generate.get("config") or {}).get("generate")
-    markers = sorted((out / "shards").glob("*.json"))
+    markers = sorted(shards_dir(out).glob("*.json"))
     report.checked["shards"] = len(markers)
     counted = {}
     for m in markers:
@@ -92,16 +92,20 @@ def _verify_shards(out: Path, generate: dict, report: Report) -> None:
             report.redo.append(f"unit {marker.get('unit', m.stem)} (delete {m} first)")
         else:
             counted[tar.name] = marker["count"]
-    for tar in sorted((out / "shards").glob("*.tar")):
+    for tar in sorted(shards_dir(out).glob("*.tar")):
         if not tar.with_suffix(".json").is_file():
             report.redo.append(f"unit {tar.stem} (its tar has no marker: a rerun writes it again)")
     if labels is not None and cfg is not None:
         from augment.labels import slugify
 
         setname = generate.get("set") or slugify(Path(generate.get("label_file", "labels")).stem) or "labels"
-        for u in plan_units(range(len(labels)), cfg["images_per_class"], cfg["shard_size"]):
-            if not marker_path(out, setname, u).is_file():
+        for u in plan_units(range(len(labels)), cfg["images_per_class"], cfg["shard_size"], cfg.get("seed", 0)):
+            path = marker_path(out, setname, u)
+            marker = read_marker(out, setname, u)
+            if not path.is_file():
                 report.redo.append(f"unit {u.name(setname)} (missing)")
+            elif marker is not None and marker.get("samples") != [list(x) for x in u.samples]:
+                report.problems.append(f"{path}: holds other samples than the plan's unit {u.name(setname)}")
     info_path = out / "_info.json"
     if info_path.is_file():
         try:
@@ -131,12 +135,9 @@ def _check_tar(tar: Path, marker: dict) -> str | None:
         return f"not a readable tar ({e})"
     if len(samples) != marker.get("count"):
         return f"{len(samples)} samples, marker says {marker.get('count')}"
-    unit = ShardUnit(
-        marker["position"], marker["shard"], marker["first_index"], marker["first_index"] + marker["count"]
-    )
-    expected = [sample_key(unit.position, i) for i in range(unit.start, unit.stop)]
-    if sorted(samples) != expected:
-        return "sample keys are not the unit's"
+    expected = [sample_key(p, i) for p, i in marker.get("samples", [])]
+    if list(samples) != expected:
+        return "sample keys are not the unit's (its marker's samples, in order)"
     for key, exts in samples.items():
         if not ({"cls", "json"} <= exts and exts & {"jpg", "png"}):
             return f"sample {key} lacks an image, cls or json ({', '.join(sorted(exts))})"

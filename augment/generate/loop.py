@@ -1,8 +1,9 @@
 """Mass generation: images of each work unit with the class tokens (or without: the plain baseline), into shards.
 
 Image i of class c always gets the same seed and the same prompt (templates alternate by i), whatever the
-batch size, the worker or the order of units, so an interrupted or split run gives the same samples.
-Each distinct prompt of a class is encoded once (PromptCache), and image encoding and shard writing run on a
+batch size, the worker or the order of units, so an interrupted or split run gives the same samples. A unit
+holds images of many classes (augment.data.shards), so a batch does too: each image carries its own prompt.
+Each distinct prompt of a unit is encoded once (PromptCache), and image encoding and shard writing run on a
 background thread while the next batch samples; both give the same bytes as the plain serial path.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from augment.config import GenerateConfig
-from augment.data.shards import ShardUnit, encode_image, image_seed, sample_key, write_unit
+from augment.data.shards import ShardUnit, encode_image, encode_sample, image_seed, write_unit
 from augment.generate.date import refine_options, sample_date
 from augment.generate.sampling import GuidanceCutoff
 from augment.labels import LabelSet
@@ -33,8 +33,8 @@ def image_prompt(cfg: GenerateConfig, i: int, token: str, name: str) -> str:
 
 
 class PromptCache:
-    """Prompt embeddings (conditional, unconditional) by prompt: a class's few templates are encoded once,
-    not once per batch. Holds one class at a time (`reset` when the class changes)."""
+    """Prompt embeddings (conditional, unconditional) by prompt: each distinct prompt of a unit is encoded
+    once, not once per batch. Holds one unit's prompts at a time (`reset` between units)."""
 
     def __init__(self, pipe, guidance_scale: float):
         self.pipe, self.cfg_on = pipe, guidance_scale > 1
@@ -124,70 +124,57 @@ def unit_samples(
     cache: PromptCache | None = None,
     encoder: ThreadPoolExecutor | None = None,
 ) -> list[dict[str, Any]] | list[Future]:
-    """Generate the samples (webdataset dicts of bytes) of one unit, `cfg.batch_size` images per call.
+    """Generate the samples (webdataset dicts of bytes) of one unit, `cfg.batch_size` images per call, each
+    image with its own class's prompt, seed and (scoring, DATE) guide target.
 
-    With a guide and the class's guide index, each sample records the guide's probability; DATE refinement
+    With a guide and guide indices, each sample records the guide's probability; DATE refinement
     (`cfg.refine`) needs both and records its settings in the sample's json. With an `encoder` thread pool the
     images are encoded there while the next batch samples, and the result is one future per batch (each
     giving that batch's samples); without, the samples themselves."""
-    cls = labels.classes[unit.position]
-    token = "" if tokens is None else tokens[unit.position]
-    target = None if guide_indices is None else guide_indices[unit.position]
     opts = refine_options(cfg.refine, cfg.refine_options)
     refine = None if opts is None else {"method": cfg.refine, **dataclasses.asdict(opts)}
     batches = []
-    for start in range(unit.start, unit.stop, max(cfg.batch_size, 1)):
-        idx = list(range(start, min(start + cfg.batch_size, unit.stop)))
-        prompts = [image_prompt(cfg, i, token, cls.name) for i in idx]
-        seeds = [image_seed(cfg.seed, unit.position, i) for i in idx]
-        images = generate_images(
-            pipe, prompts, seeds, cfg, guide, None if target is None else [target] * len(idx), cache
-        )
-        probs: list[float | None] = [None] * len(idx)
-        if guide is not None and target is not None:
-            probs = guide_probabilities(guide, images, [target] * len(idx))
-        job = (cfg, unit, cls.name, token, idx, prompts, seeds, images, probs, refine)
+    for start in range(0, unit.count, max(cfg.batch_size, 1)):
+        batch = unit.samples[start : start + cfg.batch_size]
+        names = [labels.classes[p].name for p, _ in batch]
+        tokens_of = ["" if tokens is None else tokens[p] for p, _ in batch]
+        prompts = [image_prompt(cfg, i, token, name) for (_, i), token, name in zip(batch, tokens_of, names)]
+        seeds = [image_seed(cfg.seed, p, i) for p, i in batch]
+        targets = None if guide_indices is None else [guide_indices[p] for p, _ in batch]
+        images = generate_images(pipe, prompts, seeds, cfg, guide, targets, cache)
+        probs: list[float | None] = [None] * len(batch)
+        if guide is not None and targets is not None:
+            probs = guide_probabilities(guide, images, targets)
+        job = (cfg, batch, names, tokens_of, prompts, seeds, images, probs, refine)
         batches.append(encoder.submit(encode_samples, *job) if encoder is not None else encode_samples(*job))
         if on_images is not None:
-            on_images(len(idx))
+            on_images(len(batch))
     return batches if encoder is not None else [s for batch in batches for s in batch]
 
 
 def encode_samples(
     cfg: GenerateConfig,
-    unit: ShardUnit,
-    name: str,
-    token: str,
-    idx: list[int],
+    batch: tuple[tuple[int, int], ...],
+    names: list[str],
+    tokens: list[str],
     prompts: list[str],
     seeds: list[int],
     images: np.ndarray,
     probs: list,
     refine: dict | None,
 ) -> list[dict[str, Any]]:
-    """One batch's webdataset samples: encoded image, class index and the json record."""
+    """One batch's webdataset samples (augment.data.shards.encode_sample): image, class index, json record."""
     samples = []
-    for i, prompt, seed, image, prob in zip(idx, prompts, seeds, images, probs):
-        meta = {
-            "class": name,
-            "position": unit.position,
-            "index": i,
-            "seed": seed,
-            "prompt": prompt,
-            "token": token or None,
-        }
+    for (position, i), name, token, prompt, seed, image, prob in zip(
+        batch, names, tokens, prompts, seeds, images, probs
+    ):
+        meta = {"class": name, "seed": seed, "prompt": prompt, "token": token or None}
         if prob is not None:
             meta["guide_prob"] = round(prob, 6)
         if refine is not None:
             meta["refine"] = refine
-        samples.append(
-            {
-                "__key__": sample_key(unit.position, i),
-                cfg.image_format: encode_image(image, cfg.image_format, cfg.jpeg_quality),
-                "cls": str(unit.position).encode("ascii"),
-                "json": json.dumps(meta, sort_keys=True).encode(),
-            }
-        )
+        data = encode_image(image, cfg.image_format, cfg.jpeg_quality)
+        samples.append(encode_sample(position, i, data, cfg.image_format, meta))
     return samples
 
 
@@ -210,7 +197,7 @@ def generate_units(
     `tokens=None` is the `--no-tokens` baseline: same seeds, same prompts without the token. With `overlap`
     a background thread encodes images and writes each unit's shard while sampling goes on; `on_unit` is
     still called in unit order, from this thread, once the unit's shard and marker exist."""
-    cache = PromptCache(pipe, cfg.guidance_scale)
+    cache = PromptCache(pipe, cfg.guidance_scale)  # a unit's prompts, encoded once each
     markers: list[dict[str, Any]] = []
     pending: list[tuple[ShardUnit, Future]] = []
 
@@ -223,11 +210,8 @@ def generate_units(
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-writer") if overlap else None
     with writer or contextlib.nullcontext() as pool:
-        position = None
         for unit in units:
-            if unit.position != position:
-                cache.reset()
-                position = unit.position
+            cache.reset()
             batches = unit_samples(pipe, labels, tokens, cfg, unit, guide, guide_indices, on_images, cache, pool)
             if pool is not None:  # the same single thread: it writes after encoding this unit's batches, in order
                 pending.append(

@@ -56,7 +56,7 @@ def build(
         learned = learn_tokens(labels, out, config, workers=workers, overwrite=overwrite, progress=progress)
         wait_for_tokens(out, labels, wait_tokens)
     made = generate_set(labels, out, config, tokens=out, workers=workers, overwrite=overwrite, score=score,
-                        dry_run=dry_run, progress=progress)  # fmt: skip
+                        dry_run=dry_run, progress=progress, made_by="augment build")  # fmt: skip
     return BuildResult(learned, made)
 
 

@@ -1,6 +1,6 @@
 """`generate_set`: a synthetic training set in webdataset shards, with learned tokens or plain prompts.
 
-Writes OUT/shards/<set>-c{class:04d}-{shard:04d}.{tar,json}, OUT/manifest.json and, once every unit exists,
+Writes OUT/shards/<set>-{number:06d}.{tar,json} (mixed shards: augment.data.shards), OUT/manifest.json and, once every unit exists,
 OUT/_info.json and the dataset card. Finished units are skipped, so an interrupted run continues where it
 stopped; workers take every N-th unit, or claim units as they go (augment.claims).
 """
@@ -82,6 +82,7 @@ def generate_set(
     score: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    made_by: str = "augment generate",
 ) -> GenerateResult:
     """Generate this worker's pending units of the set into OUT. `tokens`: a learn/build output directory
     (None: plain prompts, the baseline, same seeds). `score` records the guide's probability of each image
@@ -93,12 +94,14 @@ def generate_set(
 
     labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
     g.validate()
-    units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size)
+    units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)
     index, count = workers.slot()
     check_out_dir(out)
+    shards.check_layout(out)
     chash = shards.config_hash(
         {
+            "layout": shards.LAYOUT,
             "generate": {k: v for k, v in hashed_settings(config.to_dict()["generate"]).items() if k not in NOT_HASHED},
             "generator": source_identity(config.generator),
             "labels": labels.names(),
@@ -146,7 +149,7 @@ def generate_set(
     info = {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
             "worker": [index, count], "claim": board is not None, "speed": speed}  # fmt: skip
     manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": config.to_dict(),
-                "config_hash": chash, "seeds": shards.SEEDS_RULE, **info}  # fmt: skip
+                "config_hash": chash, "seeds": shards.SEEDS_RULE, "made_by": made_by, **info}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
     worker = {"index": index, "count": count, **describe_device(device)}
@@ -214,7 +217,7 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
     if info_path is not None:
         from augment.data.card import write_card
 
-        write_card(out, labels, manifest)
+        write_card(out, labels, manifest, command=manifest.get("made_by", "augment generate"))
     return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
             "complete": info_path is not None}  # fmt: skip
 
