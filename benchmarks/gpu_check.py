@@ -4,10 +4,11 @@ architecture with random weights (`augment.testing`; speed and memory do not dep
 1. Generation images/s. augment: `augment.generate.loop.generate_units` (the `augment generate` path: prompt
    cache, shards written on a background thread, `speed_up`'s defaults: channels-last and TF32 on CUDA) with the
    sd14-cub preset's generation settings (PNDM, guidance 7, guidance_cutoff 0.5, batch 16); plain: a diffusers
-   `StableDiffusionPipeline` called per batch with the same prompts, seeds and steps, guidance 7 at every step,
-   JPEG files. Then augment at guidance_cutoff 1 (the cutoff's gain apart) and, last, augment with a
-   `torch.compile`d UNet on a fresh pipeline (one untimed warm-up batch at the measured shapes, its seconds
-   reported). Each path gets one warm-up batch of 2 steps first; model loading is not timed.
+   `StableDiffusionPipeline` called per batch with the same prompts, seeds and steps (class by class, where
+   augment's batches mix the classes as its shards do), guidance 7 at every step, JPEG files. Then augment at
+   guidance_cutoff 1 (the cutoff's gain apart) and, last, augment with a `torch.compile`d UNet on a fresh
+   pipeline. Each path gets one warm-up batch of 2 steps at the measured batch shapes first (its seconds are
+   reported: for the compiled UNet, the compilation); model loading is not timed.
 2. DATE (`--refine date` with the preset's refine_options, step size 1): seconds and peak memory of one
    generation batch of 2 images, on the generation pipeline.
 3. Learner: one step of the sd14-cub preset's learner (checkpointing, decode_batch 1, grad_steps 2, PNDM,
@@ -17,7 +18,8 @@ architecture with random weights (`augment.testing`; speed and memory do not dep
    estimate (`step_bytes` plus the parameter bytes of UNet, VAE, text encoder and guide).
 Peaks are absolute (everything allocated, the loaded models included); one pipeline is loaded at a time. On the
 CPU memory is null. Markdown tables on stdout; everything and the environment in one JSON file (`--out`),
-rewritten after each part so that a run cut short keeps what it measured. About 5 minutes on one H200:
+rewritten after each part so that a run cut short keeps what it measured. `--quick`: 64 px, 2 steps, 2 images,
+classes 1,2, fp32, no compile row and no warm-ups (each overridable). About 5 minutes on one H200:
 
     python benchmarks/gpu_check.py --out runs/gpu_check.json
     python benchmarks/gpu_check.py --quick --device cpu --out /tmp/gc.json   # CPU smoke test; numbers mean nothing
@@ -45,8 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 
 
-def gib(b: float | None) -> float | None:
-    return None if b is None else round(b / GIB, 3)
+def gib(b: float | None) -> float | str:
+    """Bytes as GiB for the tables; "-" where not measured (CPU)."""
+    return "-" if b is None else round(b / GIB, 3)
 
 
 def measure(dev: torch.device, fn) -> dict:
@@ -74,19 +77,21 @@ def free(dev: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bf16")
-    p.add_argument("--size", type=int, default=512, help="image size in px (default 512)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps, generation and learner (default 50)")
-    p.add_argument("--images", type=int, default=64, help="images per generation path, 2 classes (default 64)")
-    p.add_argument("--classes", default="1,4,8", help="learner classes per step, comma-separated (default 1,4,8)")
+    p.add_argument("--dtype", help="fp32, bf16, fp16 (default bf16)")
+    p.add_argument("--size", type=int, help="image size in px (default 512)")
+    p.add_argument("--steps", type=int, help="sampling steps, generation and learner (default 50)")
+    p.add_argument("--images", type=int, help="images per generation path, 2 classes (default 64)")
+    p.add_argument("--classes", help="learner classes per step, comma-separated (default 1,4,8)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row")
-    p.add_argument("--quick", action="store_true", help="CPU smoke test: 64 px, 2 steps, 2 images, classes 1,2, fp32")
+    p.add_argument("--quick", action="store_true", help="CPU smoke test: 64 px, 2 steps, 2 images, 1,2 classes, fp32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON file (default gpu_check.json)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.size, args.steps, args.images, args.classes, args.dtype = 64, 2, 2, "1,2", "fp32"
-        args.skip_compile = True
+    quick = dict(size=64, steps=2, images=2, classes="1,2", dtype="fp32", skip_compile=True)
+    full = dict(size=512, steps=50, images=64, classes="1,4,8", dtype="bf16", skip_compile=False)
+    for key, value in (quick if args.quick else full).items():
+        setattr(args, key, value if getattr(args, key) in (None, False) else getattr(args, key))
+    warm = not args.quick  # warm-up calls (the quick smoke test's numbers mean nothing anyway)
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers import StableDiffusionPipeline
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 for k, im in enumerate(out.images if save_to else []):
                     im.save(save_to / f"plain_{lo + k}.jpg", quality=95)
 
-        run_plain(plain, b, 2)  # warm-up at the measured batch shape
+        if warm:  # at the measured batch shape
+            run_plain(plain, b, 2)
         m = measure(dev, lambda: run_plain(plain, len(prompts), args.steps, root))
         gen["plain (diffusers, full guidance)"] = {**m, "unet_evals_per_image": 2 * calls}
         plain = None
@@ -165,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_generator(str(sd), dev, dt)
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
         res["speed_up"] = speed_up(pipe, g.channels_last, False)
-        units = plan_units(range(2), per_class, per_class)
+        units = plan_units(range(2), per_class, per_class, g.seed)  # mixed shards, as augment generate
 
         def run_augment(p, cutoff: float, name: str) -> dict:
             cfg = replace(g, guidance_cutoff=cutoff)
-            warm = measure(dev, lambda: generate_images(p, prompts[:b], seeds[:b], replace(cfg, num_inference_steps=2)))
+            short = replace(cfg, num_inference_steps=2)
+            w = measure(dev, lambda: warm and generate_images(p, prompts[:b], seeds[:b], short))
             m = measure(dev, lambda: generate_units(p, labels, None, cfg, units, root / name, "gpu-check"))
-            return {**m, "unet_evals_per_image": calls + guided_calls(calls, cutoff), "warmup_seconds": warm["seconds"]}
+            return {**m, "unet_evals_per_image": calls + guided_calls(calls, cutoff), "warmup_seconds": w["seconds"]}
 
         gen[f"augment (cutoff {g.guidance_cutoff}: the preset)"] = run_augment(pipe, g.guidance_cutoff, "aug")
         gen["augment (cutoff 1.0: guidance at every step)"] = run_augment(pipe, 1.0, "aug1")
@@ -180,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         indices = match_to_guide(labels, guide.labels).indices
         dopts = {**g.refine_options, "step_size": 1.0}
         dcfg, targets = replace(g, refine="date", refine_options=dopts), [indices[c] for c in owners[:2]]
-        generate_images(pipe, prompts[:2], seeds[:2], replace(dcfg, num_inference_steps=2), guide, targets)
+        if warm:
+            generate_images(pipe, prompts[:2], seeds[:2], replace(dcfg, num_inference_steps=2), guide, targets)
         m = measure(dev, lambda: generate_images(pipe, prompts[:2], seeds[:2], dcfg, guide, targets))
         res["date"] = {**m, "images": 2, "options": dopts}
         del pipe
@@ -201,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             learner.injector.remove()
             return m
 
-        learner_step(1, replace(lc, num_inference_steps=min(2, args.steps)))  # warm-up
+        if warm:
+            learner_step(1, replace(lc, num_inference_steps=min(2, args.steps)))
         shape = (lc.batch_size, lc.grad_steps, min(lc.decode_batch, lc.batch_size), args.size, args.size)
         for k in ks:
             m = learner_step(k, lc)
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     head = ["classes/step", "step s", "s per class-step", "peak GiB", "estimate GiB", "peak / estimate"]
     rows = [[r["classes"], r["seconds"], r["seconds_per_class_step"], gib(r["peak_bytes"]), gib(r["estimate_bytes"]),
-             r["peak_over_estimate"]] for r in res["learner"]]  # fmt: skip
+             r["peak_over_estimate"] or "-"] for r in res["learner"]]  # fmt: skip
     print(markdown_table(head, rows))
     print(f"total {res['total_seconds']:.0f} s; results saved to {args.out}")
     save()

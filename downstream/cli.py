@@ -74,7 +74,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--loader-workers", type=int, dest="workers", help="DataLoader workers (real-size images)")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the default when stderr is not a terminal)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +213,7 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
         trials=args.trials,
         seed=args.seed,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),
         worker_index=args.worker_index,
         num_workers=args.num_workers,
     )
@@ -291,7 +293,11 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
 
     t0 = time.time()
     model = train_classifier(
-        parts, len(labels), config, seed=trial_seed(args.seed, args.trial), progress=not args.no_progress
+        parts,
+        len(labels),
+        config,
+        seed=trial_seed(args.seed, args.trial),
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     result = {
         **evaluate(model, dataset.test, config),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_config_arguments, resolve_config, workers_from
+from augment.commands.common import add_config_arguments, resolve_config, show_progress, workers_from
 from augment.commands.generate import add_generate_arguments, apply_refine_arguments
 from augment.commands.learn import add_learn_arguments
 from augment.labels import read_label_set
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     apply_refine_arguments(args, cfg.generate)  # a bad refine option fails before learning
     result = build(args.labels, args.out, cfg, workers=workers_from(args), wait_tokens=args.wait_tokens,
                    overwrite=args.overwrite, score=args.score, dry_run=args.dry_run,
-                   progress=not args.no_progress)  # fmt: skip
+                   progress=show_progress(args))  # fmt: skip
     if args.dry_run:
         print(f"learn: {len(read_label_set(args.labels))} classes, {result.pending_classes} pending")
         if result.pending_classes:

@@ -38,7 +38,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         default=300.0,
         help="claim mode: seconds without a heartbeat after which a claim is taken over (default 300)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (the default when stderr is not a terminal)"
+    )
 
 
 def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
@@ -67,3 +69,10 @@ def add_label_match_argument(p: argparse.ArgumentParser) -> None:
         help="how classes find the guide's class index: check (default) refuses a file whose index<TAB>name lines "
         "do not match the guide's label names; by-index trusts the indices; by-name looks each name up",
     )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar unless --no-progress, or stderr is not a terminal (a log file, a pipe, a batch job)."""
+    import sys
+
+    return not args.no_progress and sys.stderr.isatty()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.atomic import write_json
-from augment.commands.common import add_label_match_argument
+from augment.commands.common import add_label_match_argument, show_progress
 from augment.errors import UserError
 
 
@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="write the results to this JSON file")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (the default when stderr is not a terminal)"
+    )
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -61,45 +63,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.preset, args.config, {"label_match": args.label_match})
     report = score_set(args.shards, config, classifier=args.classifier,
                        reference=args.reference, reference_limit=args.reference_limit, features=args.features,
-                       batch_size=args.batch_size, device=args.device, progress=not args.no_progress)  # fmt: skip
-    return {**report, "command": command_line(args)}
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The per-class table and the summary lines, as printed."""
-    k = report["topk"]
-    width = max([len("class")] + [len(c["name"]) for c in report["classes"]])
-    pr = "precision_recall" in report
-    lines = [
-        f"{'#':>4}  {'class':<{width}}  {'n':>6}  {'top-1 %':>7}  {f'top-{k} %':>7}"
-        + ("  precision %  recall %" if pr else "")
-    ]
-    cell = lambda v, w: f"{v:{w}.2f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
-    for c in report["classes"]:
-        t1, t5 = (cell(c["top1"], 7), cell(c["top5"], 7)) if c["n"] else ("      -", "      -")
-        extra = f"  {cell(c['precision'], 11)}  {cell(c['recall'], 8)}" if pr else ""
-        lines.append(f"{c['position']:>4}  {c['name']:<{width}}  {c['n']:>6}  {t1}  {t5}{extra}")
-    lines.append(
-        f"macro mean (over classes): top-1 {report['macro']['top1']:.2f} %, top-{k} {report['macro']['top5']:.2f} %"
-    )
-    lines.append(
-        f"micro mean (over {report['images']} images): top-1 {report['micro']['top1']:.2f} %, "
-        f"top-{k} {report['micro']['top5']:.2f} %   classifier: {report['classifier']}"
-    )
-    if "fid" in report:
-        lines.append(
-            f"FID {report['fid']:.4f}   KID {report['kid']:.6f} ± {report['kid_std']:.6f} "
-            f"(subset size {report['kid_subset_size']})   vs {report['reference']} "
-            f"({report['reference_images']} images)"
-        )
-        lines.append(f"features: {report['features']['name']}, {report['features']['dim']}-d")
-        p = report["precision_recall"]
-        if p["classes"]:
-            lines.append(
-                f"precision {p['precision']:.2f} %, recall {p['recall']:.2f} % (k = {p['k']}, mean over "
-                f"{p['classes']} classes with more than {p['k']} images on both sides)"
-            )
-    return "\n".join(lines)
+                       batch_size=args.batch_size, device=args.device, progress=show_progress(args))  # fmt: skip
+    report["command"] = command_line(args)
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(args)
     report["versions"] = versions()
-    print(format_report(report))
+    print(report.summary())
     if args.out is not None:
         write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -11,7 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.commands.common import add_config_arguments, add_cutoff_argument, resolve_config, workers_from
+from augment.commands.common import (
+    add_config_arguments,
+    add_cutoff_argument,
+    resolve_config,
+    show_progress,
+    workers_from,
+)
 from augment.errors import UserError
 
 
@@ -98,7 +104,7 @@ def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None):
     tokens = None if getattr(args, "no_tokens", False) else (tokens or args.tokens)
     result = generate_set(args.labels, args.out, cfg, tokens=tokens, workers=workers_from(args),
                           overwrite=getattr(args, "overwrite", False), score=getattr(args, "score", False),
-                          dry_run=getattr(args, "dry_run", False), progress=not args.no_progress)  # fmt: skip
+                          dry_run=getattr(args, "dry_run", False), progress=show_progress(args))  # fmt: skip
     if result.note:
         print(f"augment: note: {result.note}", file=sys.stderr)
     print(result.summary(args.out))

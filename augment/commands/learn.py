@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_config_arguments, add_cutoff_argument, resolve_config, workers_from
+from augment.commands.common import (
+    add_config_arguments,
+    add_cutoff_argument,
+    resolve_config,
+    show_progress,
+    workers_from,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +69,7 @@ def learn(args: argparse.Namespace, cfg=None):
 
     cfg = cfg or resolve_config(args, {f"learn.{k}": getattr(args, k, None) for k in LEARN_FLAGS})
     result = learn_tokens(args.labels, args.out, cfg, workers=workers_from(args),
-                          overwrite=getattr(args, "overwrite", False), progress=not args.no_progress)  # fmt: skip
+                          overwrite=getattr(args, "overwrite", False), progress=show_progress(args))  # fmt: skip
     if result.note:
         print(f"augment: note: {result.note}", file=sys.stderr)
     print(result.summary())

@@ -27,6 +27,13 @@ class BuildResult:
     generate: GenerateResult
     pending_classes: int = 0  # dry run: classes still without a token (generation is not planned then)
 
+    def summary(self, out: str | Path = "OUT") -> str:
+        """Two lines: what learning did, what generation did (or, for a dry run, what is left)."""
+        if self.generate.dry_run and self.pending_classes:
+            return f"learn: {self.pending_classes} class(es) without a token; generation is planned once they exist"
+        learn = "learn: nothing to do (dry run)" if self.generate.dry_run else self.learn.summary()
+        return f"{learn}\n{self.generate.summary(out)}"
+
 
 def build(
     labels: str | Path | LabelSet,

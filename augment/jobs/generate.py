@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +125,13 @@ def generate_set(
     from augment.devices import bind_device, describe_device, resolve_device
     from augment.generate.sampling import make_scheduler
     from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
+    from augment.models.hub import check_hub, job_models
 
-    if not progress:
-        quiet_loading()
     device = resolve_device(config.device)
     bind_device(device)
+    hub_note = check_hub(job_models(config.generator, config.guide if score or g.refine is not None else None))
+    if hub_note:
+        print(f"augment: note: {hub_note}", file=sys.stderr)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
         from augment.labels import match_to_guide
@@ -156,15 +159,6 @@ def generate_set(
     result = _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices, manifest,
                         board, overwrite, progress, worker)  # fmt: skip
     return GenerateResult(**result, **base)
-
-
-def quiet_loading() -> None:
-    """No loading bars from diffusers/transformers (without progress, stderr stays for errors)."""
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices,

@@ -17,6 +17,13 @@ from augment.config import RunConfig
 from augment.errors import UserError
 
 
+class ScoreReport(dict):
+    """`score_set`'s report: a dict (JSON as it is) with the summary the CLI prints."""
+
+    def summary(self) -> str:
+        return format_report(self)
+
+
 def score_set(
     shards: str | Path,
     config: RunConfig | None = None,
@@ -28,8 +35,8 @@ def score_set(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """The report as a dict: per class n/top1/top5 (and precision/recall with a reference), macro and micro
+) -> ScoreReport:
+    """The report as a dict (ScoreReport, with `.summary()`): per class n/top1/top5 (and precision/recall with a reference), macro and micro
     means, and with a reference `fid`, `kid`, `kid_std`, the features' name and size."""
     import torch
 
@@ -54,7 +61,10 @@ def score_set(
     spec = classifier or config.eval_classifier
     if not spec:
         raise UserError("no classifier: pass --classifier SPEC, or a --preset/--config with eval_classifier")
+    from augment.models.hub import check_hub, job_models
+
     dev = resolve_device(device or config.device)
+    check_hub(job_models(classifier=spec))
     model = load_guide(spec, dev)
     extractor, feature_name, ref = None, None, None
     if reference:
@@ -68,8 +78,8 @@ def score_set(
                                  on_images=bar.update)  # fmt: skip
     classes = [{"position": c.position, "name": c.name, "classifier_index": c.classifier_index, "n": c.n,
                 "top1": c.top1 if c.n else None, "top5": c.top5 if c.n else None} for c in result.classes]  # fmt: skip
-    report: dict[str, Any] = {"shards": str(shards), "classifier": spec, "images": result.images,
-                              "topk": result.topk, "classes": classes, **result.means()}  # fmt: skip
+    report = ScoreReport({"shards": str(shards), "classifier": spec, "images": result.images,
+                          "topk": result.topk, "classes": classes, **result.means()})  # fmt: skip
     if ref is not None:
         count, images = ref
         with _progress(count, "reference", not progress) as bar:
@@ -107,3 +117,40 @@ def _progress(total: int, desc: str, disable: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", desc=desc, disable=disable, dynamic_ncols=True)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The per-class table and the summary lines, as printed."""
+    k = report["topk"]
+    width = max([len("class")] + [len(c["name"]) for c in report["classes"]])
+    pr = "precision_recall" in report
+    lines = [
+        f"{'#':>4}  {'class':<{width}}  {'n':>6}  {'top-1 %':>7}  {f'top-{k} %':>7}"
+        + ("  precision %  recall %" if pr else "")
+    ]
+    cell = lambda v, w: f"{v:{w}.2f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
+    for c in report["classes"]:
+        t1, t5 = (cell(c["top1"], 7), cell(c["top5"], 7)) if c["n"] else ("      -", "      -")
+        extra = f"  {cell(c['precision'], 11)}  {cell(c['recall'], 8)}" if pr else ""
+        lines.append(f"{c['position']:>4}  {c['name']:<{width}}  {c['n']:>6}  {t1}  {t5}{extra}")
+    lines.append(
+        f"macro mean (over classes): top-1 {report['macro']['top1']:.2f} %, top-{k} {report['macro']['top5']:.2f} %"
+    )
+    lines.append(
+        f"micro mean (over {report['images']} images): top-1 {report['micro']['top1']:.2f} %, "
+        f"top-{k} {report['micro']['top5']:.2f} %   classifier: {report['classifier']}"
+    )
+    if "fid" in report:
+        lines.append(
+            f"FID {report['fid']:.4f}   KID {report['kid']:.6f} ± {report['kid_std']:.6f} "
+            f"(subset size {report['kid_subset_size']})   vs {report['reference']} "
+            f"({report['reference_images']} images)"
+        )
+        lines.append(f"features: {report['features']['name']}, {report['features']['dim']}-d")
+        p = report["precision_recall"]
+        if p["classes"]:
+            lines.append(
+                f"precision {p['precision']:.2f} %, recall {p['recall']:.2f} % (k = {p['k']}, mean over "
+                f"{p['classes']} classes with more than {p['k']} images on both sides)"
+            )
+    return "\n".join(lines)

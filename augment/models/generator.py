@@ -10,6 +10,7 @@ import torch
 
 from augment.devices import resolve_device, resolve_dtype
 from augment.errors import UserError
+from augment.models.quiet import quiet_libraries
 
 
 def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
@@ -18,15 +19,9 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     No safety checker (we make training data, and the checker costs time per image). Missing weights with
     no reachable hub give one clear UserError that says how to point at a local directory instead.
     """
-    import diffusers
-    import transformers
     from diffusers import StableDiffusionPipeline
 
-    # library chatter (deprecations passed between diffusers and transformers) is not for our users
-    diffusers.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()  # our own bar is the one that matters
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()  # library chatter (loading bars, deprecations passed between libraries) is not for users
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     local = Path(spec).expanduser()
@@ -45,7 +40,7 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
             raise UserError(f"{spec}: cannot load the pipeline ({str(e).splitlines()[0]})") from None
         raise UserError(
             f"generator {spec!r}: weights not found locally and the hub is unreachable or has no such model "
-            f"({type(e).__name__}). Download it where you have network (`huggingface-cli download {spec} "
+            f"({type(e).__name__}). Download it where you have network (`hf download {spec} "
             f"--local-dir DIR`) and pass --generator DIR"
         ) from None
     pipe.set_progress_bar_config(disable=True)

@@ -147,6 +147,9 @@ def load_guide(spec: str, device: str | torch.device = "cpu") -> Guide:
     """The classifier named by `spec` ('timm:resnet50', 'torchvision:resnet50', 'hf:DIR[?pool=mean]',
     'ckpt:DIR'), in eval mode, frozen, fp32 on `device` whatever dtype its checkpoint was saved in (guides are
     small next to the UNet; fp32 keeps gradients clean; transformers 5 would keep an fp16 checkpoint fp16)."""
+    from augment.models.quiet import quiet_libraries
+
+    quiet_libraries()
     backend, sep, name = spec.partition(":")
     if not sep or backend not in BACKENDS or not name:
         raise UserError(f"guide spec {spec!r}: expected one of {', '.join(b + ':NAME' for b in BACKENDS)}")

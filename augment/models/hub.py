@@ -1,0 +1,97 @@
+"""Hugging Face Hub models a job needs, checked before any of them loads.
+
+Without this, a machine that cannot reach the hub (and has no HF_HUB_OFFLINE) spends half a minute in the
+libraries' retries per model and then names whichever model it tried first. Here: every hub model of the job
+is looked up in the local cache; if one is missing, one request tells whether the hub answers. Missing and
+unreachable: one UserError naming every missing model and how to fetch it. All cached but the hub
+unreachable: this process goes offline (HF_HUB_OFFLINE), so the libraries load from the cache without retries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from augment.errors import UserError
+
+
+def _local(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def guide_repo(spec: str | None) -> tuple[str, str] | None:
+    """(hub repo id, a file every copy of it has) for a guide spec that loads from the hub, else None."""
+    if not spec:
+        return None
+    backend, _, name = spec.partition(":")
+    if backend == "hf":
+        path = name.partition("?")[0]
+        return None if _local(path) else (path, "config.json")
+    if backend == "timm":
+        try:
+            import timm.models
+
+            repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+        except (RuntimeError, ValueError, KeyError, AttributeError):
+            return None  # an unknown name: timm's own error says so when the guide loads
+        return (repo, "config.json") if repo else None
+    return None  # ckpt: is a directory; torchvision: loads from download.pytorch.org
+
+
+def job_models(
+    generator: str | None = None, guide: str | None = None, classifier: str | None = None
+) -> list[tuple[str, str, str]]:
+    """(what, repo id, file to look for) of each hub model among a job's generator and classifiers."""
+    items = []
+    if generator and not _local(generator):
+        items.append(("generator", generator, "model_index.json"))
+    for what, spec in (("guide", guide), ("classifier", classifier)):
+        repo = guide_repo(spec)
+        if repo is not None and repo[0] not in {i[1] for i in items}:
+            items.append((what, *repo))
+    return items
+
+
+def cached(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, filename), str)
+
+
+def hub_error(repo: str, timeout: float) -> str | None:
+    """None when the hub answers for `repo` within `timeout` seconds, else why not (one line)."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo, timeout=timeout)
+        return None
+    except Exception as e:  # noqa: BLE001  (httpx/requests network errors, auth, not found: all one line here)
+        detail = str(e).splitlines()[0] if str(e) else ""
+        return f"{type(e).__name__}: {detail}"[:200]
+
+
+def check_hub(items: list[tuple[str, str, str]], timeout: float = 5.0) -> str | None:
+    """Refuse (UserError) when a needed hub model is neither cached nor reachable; go offline when all are
+    cached and the hub does not answer. Returns a note for the user, or None."""
+    if not items:
+        return None
+    missing = [(what, repo) for what, repo, filename in items if not cached(repo, filename)]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    reason = "HF_HUB_OFFLINE is set" if offline else hub_error((missing or items)[0][1], timeout)
+    if reason is None:
+        return None
+    if missing:
+        names = "; ".join(f"{what} {repo!r}" for what, repo in missing)
+        first = missing[0][1]
+        raise UserError(
+            f"not in the local Hugging Face cache, and the hub is unreachable ({reason}): {names}. Fetch each where "
+            f"you have network (`hf download {first} --local-dir DIR`) and pass the directory instead "
+            "(--generator DIR, --guide hf:DIR)"
+        )
+    if not offline:
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return f"the hub is unreachable ({reason}): models load from the local cache"
+    return None
