@@ -76,11 +76,12 @@ def learn_tokens(
     from augment.learn.learner import TokenLearner
     from augment.learn.resume import LearnerCheckpoint, learn_fingerprint
     from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.models.guide import load_guide
+    from augment.models.guide import check_spec, load_guide
     from augment.models.hub import check_hub, job_models
 
     device = resolve_device(config.device)
     bind_device(device)
+    check_spec(config.guide)
     hub_note = check_hub(job_models(config.generator, config.guide))  # one line now, not retries later
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)

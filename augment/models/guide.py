@@ -143,6 +143,17 @@ def _ckpt(path: str, spec: str) -> Guide:
     return Guide(model, cfg["labels"], pre, spec)
 
 
+def check_spec(spec: str) -> None:
+    """A guide spec's form (backend, options), checked before anything loads (UserError, one line)."""
+    backend, sep, name = spec.partition(":")
+    if not sep or backend not in BACKENDS or not name:
+        raise UserError(f"guide spec {spec!r}: expected one of {', '.join(b + ':NAME' for b in BACKENDS)}")
+    if backend == "hf":
+        from augment.models.hf_guide import parse_hf_spec
+
+        parse_hf_spec(name, spec)
+
+
 def load_guide(spec: str, device: str | torch.device = "cpu") -> Guide:
     """The classifier named by `spec` ('timm:resnet50', 'torchvision:resnet50', 'hf:DIR[?pool=mean]',
     'ckpt:DIR'), in eval mode, frozen, fp32 on `device` whatever dtype its checkpoint was saved in (guides are

@@ -16,7 +16,16 @@ from augment.errors import UserError
 
 
 def _local(path: str) -> bool:
-    return Path(path).expanduser().exists()
+    """A local path (existing, or shaped like a path: no hub id has a leading '/', '.' or '~', or two '/')."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(path).expanduser().exists():
+        return True
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True
+    return False
 
 
 def guide_repo(spec: str | None) -> tuple[str, str] | None:
