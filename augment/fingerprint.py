@@ -34,3 +34,14 @@ def source_identity(spec: str) -> str:
                 tail = fh.read(EDGE)
             h.update(rel.encode() + b"\0" + str(size).encode() + head + tail)
     return f"{prefix}content:{h.hexdigest()[:16]}{q}{query}"
+
+
+def source_name(spec: str) -> str:
+    """How manifests and token metadata name a model: a hub id or guide spec as it is; a local directory by
+    its name and content identity ("stable-diffusion-v1-4 (content:1f2e...)"), never by its absolute path."""
+    backend, sep, rest = spec.partition(":")
+    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf") else ("", spec)
+    path = Path(target.partition("?")[0]).expanduser()
+    if not path.is_dir():
+        return spec
+    return f"{prefix}{path.name} ({source_identity(spec).removeprefix(prefix)})"

@@ -157,3 +157,14 @@ def waiting_note():
             shown.append(n)
 
     return note
+
+
+def manifest_config(config) -> dict[str, Any]:
+    """A RunConfig as manifests record it: local models named by directory and content, not absolute path."""
+    from augment.fingerprint import source_name
+
+    data = config.to_dict()
+    for key in ("generator", "guide", "eval_classifier"):
+        if data.get(key):
+            data[key] = source_name(data[key])
+    return data

@@ -18,7 +18,15 @@ from typing import Any
 from augment.config import RunConfig, hashed_settings
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
-from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
+from augment.runs import (
+    Workers,
+    check_out_dir,
+    claim_board,
+    lock_worker_slot,
+    manifest_config,
+    update_manifest,
+    waiting_note,
+)
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
 MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
@@ -149,9 +157,9 @@ def generate_set(
         from augment.data.tokens_io import load_tokens
 
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
-    info = {"generator": generator_source(pipe), "tokens": None if root is None else str(root),
+    info = {"generator": generator_source(pipe), "tokens": None if root is None else _relative(root, out),
             "worker": [index, count], "claim": board is not None, "speed": speed}  # fmt: skip
-    manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": config.to_dict(),
+    manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": manifest_config(config),
                 "config_hash": chash, "seeds": shards.SEEDS_RULE, "made_by": made_by, **info}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
@@ -226,3 +234,11 @@ def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrit
     for unit in queue:
         shards.remove_stale_tmp(out, setname, [unit])
         yield unit
+
+
+def _relative(path: Path, out: Path) -> str:
+    """A path as the manifest records it: relative to OUT when inside it ("." for OUT), else its name."""
+    try:
+        return str(path.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return path.name

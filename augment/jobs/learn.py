@@ -15,7 +15,15 @@ from pathlib import Path
 
 from augment.config import RunConfig
 from augment.labels import LabelSet
-from augment.runs import Workers, check_out_dir, claim_board, lock_worker_slot, update_manifest, waiting_note
+from augment.runs import (
+    Workers,
+    check_out_dir,
+    claim_board,
+    lock_worker_slot,
+    manifest_config,
+    update_manifest,
+    waiting_note,
+)
 
 
 @dataclass
@@ -94,7 +102,7 @@ def learn_tokens(
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
-    manifest = {"labels": labels.names(), "label_file": labels.path, "config": config.to_dict(), **info,
+    manifest = {"labels": labels.names(), "label_file": labels.path, "config": manifest_config(config), **info,
                 "worker": [index, count], "claim": board is not None}  # fmt: skip
     worker = {"index": index, "count": count, **describe_device(device)}
     update_manifest(out, "learn", manifest, worker)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
+from augment.fingerprint import source_name
 from augment.generate.sampling import guided_calls, make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
 from augment.learn.original import original_accumulation
@@ -363,8 +364,9 @@ class TokenLearner:
             "position": s.cls.position,
             "token": s.token,
             "init_word": s.init_word,
-            "guide": self.guide.spec,
+            "guide": source_name(self.guide.spec),
             "guide_index": s.guide_index,
+            "guide_preprocess": {k: v for k, v in self.guide.describe().items() if k != "spec"},
             **self.generator_info,
             "steps": s.step,
             "stop_reason": s.stop_reason,

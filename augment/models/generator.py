@@ -101,5 +101,8 @@ def text_encoder_fingerprint(pipe) -> str:
 
 
 def generator_source(pipe) -> str:
-    """Where the pipeline was loaded from (hub id or directory), for manifests."""
-    return str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "unknown"))
+    """What the pipeline was loaded from, for manifests: its hub id, or a local directory's name and content
+    identity (augment.fingerprint.source_name; never an absolute path)."""
+    from augment.fingerprint import source_name
+
+    return source_name(str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "unknown")))
