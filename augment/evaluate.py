@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from augment.errors import UserError
-from augment.labels import LabelClass, LabelSet, match_to_guide, normalise_name, read_label_set
-from augment.models.guide import Guide
+from augment.labels import LabelClass, LabelSet, normalise_name, read_label_set
+from augment.models.guide import Guide, match_labels
 
 TOPK = 5
 PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc
@@ -264,7 +264,7 @@ def score_shards(
     """Per-class top-1/top-5 of `classifier` on every image of the shards; with `features` (a Guide: its
     penultimate layer, in the same pass when it is `classifier`; else any module images → features) the
     images' features too, in `Evaluation.features`."""
-    indices = match_to_guide(labels, classifier.labels, label_match).indices
+    indices = match_labels(labels, classifier, label_match).indices
     device = classifier.mean.device
     k = min(TOPK, len(classifier.labels))
     result = Evaluation([ClassScore(c.position, c.name, i) for c, i in zip(labels.classes, indices)], k)

@@ -142,11 +142,10 @@ def generate_set(
         print(f"augment: note: {hub_note}", file=sys.stderr)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
-        from augment.labels import match_to_guide
-        from augment.models.guide import load_guide
+        from augment.models.guide import load_guide, match_labels
 
-        guide = load_guide(config.guide, device)
-        guide_indices = match_to_guide(labels, guide.labels, config.label_match).indices
+        guide = load_guide(config.guide, device, labels.names())
+        guide_indices = match_labels(labels, guide, config.label_match).indices
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
     from augment.models.generator import speed_up

@@ -66,7 +66,6 @@ def learn_tokens(
     set, config, output directory, workers: UserError), then the guide and the generator are loaded.
     `overwrite` discards a learner checkpoint made with another config instead of refusing it."""
     from augment.data.tokens_io import is_learned
-    from augment.labels import match_to_guide
     from augment.learn.resume import checkpoint_path
 
     labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
@@ -84,7 +83,7 @@ def learn_tokens(
     from augment.learn.learner import TokenLearner
     from augment.learn.resume import LearnerCheckpoint, learn_fingerprint
     from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.models.guide import check_spec, load_guide
+    from augment.models.guide import check_spec, load_guide, match_labels
     from augment.models.hub import check_hub, job_models
 
     device = resolve_device(config.device)
@@ -93,8 +92,8 @@ def learn_tokens(
     hub_note = check_hub(job_models(config.generator, config.guide))  # one line now, not retries later
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)
-    guide = load_guide(config.guide, device)  # names and index range before the generator
-    matched = match_to_guide(labels, guide.labels, config.label_match)
+    guide = load_guide(config.guide, device, labels.names())  # names and index range before the generator
+    matched = match_labels(labels, guide, config.label_match)
     if matched.note:
         print(f"augment: note: {matched.note}", file=sys.stderr)
     guide_indices = matched.indices

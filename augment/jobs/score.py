@@ -65,7 +65,7 @@ def score_set(
 
     dev = resolve_device(device or config.device)
     check_hub(job_models(classifier=spec))
-    model = load_guide(spec, dev)
+    model = load_guide(spec, dev, labels.names())
     extractor, feature_name, ref = None, None, None
     if reference:
         extractor, feature_name = _feature_extractor(features, model, spec, dev)

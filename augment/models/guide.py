@@ -16,7 +16,7 @@ from torch import nn
 
 from augment.errors import UserError
 
-BACKENDS = ("timm", "torchvision", "hf", "ckpt")
+BACKENDS = ("timm", "torchvision", "hf", "ckpt", "clip")
 
 
 @dataclass(frozen=True)
@@ -152,17 +152,35 @@ def check_spec(spec: str) -> None:
         from augment.models.hf_guide import parse_hf_spec
 
         parse_hf_spec(name, spec)
+    if backend == "clip":
+        from augment.models.clip_guide import parse_clip_spec
+
+        parse_clip_spec(name, spec)
 
 
-def load_guide(spec: str, device: str | torch.device = "cpu") -> Guide:
+def load_guide(spec: str, device: str | torch.device = "cpu", class_names: list[str] | None = None) -> Guide:
     """The classifier named by `spec` ('timm:resnet50', 'torchvision:resnet50', 'hf:DIR[?pool=mean]',
-    'ckpt:DIR'), in eval mode, frozen, fp32 on `device` whatever dtype its checkpoint was saved in (guides are
-    small next to the UNet; fp32 keeps gradients clean; transformers 5 would keep an fp16 checkpoint fp16)."""
+    'ckpt:DIR', 'clip:ID_OR_DIR[?templates=bird]'), in eval mode, frozen, fp32 on `device` whatever dtype its
+    checkpoint was saved in (guides are small next to the UNet; fp32 keeps gradients clean). A `clip:` guide
+    is a zero-shot classifier over `class_names` (the label set's names, in its order)."""
     from augment.models.quiet import quiet_libraries
 
     quiet_libraries()
-    backend, sep, name = spec.partition(":")
-    if not sep or backend not in BACKENDS or not name:
-        raise UserError(f"guide spec {spec!r}: expected one of {', '.join(b + ':NAME' for b in BACKENDS)}")
-    loader = {"timm": _timm, "torchvision": _torchvision, "hf": _hf, "ckpt": _ckpt}[backend]
-    return loader(name, spec).to(device=device, dtype=torch.float32)
+    check_spec(spec)
+    backend, _, name = spec.partition(":")
+    if backend == "clip":
+        from augment.models.clip_guide import load_clip
+
+        model, labels, pre, info = load_clip(name, spec, class_names)
+        guide = Guide(model, labels, pre, spec, info=info)
+    else:
+        guide = {"timm": _timm, "torchvision": _torchvision, "hf": _hf, "ckpt": _ckpt}[backend](name, spec)
+    return guide.to(device=device, dtype=torch.float32)
+
+
+def match_labels(labels, guide: Guide, mode: str = "check"):
+    """Each class's index among the guide's outputs (augment.labels.match_to_guide). A zero-shot guide was
+    built from the label set's own names, in its order: matched by name, whatever indices the file holds."""
+    from augment.labels import match_to_guide
+
+    return match_to_guide(labels, guide.labels, "by-name" if guide.info.get("zero_shot") else mode)

@@ -33,7 +33,7 @@ def guide_repo(spec: str | None) -> tuple[str, str] | None:
     if not spec:
         return None
     backend, _, name = spec.partition(":")
-    if backend == "hf":
+    if backend in ("hf", "clip"):
         path = name.partition("?")[0]
         return None if _local(path) else (path, "config.json")
     if backend == "timm":

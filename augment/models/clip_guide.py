@@ -1,0 +1,109 @@
+"""`clip:` guides: a zero-shot classifier for a label set with no classifier and no images.
+
+`clip:ID_OR_DIR[?templates=NAME]` loads a transformers `CLIPModel` (a hub id or a local directory with its
+processor files). Each class's weight is the CLIP paper's prompt ensemble (Radford et al. 2021, §3.1.4): the
+text embeddings of every template filled with the class name, each L2-normalised, averaged and normalised
+again; an image's logits are the model's logit scale times the cosine between its image embedding and each
+class weight. The image side is differentiable, so `learn`, DATE and `augment eval` use it like any guide;
+the class weights are computed once, from the label set's names, in its order.
+
+Templates: `imagenet` (the seven the CLIP authors' ImageNet notebook ensembles; the default), `bird` (the
+CLIP paper's Birdsnap/CUB templates, the CUB preset's), `animal`, or a text file with one template per line
+("{}" where the name goes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from augment.errors import UserError
+
+TEMPLATES = {
+    "imagenet": [
+        "itap of a {}.",
+        "a bad photo of the {}.",
+        "a origami {}.",
+        "a photo of the large {}.",
+        "a {} in a video game.",
+        "art of the {}.",
+        "a photo of the small {}.",
+    ],
+    "bird": ["a photo of a {}, a type of bird."],
+    "animal": ["a photo of a {}, a type of animal.", "a photo of the {}, an animal.", "a close-up photo of a {}."],
+}
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:
+    """'ID_OR_DIR[?templates=NAME|FILE]' → (ID_OR_DIR, templates, their name)."""
+    path, _, query = name.partition("?")
+    options = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
+    unknown = sorted(set(options) - {"templates"})
+    if unknown:
+        raise UserError(f"guide {spec!r}: unknown option(s) {', '.join(unknown)}; known: templates")
+    which = options.get("templates", "imagenet")
+    if which in TEMPLATES:
+        return path, TEMPLATES[which], which
+    file = Path(which).expanduser()
+    if not file.is_file():
+        raise UserError(f"guide {spec!r}: templates must be {', '.join(TEMPLATES)} or a file, got {which!r}")
+    templates = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not templates or not all("{}" in t for t in templates):
+        raise UserError(f"guide {spec!r}: {file}: every template needs '{{}}' where the class name goes")
+    return path, templates, str(file)
+
+
+class ZeroShotCLIP(torch.nn.Module):
+    """CLIP's image tower and a fixed matrix of normalised class weights: images (preprocessed) → logits."""
+
+    def __init__(self, model, class_weights: torch.Tensor):
+        super().__init__()
+        self.vision = model.vision_model
+        self.projection = model.visual_projection
+        self.register_buffer("weights", class_weights, persistent=False)
+        self.register_buffer("scale", model.logit_scale.detach().exp().reshape(()), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision(pixel_values=pixel_values).pooler_output
+        image = F.normalize(self.projection(pooled), dim=-1)
+        return self.scale * image @ self.weights.T
+
+
+@torch.no_grad()
+def class_weights(model, tokenizer, names: list[str], templates: list[str]) -> torch.Tensor:
+    """One normalised text-embedding ensemble per class name (classes × projection dim)."""
+    rows = []
+    for name in names:
+        tokens = tokenizer([t.format(name) for t in templates], padding=True, truncation=True, return_tensors="pt")
+        text = model.text_projection(model.text_model(**tokens).pooler_output)
+        rows.append(F.normalize(F.normalize(text, dim=-1).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def load_clip(name: str, spec: str, class_names: list[str] | None):
+    """(model, labels, Preprocess, info) for a `clip:` spec; the caller wraps them into a Guide."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from augment.models.guide import Preprocess
+
+    if not class_names:
+        raise UserError(f"guide {spec!r}: a zero-shot guide needs the label set's class names")
+    path, templates, which = parse_clip_spec(name, spec)
+    try:
+        model = CLIPModel.from_pretrained(path).eval()
+        processor = CLIPProcessor.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"guide {spec!r}: cannot load a CLIPModel with its processor ({str(e).splitlines()[0]}); "
+            "for offline use pass a local directory: clip:/path/to/model"
+        ) from None
+    proc = processor.image_processor
+    size = proc.size.get("shortest_edge") or proc.size.get("height")
+    crop = proc.crop_size.get("height", size) if getattr(proc, "do_center_crop", False) else size
+    pre = Preprocess((crop, crop), tuple(proc.image_mean), tuple(proc.image_std), crop / size, "bicubic")
+    weights = class_weights(model, processor.tokenizer, class_names, templates)
+    info = {"model_class": "CLIPModel", "zero_shot": True, "templates": which, "template_count": len(templates)}
+    return ZeroShotCLIP(model, weights), list(class_names), pre, info
