@@ -45,7 +45,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a synthetic set written by `augment generate` (repeatable)",
+        help="a synthetic set written by `augment generate` (repeatable); fewshot also takes NAME=learn:PRESET: "
+        "for each shot count and trial a guide trained on those shots, tokens learned with it, a set generated",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the shot picks and the training of each trial")
     t = p.add_argument_group("training (defaults depend on the dataset: see downstream/train.py)")
@@ -171,12 +172,14 @@ def _load_inputs(args: argparse.Namespace):
     from downstream.synthetic import load_synthetic, parse_synthetic_arg
 
     parse_spec(args.dataset)  # cheap checks first
+    from downstream.learned import LearnedSpec
+
     synthetic_args = [parse_synthetic_arg(s) for s in args.synthetic]
     labels = read_label_set(args.labels)
     from augment.data.datasets import load_dataset
 
     dataset = load_dataset(args.dataset, labels)
-    synthetic = [load_synthetic(name, path, labels) for name, path in synthetic_args]
+    synthetic = [a if isinstance(a, LearnedSpec) else load_synthetic(*a, labels) for a in synthetic_args]
     return labels, dataset, synthetic
 
 
@@ -237,26 +240,26 @@ def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
             "test_images": len(dataset.test),
         },
         "labels": {"path": args.labels, "sha256": _sha256(args.labels), "classes": labels.names()},
-        "synthetic": [
-            {
-                "name": s.name,
-                "dir": str(s.directory),
-                "shards": len(s.shards),
-                "images": len(s.split),
-                "manifest_sha256": s.manifest_sha256,
-            }
-            for s in synthetic
-        ],
+        "synthetic": [_describe_set(s) for s in synthetic],
         "grid": dataclasses.asdict(grid),
         "train": dataclasses.asdict(config),
         "versions": _versions(),
         "device": describe_device(resolve_device(config.device)),
     }
     write_json(args.out / "manifest.json", manifest, indent=2)
-    run_grid(dataset, synthetic, config, grid, args.out)
+    run_grid(dataset, synthetic, config, grid, args.out, labels=labels)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(args.out / "manifest.json", manifest, indent=2)
     print((args.out / "results.md").read_text())
+
+
+def _describe_set(s) -> dict:
+    from downstream.learned import LearnedSpec
+
+    if isinstance(s, LearnedSpec):
+        return {"name": s.name, **s.describe(), "made_in": "OUT/learned/" + s.name}
+    return {"name": s.name, "dir": str(s.directory), "shards": len(s.shards), "images": len(s.split),
+            "manifest_sha256": s.manifest_sha256}  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
@@ -272,6 +275,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
     if shots is not None and len(shots) != 1:
         raise UserError("--shots for `train` is one number or 'all'")
     labels, dataset, synthetic = _load_inputs(args)
+    if any(not hasattr(s, "split") for s in synthetic):
+        raise UserError("--synthetic NAME=learn:PRESET is for `downstream fewshot`; `train` takes NAME=DIR")
     config = _train_config(args, dataset.kind)
     real = dataset.train
     if shots is not None:
@@ -299,8 +304,9 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         seed=trial_seed(args.seed, args.trial),
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    scores = evaluate(model, dataset.test, config) if len(dataset.test) else {"top1": None, "top5": None}
     result = {
-        **evaluate(model, dataset.test, config),
+        **scores,
         "dataset": dataset.spec,
         "shots": args.shots,
         "trial": args.trial,
@@ -319,8 +325,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
             "seed": args.seed,
             "trial": args.trial,
             "synthetic": {s.name: str(s.directory) for s in synthetic},
-            "test_top1": round(result["top1"], 3),
-            "test_top5": round(result["top5"], 3),
+            "test_top1": None if result["top1"] is None else round(result["top1"], 3),
+            "test_top5": None if result["top5"] is None else round(result["top5"], 3),
             "config": dataclasses.asdict(config),
             "versions": _versions(),
         }

@@ -24,6 +24,7 @@ import numpy as np
 from augment.atomic import write_json, write_text
 from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
+from downstream.learned import LearnedSpec, check_shots, learned_set
 from downstream.synthetic import SyntheticSet
 from downstream.train import TrainConfig, evaluate, num_steps, prepare, train_classifier
 
@@ -57,24 +58,21 @@ def plan_cells(set_names: list[str], shots: list[int], trials: int) -> list[Cell
     return [Cell(s, k, t) for t in range(trials) for k in shots for s in set_names]
 
 
-def cell_hash(dataset: LabelledDataset, synthetic: SyntheticSet | None, train: TrainConfig, seed: int) -> str:
+def cell_hash(
+    dataset: LabelledDataset, synthetic: SyntheticSet | LearnedSpec | None, train: TrainConfig, seed: int
+) -> str:
     """What determines a cell besides (set, shots, trial); devices and worker counts don't count."""
     cfg = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("device", "workers", "eval_batch_size")}
     if cfg.get("real_fraction") is None or synthetic is None:  # no effect there: cells made before the
         cfg.pop("real_fraction", None)  # option existed keep their hash
-    payload = {
-        "dataset": dataset.spec,
-        "classes": dataset.classes,
-        "seed": seed,
-        "train": cfg,
-        "synthetic": None
-        if synthetic is None
-        else {
-            "dir": str(synthetic.directory.resolve()),
-            "manifest_sha256": synthetic.manifest_sha256,
-            "images": len(synthetic.split),
-        },
-    }
+    if synthetic is None:
+        described = None
+    elif isinstance(synthetic, LearnedSpec):
+        described = synthetic.describe()
+    else:
+        described = {"dir": str(synthetic.directory.resolve()), "manifest_sha256": synthetic.manifest_sha256,
+                     "images": len(synthetic.split)}  # fmt: skip
+    payload = {"dataset": dataset.spec, "classes": dataset.classes, "seed": seed, "train": cfg, "synthetic": described}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -82,6 +80,8 @@ def check_grid(
     dataset: LabelledDataset, grid: GridConfig, synthetic: list[SyntheticSet], train: TrainConfig, out: Path
 ) -> None:
     """Everything that can be wrong with the inputs, before OUT is touched."""
+    if not len(dataset.test):
+        raise UserError(f"{dataset.spec}: no test split to score the grid on (imagefolder: DIR/train/ and DIR/val/)")
     if not grid.shots or any(k < 0 for k in grid.shots) or len(set(grid.shots)) != len(grid.shots):
         raise UserError(f"--shots must be distinct non-negative integers, got {grid.shots}")
     if grid.trials < 1:
@@ -91,6 +91,7 @@ def check_grid(
     names = [s.name for s in synthetic]
     if len(set(names)) != len(names):
         raise UserError(f"--synthetic names must be distinct, got {names}")
+    check_shots([s for s in synthetic if isinstance(s, LearnedSpec)], grid.shots)
     counts = class_counts(dataset.train.labels, len(dataset.classes))
     k = max(grid.shots)
     if k > counts.min():
@@ -123,9 +124,15 @@ def _read_cell(path: Path) -> dict | None:
 
 
 def run_grid(
-    dataset: LabelledDataset, synthetic: list[SyntheticSet], train: TrainConfig, grid: GridConfig, out: Path
+    dataset: LabelledDataset,
+    synthetic: list[SyntheticSet | LearnedSpec],
+    train: TrainConfig,
+    grid: GridConfig,
+    out: Path,
+    labels=None,
 ) -> list[dict]:
-    """Run (or resume) every cell and write OUT/cells/*.json and the reports; returns the cell records."""
+    """Run (or resume) every cell and write OUT/cells/*.json and the reports; returns the cell records.
+    A LearnedSpec's set is made per (shots, trial) inside its cell (downstream.learned; needs `labels`)."""
     from tqdm import tqdm
 
     cells_dir = out / "cells"
@@ -144,7 +151,7 @@ def run_grid(
         bar.set_postfix_str(cell.id)
         if test is None:  # decode once, and only if there is work to do
             test = prepare(dataset.test, train)
-            synthetic_data = {s.name: prepare(s.split, train) for s in synthetic}
+            synthetic_data = {s.name: prepare(s.split, train) for s in synthetic if isinstance(s, SyntheticSet)}
         t0 = time.time()
         real = dataset.train.subset(
             sample_kshot(
@@ -156,15 +163,27 @@ def run_grid(
                 class_names=dataset.classes,
             )
         )
-        parts = [real] + ([synthetic_data[cell.set_name]] if cell.set_name != REAL else [])
-        n_synthetic = len(by_name[cell.set_name].split) if cell.set_name != REAL else 0
+        learned = by_name.get(cell.set_name) if isinstance(by_name.get(cell.set_name), LearnedSpec) else None
+        extra: dict[str, Any] = {}
+        if learned is not None and cell.shots > 0:
+            made, extra = learned_set(learned, dataset, labels, train, cell.shots, cell.trial, grid.seed, out,
+                                      progress=grid.progress)  # fmt: skip
+            synthetic_data[cell.set_name] = prepare(made.split, train)
+            n_synthetic = len(made.split)
+        else:
+            n_synthetic = 0 if learned is not None or cell.set_name == REAL else len(by_name[cell.set_name].split)
+        parts = [real] + ([synthetic_data[cell.set_name]] if n_synthetic else [])
         record = {
             "set": cell.set_name,
             "shots": cell.shots,
             "trial": cell.trial,
             "train_images": {"real": len(real), "synthetic": n_synthetic},
+            **extra,
         }
-        if len(real) + n_synthetic == 0:
+        if learned is not None and cell.shots == 0:
+            record.update(top1=0.0, top5=0.0, steps=0, trained=False,
+                          note="no shots to train a guide on: not run")  # fmt: skip
+        elif len(real) + n_synthetic == 0:
             record.update(
                 top1=0.0,
                 top5=0.0,

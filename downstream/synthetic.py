@@ -35,13 +35,19 @@ class SyntheticSet:
     manifest_sha256: str | None
 
 
-def parse_synthetic_arg(text: str) -> tuple[str, Path]:
-    """('tokens', Path('runs/toy')) from 'tokens=runs/toy'; checks the syntax and that DIR exists."""
+def parse_synthetic_arg(text: str):
+    """('tokens', Path('runs/toy')) from 'tokens=runs/toy' (syntax checked, DIR must hold shards), or a
+    downstream.learned.LearnedSpec from 'kshot=learn:PRESET' (a set learned inside the grid)."""
+    from downstream.learned import parse_learned
+
     name, sep, directory = text.partition("=")
     if not sep or not directory:
-        raise UserError(f"--synthetic {text!r}: expected NAME=DIR, e.g. tokens=runs/toy")
+        raise UserError(f"--synthetic {text!r}: expected NAME=DIR or NAME=learn:PRESET, e.g. tokens=runs/toy")
     if not SET_NAME.fullmatch(name) or name in RESERVED:
         raise UserError(f"--synthetic {text!r}: NAME must be letters, digits, '_', '.', '-' and not 'real'")
+    learned = parse_learned(name, directory)
+    if learned is not None:
+        return learned
     path = Path(directory)
     if not path.is_dir():
         raise UserError(f"--synthetic {text!r}: directory {directory} not found")

@@ -209,3 +209,54 @@ def test_pretrained_weights_offline_is_one_line_error(inputs, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("downstream: error: could not get pretrained weights for resnet10t") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots(tmp_path, monkeypatch):
+    """--synthetic kshot=learn:toy+small.yaml: per (shots ≥ 1, trial) a guide trained on the trial's shots,
+    tokens learned with it and a set generated, cached and resumable; 0 shots: not run."""
+    labels = tmp_path / "fm3.txt"
+    labels.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
+        "generate:\n  images_per_class: 2\n  shard_size: 2\n  num_inference_steps: 2\n  batch_size: 6\n"
+    )
+    out = tmp_path / "out"
+    argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels), "--synthetic",
+            f"kshot=learn:toy+{small}", "--shots", "0,2", "--trials", "1", "--out", str(out), *TINY]  # fmt: skip
+    calls = _count_training(monkeypatch)
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    cells = {(c["set"], c["shots"]): c for c in results["cells"]}
+    made = cells[("kshot", 2)]
+    assert made["trained"] and made["train_images"] == {"real": 6, "synthetic": 6}
+    assert 0 <= made["guide_top1"] <= 100 and 0 <= made["synthetic_heldout_top1"] <= 100
+    assert not cells[("kshot", 0)]["trained"]
+    root = out / "learned" / "kshot" / "k0002-t0"
+    guide = json.loads((root / "guide" / "config.json").read_text())
+    assert guide["trained"]["shots"] == 2 and guide["labels"] == ["t-shirt", "pullover", "coat"]
+    meta = json.loads((root / "run" / "tokens" / "000-t-shirt" / "meta.json").read_text())
+    assert meta["guide"].startswith("ckpt:guide (content:")
+    assert (out / "results.md").read_text().count("| kshot |") == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["synthetic"][0]["learn"] == "toy"
+
+    first = made["top1"]
+    (out / "cells" / "kshot__0002shot__trial0.json").unlink()  # lost cell: redone from the cached set
+    calls.clear()
+    assert main(argv) == 0
+    assert len(calls) == 1  # the cell's classifier only: the guide, tokens and set were cached
+    again = {(c["set"], c["shots"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert again[("kshot", 2)]["top1"] == first
+
+
+def test_learned_set_needs_a_shot_count_and_a_known_preset(tmp_path, capsys):
+    labels = tmp_path / "fm3.txt"
+    labels.write_text("t-shirt\npullover\n")
+    base = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels), "--trials", "1", "--out",
+            str(tmp_path / "out"), *TINY]  # fmt: skip
+    assert main([*base, "--synthetic", "k=learn:nope", "--shots", "2"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main([*base, "--synthetic", "k=learn:toy", "--shots", "0"]) == 2
+    assert "needs a shot count ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

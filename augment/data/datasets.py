@@ -129,22 +129,30 @@ def _load_inat(location: str) -> _Raw:
 
 
 def _load_imagefolder(location: str) -> _Raw:
+    """DIR/train/<class>/* with DIR/val|test|validation/<class>/*, or just DIR/<class>/* (the k images a user
+    has: a training split only, no test split)."""
     root = Path(location)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
     test_dir = next((root / n for n in ("val", "test", "validation") if (root / n).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise UserError(f"{root}: expected train/ and val/ (or test/, validation/) with one folder per class")
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    if train_dir == root and test_dir is not None:
+        raise UserError(f"{root}: has {test_dir.name}/ but no train/; expected train/ and {test_dir.name}/")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
-        raise UserError(f"{root / 'train'}: no class folders")
+        raise UserError(f"{train_dir}: no class folders (expected DIR/<class>/*, or DIR/train/<class>/*)")
     index = {name: i for i, name in enumerate(classes)}
     splits = []
-    for split_dir in (root / "train", test_dir):
+    for split_dir in (train_dir, test_dir):
+        if split_dir is None:  # no test split: an empty one
+            splits.append((FileImages([]), np.zeros(0, dtype=np.int64)))
+            continue
         files, ys = [], []
         for d in sorted(split_dir.iterdir()):
             if not d.is_dir():
                 continue
             if d.name not in index:
-                raise UserError(f"{d}: class folder not in {root / 'train'}")
+                raise UserError(f"{d}: class folder not in {train_dir}")
             for dirpath, dirnames, filenames in os.walk(d):
                 dirnames.sort()
                 for f in sorted(filenames):

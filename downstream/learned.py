@@ -1,0 +1,123 @@
+"""Synthetic sets learned inside the few-shot grid, from the shots a user really has (`--synthetic NAME=learn:PRESET`).
+
+The paper's Table 2 learns its tokens with a guide trained on the whole training set. A user with k images per
+class has no such guide; this is the protocol they can run: for each shot count k ≥ 1 and trial,
+  1. the guide is trained on exactly that trial's k real images per class (the picks the real-only cell
+     uses, with the grid's training config and the trial's seed: the real-only cell's own classifier),
+  2. the tokens are learned with it (`augment.learn_tokens`, the preset's settings, guide = that classifier),
+  3. the set is generated with them (`augment.generate_set`),
+  4. the few-shot classifier trains on real + that set, like any other row.
+Everything is cached per (k, trial) under OUT/learned/NAME/k{k:04d}-t{trial}/ (guide/, then the run directory
+with tokens/ and shards/), each step resumable, so a killed grid continues where it stopped. A 0-shot cell has
+no image to train a guide on: it is not trained ("—"). With the preset's eval_classifier, each (k, trial)
+also records the k-shot guide's top-1 on the real test set and the held-out classifier's top-1 on the images
+its tokens generated: how guide quality turns into data quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from augment.data.datasets import LabelledDataset, sample_kshot, trial_seed
+from augment.errors import UserError
+from augment.labels import LabelSet
+
+PREFIX = "learn:"
+
+
+@dataclass(frozen=True)
+class LearnedSpec:
+    """A synthetic set the grid learns per (shots, trial) with a guide trained on those shots."""
+
+    name: str
+    preset: str
+    config_file: str | None = None  # overrides on top of the preset, as `augment build --config`
+
+    def config(self):
+        from augment.config import load_config
+
+        return load_config(self.preset, self.config_file)
+
+    def describe(self) -> dict[str, Any]:
+        """What determines its cells (with the training config, the dataset and the seed)."""
+        from augment.runs import manifest_config
+
+        cfg = manifest_config(self.config())
+        return {"learn": self.preset, "config_file": self.config_file,
+                "config": {k: v for k, v in cfg.items() if k not in ("device", "guide")}}  # fmt: skip
+
+
+def parse_learned(name: str, value: str) -> LearnedSpec | None:
+    """`learn:PRESET` or `learn:PRESET+CONFIG.yaml` as a LearnedSpec (checked: UserError otherwise); None for
+    anything else (a directory)."""
+    if not value.startswith(PREFIX):
+        return None
+    preset, _, config_file = value[len(PREFIX) :].partition("+")
+    spec = LearnedSpec(name, preset, config_file or None)
+    cfg = spec.config()  # unknown preset: one line
+    cfg.learn.validate()
+    cfg.generate.validate()
+    return spec
+
+
+def cache_dir(out: Path, spec: LearnedSpec, shots: int, trial: int) -> Path:
+    return out / "learned" / spec.name / f"k{shots:04d}-t{trial}"
+
+
+def learned_set(
+    spec: LearnedSpec,
+    dataset: LabelledDataset,
+    labels: LabelSet,
+    train,
+    shots: int,
+    trial: int,
+    seed: int,
+    out: Path,
+    progress: bool = False,
+):
+    """(SyntheticSet, info) of one (shots, trial): made, or found where a previous run left it."""
+    import augment
+    from downstream.synthetic import load_synthetic
+    from downstream.train import evaluate, prepare, save, train_classifier
+
+    root = cache_dir(out, spec, shots, trial)
+    guide_dir, run = root / "guide", root / "run"
+    info_path = root / "info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if not (guide_dir / "config.json").is_file():
+        picks = sample_kshot(dataset.train.labels, shots, num_classes=len(labels), seed=seed, trial=trial,
+                             class_names=dataset.classes)  # fmt: skip
+        model = train_classifier([dataset.train.subset(picks)], len(labels), train, seed=trial_seed(seed, trial),
+                                 progress=progress)  # fmt: skip
+        scores = evaluate(model, prepare(dataset.test, train), train)
+        info["guide_top1"] = round(scores["top1"], 3)
+        trained = {"tool": "downstream fewshot (learn:)", "shots": shots, "trial": trial, "seed": seed,
+                   "test_top1": info["guide_top1"], "config": dataclasses.asdict(train)}  # fmt: skip
+        save(model, guide_dir, train, labels.names(), trained)
+        _write(info_path, info)
+    cfg = spec.config()
+    cfg.guide = f"ckpt:{guide_dir}"
+    cfg.label_match = "by-name"  # the guide was trained on this label set: its outputs are the classes, in order
+    augment.learn_tokens(labels, run, cfg, progress=progress)
+    augment.generate_set(labels, run, cfg, tokens=run, progress=progress)
+    if cfg.eval_classifier and "synthetic_heldout_top1" not in info:
+        report = augment.score_set(run, cfg, progress=progress)
+        info["synthetic_heldout_top1"] = round(report["macro"]["top1"], 3)
+        _write(info_path, info)
+    return load_synthetic(spec.name, run, labels), info
+
+
+def _write(path: Path, info: dict) -> None:
+    from augment.atomic import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, info, indent=2)
+
+
+def check_shots(specs: list[LearnedSpec], shots: list[int]) -> None:
+    if specs and not any(k >= 1 for k in shots):
+        raise UserError(f"--synthetic {specs[0].name}=learn:{specs[0].preset} needs a shot count ≥ 1 to train a guide")
