@@ -299,7 +299,7 @@ def load_dataset(spec: str, labels: LabelSet) -> LabelledDataset:
     for name, (source, ys) in (("train", raw.train), ("test", raw.test)):
         pos = position[ys] if len(ys) else ys
         keep = np.flatnonzero(pos >= 0)
-        if not len(keep):
+        if not len(keep) and (name == "train" or len(ys)):  # an imagefolder of class folders alone: no test split
             raise UserError(f"dataset {spec}: the {name} split has no images of the label set's classes")
         split = Split(source, pos)
         splits.append(split if len(keep) == len(pos) else split.subset(keep))
