@@ -17,6 +17,9 @@ import yaml
 from augment.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"  # what `{toy}` in a value expands to
+SAMPLERS = ("pipeline", "ddim", "pndm", "dpmsolver++", "unipc", "euler")  # augment.models.sampling builds them
+REFINE_METHODS = ("date",)
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 # Settings added after runs were already being made, with the default that means "as before": left out of the
 # config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
@@ -31,8 +34,89 @@ ADDED_LATER = {
 
 
 def hashed_settings(section: dict[str, Any]) -> dict[str, Any]:
-    """A config section as the hashes see it: without the ADDED_LATER settings left at their default."""
-    return {k: v for k, v in section.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+    """A config section as the hashes see it: without the ADDED_LATER settings left at their default, and DATE's
+    options as the keys set away from their defaults (what a config file held before they were typed)."""
+    out = {k: v for k, v in section.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+    if isinstance(out.get("refine_options"), dict):
+        defaults = asdict(DateOptions())
+        out["refine_options"] = {k: v for k, v in out["refine_options"].items() if v != defaults.get(k)}
+    return out
+
+
+def check_templates(templates: list[str], need_token: bool = False) -> None:
+    """Every template must be non-empty and mention {name} (and {token} with `need_token`: learning prompts,
+    where the token is what learning changes); unknown fields are a user error."""
+    if not templates:
+        raise UserError("at least one prompt template is needed")
+    for t in templates:
+        try:
+            t.format(token="", name="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
+        if "{name}" not in t:
+            raise UserError(f"prompt template {t!r} must contain {{name}}")
+        if need_token and "{token}" not in t:
+            raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
+
+
+def check_scheduler(name: str, key: str) -> None:
+    if name not in SAMPLERS:
+        raise UserError(f"{key} must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class DateOptions:
+    """`generate.refine_options` when `generate.refine: date`. Defaults are DATE's (generate_date_*.py)."""
+
+    step_size: float = 0.1  # η of the normalised step on c (DATE --lr_upt_prompt)
+    updates: int = 1  # gradient updates of c per refined step (--num_upt_prompt)
+    every: int = 1  # refine sampling steps i with i % every == 0 (--skip_freq) ...
+    start: float = 0.0  # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
+    stop: float = 1.0
+    prior_weight: float = 0.0  # pull towards the prompt's own embedding, inside the loss (--weight_prior)
+    from_original: bool = False  # each update starts from c_orig instead of accumulating (--init_org)
+    batch: int = 0  # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
+    # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
+    checkpointing: bool = False  # UNet and VAE gradient checkpointing during the updates
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> DateOptions:
+        """Check keys, types and ranges; UserError (one line) on anything wrong."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise UserError(
+                f"generate.refine_options: unknown key(s) {', '.join(unknown)} for DATE; known: {', '.join(fields)}"
+            )
+        values = {}
+        for key, value in options.items():
+            kind = type(getattr(cls, key))
+            ok = (
+                isinstance(value, bool)
+                if kind is bool
+                else (isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+            )
+            if not ok:
+                raise UserError(f"generate.refine_options.{key} must be {kind.__name__}, got {value!r}")
+            values[key] = kind(value)
+        opts = cls(**values)
+        if opts.step_size < 0 or opts.prior_weight < 0:
+            raise UserError("generate.refine_options: step_size and prior_weight must be ≥ 0")
+        if opts.updates < 0 or opts.every < 1 or opts.batch < 0:
+            raise UserError("generate.refine_options: updates and batch must be ≥ 0 and every ≥ 1")
+        if not 0.0 <= opts.start <= opts.stop <= 1.0:
+            raise UserError(f"generate.refine_options: need 0 ≤ start ≤ stop ≤ 1, got {opts.start}, {opts.stop}")
+        return opts
+
+    def refined_steps(self, num_steps: int) -> list[int]:
+        """Indices of the sampling steps whose conditioning is refined (never the last one)."""
+        if self.step_size == 0 or self.updates == 0:
+            return []
+        return [
+            i
+            for i in range(num_steps - 1)
+            if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps
+        ]
 
 
 @dataclass
@@ -74,7 +158,7 @@ class LearnConfig:
     width: int | None = None
     prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
     seed: int = 0
-    scheduler: str = "pipeline"  # sampler while learning (augment.generate.sampling): "pipeline" = the
+    scheduler: str = "pipeline"  # sampler while learning (augment.models.sampling): "pipeline" = the
     # generator's own, which generation uses too (SD 1.x: PNDM)
     grad_steps: int = 1  # UNet calls with gradient, counted from the last (paper: 1; the
     # original code's PNDM loop: 2, its last two calls)
@@ -91,9 +175,6 @@ class LearnConfig:
 
     def validate(self) -> None:
         """Every value a run could trip on later, checked before any model is loaded (UserError)."""
-        from augment.generate.sampling import check_scheduler
-        from augment.models.prompting import check_templates
-
         check_templates(self.prompts, need_token=True)
         mcs = self.max_classes_per_step
         if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
@@ -144,18 +225,14 @@ class GenerateConfig:
     image_format: str = "jpg"
     jpeg_quality: int = 95
     seed: int = 0
-    scheduler: str = "pipeline"  # sampler (augment.generate.sampling); "pipeline" = the generator's own
+    scheduler: str = "pipeline"  # sampler (augment.models.sampling); "pipeline" = the generator's own
     channels_last: bool | None = None  # UNet and VAE in channels-last memory format; None: on CUDA only
     compile: bool = False  # torch.compile the UNet (opt-in: the first batches pay for compiling)
     refine: str | None = None  # None | "date"
-    refine_options: dict[str, Any] = field(default_factory=dict)
+    refine_options: DateOptions = field(default_factory=lambda: DateOptions())  # a mapping in YAML: parsed
 
     def validate(self) -> None:
         """Every value generation could trip on later, checked before any model is loaded (UserError)."""
-        from augment.generate.date import refine_options
-        from augment.generate.sampling import check_scheduler
-        from augment.models.prompting import check_templates
-
         check_templates(self.prompts)
         for key in ("batch_size", "num_inference_steps", "images_per_class", "shard_size"):
             if getattr(self, key) < 1:
@@ -165,7 +242,21 @@ class GenerateConfig:
         check_scheduler(self.scheduler, "generate.scheduler")
         if not 0 < self.guidance_cutoff <= 1:
             raise UserError(f"generate.guidance_cutoff must be in (0, 1], got {self.guidance_cutoff}")
-        refine_options(self.refine, self.refine_options)
+        if self.refine is not None and self.refine not in REFINE_METHODS:
+            raise UserError(
+                f"generate.refine must be one of {', '.join(REFINE_METHODS)} (or null), got {self.refine!r}"
+            )
+        if not isinstance(self.refine_options, DateOptions):  # a mapping assigned after the config was built
+            self.refine_options = DateOptions.parse(self.refine_options)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.refine_options, DateOptions):  # YAML, overrides and callers give a mapping
+            self.refine_options = DateOptions.parse(self.refine_options)
+
+    @property
+    def date(self) -> DateOptions | None:
+        """DATE's options when generation refines with it, else None."""
+        return self.refine_options if self.refine == "date" else None
 
 
 @dataclass
@@ -189,10 +280,8 @@ def list_presets() -> list[str]:
 
 
 def _expand(value: Any) -> Any:
-    from augment.toy import WEIGHTS_DIR
-
     if isinstance(value, str):
-        return value.replace("{toy}", str(WEIGHTS_DIR))
+        return value.replace("{toy}", str(TOY_WEIGHTS))
     if isinstance(value, list):
         return [_expand(v) for v in value]
     if isinstance(value, dict):

@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
     plain_cfg = replace(run_cfg.generate, refine=None, refine_options={})
     date_cfg = replace(run_cfg.generate, refine="date", refine_options=options)
 
-    from augment.generate.date import refine_options
     from augment.labels import match_to_guide
     from augment.models.generator import load_generator, resolve_device
     from augment.models.guide import load_guide
 
-    opts = refine_options("date", options)
+    opts = date_cfg.date
     device = resolve_device(args.device)
     labels = read_labels(args.labels, args.classes)
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)

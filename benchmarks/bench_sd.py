@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from augment.config import GenerateConfig, load_config
     from augment.data.shards import image_seed, plan_units
     from augment.generate.loop import generate_units
-    from augment.generate.sampling import make_scheduler
     from augment.labels import read_label_set
     from augment.models.generator import load_generator, resolve_device, resolve_dtype
+    from augment.models.sampling import make_scheduler
     from augment.testing import save_random_pipeline
 
     dev = resolve_device(args.device)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["learner_step_seconds"] = step_s
     if args.guidance_cutoff:
-        from augment.generate.sampling import guided_calls
+        from augment.models.sampling import guided_calls
 
         evals = lcfg.batch_size * (calls + guided_calls(calls, args.guidance_cutoff))
         cut_s = learner_steps[args.guidance_cutoff]

@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from augment.data.shards import image_seed, plan_units
     from augment.errors import UserError
     from augment.generate.loop import generate_images, generate_units, image_prompt
-    from augment.generate.sampling import guided_calls, make_scheduler
     from augment.labels import match_to_guide, read_label_set
     from augment.learn.learner import TokenLearner
     from augment.learn.memory import step_bytes
     from augment.models.generator import load_generator, resolve_device, resolve_dtype, speed_up
     from augment.models.guide import load_guide
+    from augment.models.sampling import guided_calls, make_scheduler
     from augment.testing import save_random_pipeline, save_vit_mae_cub
 
     try:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         guide = load_guide(f"hf:{guide_dir}", dev)
         indices = match_to_guide(labels, guide.labels).indices
-        dopts = {**g.refine_options, "step_size": 1.0}
+        dopts = replace(g.refine_options, step_size=1.0)
         dcfg, targets = replace(g, refine="date", refine_options=dopts), [indices[c] for c in owners[:2]]
         if warm:
             generate_images(pipe, prompts[:2], seeds[:2], replace(dcfg, num_inference_steps=2), guide, targets)

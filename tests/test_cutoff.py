@@ -10,8 +10,8 @@ import torch
 from augment.cli import main
 from augment.config import GenerateConfig
 from augment.generate.loop import generate_images
-from augment.generate.sampling import guided_calls
 from augment.learn.learner import TokenLearner
+from augment.models.sampling import guided_calls
 from tests.test_tokens import learn_config
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 

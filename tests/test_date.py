@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from augment.cli import main
-from augment.config import GenerateConfig
+from augment.config import DateOptions, GenerateConfig
 from augment.data.shards import load_samples, plan_units
 from augment.errors import UserError
-from augment.generate.date import DateOptions, refine_options
 from augment.generate.loop import generate_images, generate_units
-from augment.generate.sampling import predicted_x0
 from augment.labels import read_label_set
+from augment.models.sampling import predicted_x0
 from tests.tiny import COLOURS, colour_guide, tiny_pipeline
 
 SEEDS = [11, 12, 13, 14]
@@ -94,8 +93,10 @@ def test_refined_steps_follow_the_options():
     assert DateOptions(start=0.5, stop=1.0).refined_steps(10) == [5, 6, 7, 8]
     assert DateOptions(start=0.0, stop=0.3).refined_steps(10) == [0, 1, 2]
     assert DateOptions(step_size=0.0).refined_steps(10) == []
-    assert refine_options(None, {"bogus": 1}) is None
-    assert refine_options("date", {"step_size": 1}) == DateOptions(step_size=1.0)
+    assert (
+        GenerateConfig(refine_options={"step_size": 1}).date is None
+    )  # typed when the config is built, used with date
+    assert GenerateConfig(refine="date", refine_options={"step_size": 1}).date == DateOptions(step_size=1.0)
     for method, options in [
         ("dart", {}),
         ("date", {"bogus": 1}),
@@ -106,7 +107,7 @@ def test_refined_steps_follow_the_options():
         ("date", {"from_original": 1}),
     ]:
         with pytest.raises(UserError):
-            refine_options(method, options)
+            GenerateConfig(refine=method, refine_options=options).validate()
 
 
 def test_units_record_the_refine_settings(pipe, tmp_path):
@@ -219,4 +220,4 @@ def test_cli_generates_with_date(pipe, tmp_path):
     assert len(samples) == 3
     assert all(s["meta"]["refine"]["step_size"] == 0.5 for s in samples)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["generate"]["config"]["generate"]["refine_options"] == {"step_size": 0.5}
+    assert manifest["generate"]["config"]["generate"]["refine_options"]["step_size"] == 0.5  # typed: every key

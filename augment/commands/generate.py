@@ -82,7 +82,9 @@ REFINE_FLAGS = {"refine_step_size": "step_size", "refine_every": "every"}
 def apply_refine_arguments(args: argparse.Namespace, g) -> None:
     """Fold --refine/--refine-* into the GenerateConfig `g` and check the result (UserError), before any
     model is loaded. Idempotent: `build` calls it before learning, `generate` again."""
-    from augment.generate.date import refine_options
+    from dataclasses import asdict
+
+    from augment.config import DateOptions
 
     refine = getattr(args, "refine", None)
     if refine is not None:
@@ -91,8 +93,8 @@ def apply_refine_arguments(args: argparse.Namespace, g) -> None:
     if opts:
         if g.refine is None:
             raise UserError("--refine-step-size / --refine-every need --refine date")
-        g.refine_options = {**g.refine_options, **opts}
-    refine_options(g.refine, g.refine_options)
+        g.refine_options = DateOptions.parse({**asdict(g.refine_options), **opts})
+    g.validate()
 
 
 def generate(args: argparse.Namespace, cfg=None, tokens: Path | None = None):

@@ -16,84 +16,13 @@ log-probability of the image's class, where DATE uses CLIP or ImageReward scores
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from augment.errors import UserError
-from augment.generate.sampling import guided_calls, predicted_x0
+from augment.config import DateOptions
 from augment.models.decode import decode_latents
-
-METHODS = ("date",)
-
-
-@dataclass(frozen=True)
-class DateOptions:
-    """`generate.refine_options` when `generate.refine: date`. Defaults are DATE's (generate_date_*.py)."""
-
-    step_size: float = 0.1  # η of the normalised step on c (DATE --lr_upt_prompt)
-    updates: int = 1  # gradient updates of c per refined step (--num_upt_prompt)
-    every: int = 1  # refine sampling steps i with i % every == 0 (--skip_freq) ...
-    start: float = 0.0  # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
-    stop: float = 1.0
-    prior_weight: float = 0.0  # pull towards the prompt's own embedding, inside the loss (--weight_prior)
-    from_original: bool = False  # each update starts from c_orig instead of accumulating (--init_org)
-    batch: int = 0  # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
-    # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
-    checkpointing: bool = False  # UNet and VAE gradient checkpointing during the updates
-
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> DateOptions:
-        """Check keys, types and ranges; UserError (one line) on anything wrong."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            raise UserError(
-                f"generate.refine_options: unknown key(s) {', '.join(unknown)} for DATE; known: {', '.join(fields)}"
-            )
-        values = {}
-        for key, value in options.items():
-            kind = type(getattr(cls, key))
-            ok = (
-                isinstance(value, bool)
-                if kind is bool
-                else (isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
-            )
-            if not ok:
-                raise UserError(f"generate.refine_options.{key} must be {kind.__name__}, got {value!r}")
-            values[key] = kind(value)
-        opts = cls(**values)
-        if opts.step_size < 0 or opts.prior_weight < 0:
-            raise UserError("generate.refine_options: step_size and prior_weight must be ≥ 0")
-        if opts.updates < 0 or opts.every < 1 or opts.batch < 0:
-            raise UserError("generate.refine_options: updates and batch must be ≥ 0 and every ≥ 1")
-        if not 0.0 <= opts.start <= opts.stop <= 1.0:
-            raise UserError(f"generate.refine_options: need 0 ≤ start ≤ stop ≤ 1, got {opts.start}, {opts.stop}")
-        return opts
-
-    def refined_steps(self, num_steps: int) -> list[int]:
-        """Indices of the sampling steps whose conditioning is refined (never the last one)."""
-        if self.step_size == 0 or self.updates == 0:
-            return []
-        return [
-            i
-            for i in range(num_steps - 1)
-            if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps
-        ]
-
-
-def refine_options(method: str | None, options: dict[str, Any]) -> DateOptions | None:
-    """The parsed options of `generate.refine` (None: no refinement); UserError on a bad method or option."""
-    if method is None:
-        return None
-    if method not in METHODS:
-        raise UserError(f"generate.refine must be one of {', '.join(METHODS)} (or null), got {method!r}")
-    if not isinstance(options, dict):
-        raise UserError(f"generate.refine_options must be a mapping, got {options!r}")
-    return DateOptions.parse(options)
+from augment.models.sampling import guide_noise, guided_calls, predicted_x0
 
 
 @contextlib.contextmanager
@@ -141,11 +70,7 @@ def date_update(
         with torch.enable_grad():
             c = cond[sl].detach().requires_grad_(True)
             noise_cond = pipe.unet(model_input[sl], t, encoder_hidden_states=c, return_dict=False)[0]
-            noise = (
-                noise_cond
-                if noise_uncond is None
-                else noise_uncond[sl] + guidance_scale * (noise_cond - noise_uncond[sl])
-            )
+            noise = noise_cond if noise_uncond is None else guide_noise(noise_uncond[sl], noise_cond, guidance_scale)
             x0 = predicted_x0(pipe.scheduler, latents[sl], noise, t)
             loss = -class_log_prob(pipe, guide, x0, targets[sl])
             if opts.prior_weight:
@@ -234,13 +159,13 @@ def sample_date(
                     )
                 noise = pipe.unet(half, t, encoder_hidden_states=cond, return_dict=False)[0]
                 if do_cfg:
-                    noise = noise_uncond + guidance_scale * (noise - noise_uncond)
+                    noise = guide_noise(noise_uncond, noise, guidance_scale)
             else:
                 embeds = torch.cat([uncond, cond]) if do_cfg else cond
                 noise = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
                 if do_cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                    noise = guide_noise(noise_uncond, noise_cond, guidance_scale)
             latents = pipe.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
     # 4. Decode like the pipeline
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]

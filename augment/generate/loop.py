@@ -21,10 +21,10 @@ import torch
 
 from augment.config import GenerateConfig
 from augment.data.shards import ShardUnit, encode_image, encode_sample, image_seed, write_unit
-from augment.generate.date import refine_options, sample_date
-from augment.generate.sampling import GuidanceCutoff
+from augment.generate.date import sample_date
 from augment.labels import LabelSet
 from augment.models.prompting import format_prompt
+from augment.models.sampling import GuidanceCutoff
 
 
 def image_prompt(cfg: GenerateConfig, i: int, token: str, name: str) -> str:
@@ -69,7 +69,7 @@ def generate_images(
     latents, plus DATE updates of the prompt embeddings towards the guide's `targets` (one per image).
     With a `cache` the prompt embeddings come from it (the same tensors the pipeline would compute)."""
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    opts = refine_options(cfg.refine, cfg.refine_options)
+    opts = cfg.date
     if opts is not None:
         if guide is None or targets is None:
             raise ValueError("DATE refinement needs the guide and a target guide index per image")
@@ -131,7 +131,7 @@ def unit_samples(
     (`cfg.refine`) needs both and records its settings in the sample's json. With an `encoder` thread pool the
     images are encoded there while the next batch samples, and the result is one future per batch (each
     giving that batch's samples); without, the samples themselves."""
-    opts = refine_options(cfg.refine, cfg.refine_options)
+    opts = cfg.date
     refine = None if opts is None else {"method": cfg.refine, **dataclasses.asdict(opts)}
     batches = []
     for start in range(0, unit.count, max(cfg.batch_size, 1)):

@@ -131,9 +131,9 @@ def generate_set(
         return GenerateResult(complete=complete, **base)
 
     from augment.devices import bind_device, describe_device, resolve_device
-    from augment.generate.sampling import make_scheduler
     from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
     from augment.models.hub import check_hub, job_models
+    from augment.models.sampling import make_scheduler
 
     device = resolve_device(config.device)
     bind_device(device)

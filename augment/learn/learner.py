@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
 from augment.fingerprint import source_name
-from augment.generate.sampling import guided_calls, make_scheduler, predicted_x0
 from augment.labels import LabelClass, LabelSet
 from augment.learn.original import original_accumulation
 from augment.learn.precision import LossScaler
@@ -40,6 +39,7 @@ from augment.learn.state import ClassState, class_noise_seed, improves, prompt_o
 from augment.models.decode import decode_latents
 from augment.models.guide import Guide
 from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
+from augment.models.sampling import guide_noise, guided_calls, make_scheduler, predicted_x0
 
 
 class TokenLearner:
@@ -213,7 +213,7 @@ class TokenLearner:
         with torch.no_grad():
             eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
         eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
-        return eps_u + self.cfg.guidance_scale * (eps_c - eps_u)
+        return guide_noise(eps_u, eps_c, self.cfg.guidance_scale)
 
     # ---------------------------------------------------------------- the whole procedure
     def run(

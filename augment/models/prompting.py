@@ -14,22 +14,6 @@ def format_prompt(template: str, token: str, name: str) -> str:
     return re.sub(r"\s+", " ", template.format(token=token, name=name)).strip()
 
 
-def check_templates(templates: list[str], need_token: bool = False) -> None:
-    """Every template must be non-empty and mention {name} (and {token} with `need_token`: learning prompts,
-    where the token is what learning changes); unknown fields are a user error."""
-    if not templates:
-        raise UserError("at least one prompt template is needed")
-    for t in templates:
-        try:
-            t.format(token="", name="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
-        if "{name}" not in t:
-            raise UserError(f"prompt template {t!r} must contain {{name}}")
-        if need_token and "{token}" not in t:
-            raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
-
-
 def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tuple[list[int], list[torch.Tensor]]:
     """Add new tokens to the tokenizer and embedding table, each row initialised from its word's embedding
     (the mean of the word's sub-tokens when it has several). Returns the token ids and initial vectors."""

@@ -1,8 +1,7 @@
 """The offline toy world: Fashion-MNIST, a small Stable Diffusion pipeline and two classifiers."""
 
-from pathlib import Path
+from augment.config import TOY_WEIGHTS as WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 GENERATOR_DIR = WEIGHTS_DIR / "generator"
 GUIDE_DIR = WEIGHTS_DIR / "guide"
 HELDOUT_DIR = WEIGHTS_DIR / "heldout"

@@ -1,4 +1,5 @@
-"""Samplers: diffusers schedulers by name, built from the generator's own scheduler config.
+"""Sampling maths shared by learning and generation: samplers by name (diffusers schedulers built from the
+generator's own scheduler config), classifier-free guidance and its cutoff, and the x0 prediction.
 
 `make_scheduler(pipe.scheduler, "dpmsolver++")` keeps the generator's betas, timestep offset and prediction
 type (ε or v), and changes only the integration rule. "pipeline" is the generator's own scheduler class (SD 1.x
@@ -13,6 +14,7 @@ import math
 
 import torch
 
+from augment.config import check_scheduler
 from augment.errors import UserError
 
 SCHEDULERS = {
@@ -25,9 +27,9 @@ SCHEDULERS = {
 }
 
 
-def check_scheduler(name: str, key: str) -> None:
-    if name not in SCHEDULERS:
-        raise UserError(f"{key} must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+def guide_noise(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ε_u + w·(ε_c − ε_u) (the learner's and DATE's; the pipeline computes the same)."""
+    return noise_uncond + scale * (noise_cond - noise_uncond)
 
 
 def guided_calls(num_calls: int, cutoff: float) -> int:
@@ -63,7 +65,7 @@ def make_scheduler(base, name: str = "pipeline", timestep_spacing: str | None = 
     DDPM/PNDM config it would otherwise clip x0 to [-1, 1], which Stable Diffusion's latents exceed."""
     import diffusers
 
-    check_scheduler(name, "scheduler")
+    check_scheduler(name, "scheduler")  # the names augment.config admits: SAMPLERS
     extra: dict = {}
     if timestep_spacing:
         extra["timestep_spacing"] = timestep_spacing
