@@ -16,11 +16,12 @@ COMMANDS = {
     "learn": "augment.commands.learn",
     "generate": "augment.commands.generate",
     "build": "augment.commands.build",
-    "eval": "augment.commands.evaluate",
+    "score": "augment.commands.score",
     "verify": "augment.commands.verify",
 }
 
 
+ALIASES = {"score": ["eval"]}  # `augment eval`, the command's name before 0.2, still works
 OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}  # a full disk or quota: one line, exit 1, rerun continues
 
 
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        p = sub.add_parser(
+            name, aliases=ALIASES.get(name, []), help=module.__doc__.splitlines()[0], description=module.__doc__
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -55,11 +58,13 @@ def _on_sigterm(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    parser = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         code = args._run(args)
     except UserError as e:
-        print(f"augment: error: {e}", file=sys.stderr)
+        print(f"augment: error: {as_flags(e, parser, argv)}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in OUT_OF_SPACE:
@@ -81,6 +86,29 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code or 0
+
+
+def as_flags(error: UserError, parser: argparse.ArgumentParser | None, argv: list[str] | None) -> str:
+    """The library names arguments (`batch_size`); on the command line they are flags (`--batch-size`)."""
+    message = str(error)
+    if error.argument is None or parser is None:
+        return message
+    flags = {}
+    for action in _subparser_actions(parser, argv):
+        if action.option_strings:
+            flags.setdefault(action.dest, action.option_strings[0])
+    flag = flags.get(error.argument)
+    return message.replace(error.argument, flag, 1) if flag else message
+
+
+def _subparser_actions(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[argparse.Action]:
+    args = sys.argv[1:] if argv is None else argv
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            command = next((a for a in args if a in action.choices), None)
+            if command is not None:
+                return list(action.choices[command]._actions)
+    return []
 
 
 def _main_thread() -> bool:

@@ -2,4 +2,9 @@
 
 
 class UserError(Exception):
-    """Bad input from the user (files, specs, options). Everything else is a bug and surfaces as such."""
+    """Bad input from the user (files, specs, options). Everything else is a bug and surfaces as such.
+    `argument`: the library argument the message names, which the CLI shows as its flag."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument

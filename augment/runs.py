@@ -31,7 +31,7 @@ class Workers:
     def check(self) -> None:
         self.slot()
         if self.claim and not self.lease > 0:
-            raise UserError(f"--lease must be > 0 seconds, got {self.lease}")
+            raise UserError(f"lease must be > 0 seconds, got {self.lease}", "lease")
 
 
 def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:

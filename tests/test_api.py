@@ -50,7 +50,7 @@ def test_bad_config_is_a_user_error_before_any_model_loads(tmp_path, monkeypatch
     cfg.generate.image_format = "gif"
     with pytest.raises(augment.UserError, match="jpg or png"):
         augment.build(labels, tmp_path / "out", cfg)
-    with pytest.raises(augment.UserError, match="--lease must be > 0"):
+    with pytest.raises(augment.UserError, match="lease must be > 0"):
         augment.generate_set(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(claim=True, lease=0))
 
 

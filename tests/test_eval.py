@@ -10,14 +10,16 @@ import torch
 
 from augment.cli import main
 from augment.data import shards
-from augment.evaluate import (
+from augment.data.shards import label_set as shard_label_set
+from augment.errors import UserError
+from augment.jobs.score import score_set
+from augment.metrics import (
     extract_features,
     fid_kid,
     per_class_precision_recall,
     precision_recall,
     reference_images,
     score_shards,
-    shard_label_set,
 )
 from augment.models.guide import load_guide
 
@@ -251,7 +253,12 @@ def test_cli_errors(world, tmp_path, capsys):
     assert "no .tar shards" in _one_line_error(
         capsys, ["eval", "--shards", str(tmp_path), "--classifier", world["spec"]]
     )
-    assert "no classifier" in _one_line_error(capsys, ["eval", "--shards", str(world["a"])])
+    assert "--classifier: none given" in _one_line_error(capsys, ["eval", "--shards", str(world["a"])])
+    # the library names its arguments; the command line shows them as flags (`score`, alias `eval`)
+    argv = ["score", "--shards", str(world["a"]), "--classifier", world["spec"], "--batch-size", "0"]
+    assert "--batch-size must be ≥ 1" in _one_line_error(capsys, argv)
+    with pytest.raises(UserError, match="^batch_size must be ≥ 1"):
+        score_set(world["a"], classifier=world["spec"], batch_size=0)
     assert "no such directory" in _one_line_error(
         capsys, ["eval", "--shards", str(world["a"]), "--classifier", f"ckpt:{tmp_path / 'missing'}"]
     )

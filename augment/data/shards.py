@@ -36,6 +36,7 @@ import numpy as np
 
 from augment.atomic import write_bytes, write_json, write_text
 from augment.errors import UserError
+from augment.labels import LabelClass, LabelSet, read_label_set
 
 SEEDS_RULE = (
     "torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
@@ -301,6 +302,55 @@ def manifest_labels(directory: str | Path) -> tuple[list[str] | None, str | None
             raise UserError(f"{path}: the class list ('labels') is not a non-empty list")
         labels = [x["name"] if isinstance(x, dict) else str(x) for x in labels]
     return labels, label_file, hashlib.sha256(data).hexdigest()
+
+
+def label_set(directory: str | Path) -> LabelSet:
+    """The label set a generated directory was made from: its recorded label file when that still lists the
+    same names (so explicit 'index<TAB>name' lines keep working), else the names in manifest.json."""
+    path = Path(directory) / "manifest.json"
+    names, label_file, _ = manifest_labels(directory)
+    if names is None:
+        raise UserError(
+            f"{path}: cannot read the generated set's class list; is this an `augment generate` output directory?"
+        )
+    if label_file and Path(label_file).is_file():
+        try:
+            labels = read_label_set(label_file)
+            if labels.names() == names:
+                return labels
+        except UserError:
+            pass
+    classes = tuple(LabelClass(i, n, None, f"{i:04d}") for i, n in enumerate(names))
+    return LabelSet(path=str(path), name="labels", classes=classes)
+
+
+def sample_count(directory: str | Path) -> int:
+    """Samples in a directory's shards (counted from the tar headers, nothing decoded)."""
+    import tarfile
+
+    n = 0
+    for url in tar_files(directory):
+        with tarfile.open(url) as tar:  # headers only: no member is read
+            n += sum(1 for m in tar if m.name.endswith(".cls"))
+    return n
+
+
+def iter_images(directory: str | Path, keep: set[int] | None = None) -> Iterator[tuple[object, int]]:
+    """(PIL image, cls) of every sample in shard order (only sample numbers in `keep`, when given)."""
+    from PIL import Image
+
+    if not tar_files(directory):
+        raise UserError(f"{directory}: no .tar shards")
+    i = 0  # sample number among those with an image and a cls
+    for _, _, members in iter_samples(directory):
+        image = image_bytes(members)
+        if image is None or "cls" not in members:
+            continue
+        if keep is None or i in keep:
+            with Image.open(io.BytesIO(image)) as im:
+                rgb = im.convert("RGB")
+            yield rgb, int(members["cls"])
+        i += 1
 
 
 def tar_files(directory: str | Path) -> list[str]:

@@ -40,27 +40,27 @@ def score_set(
     means, and with a reference `fid`, `kid`, `kid_std`, the features' name and size."""
     import torch
 
-    from augment import evaluate as ev
-    from augment.data.shards import tar_files
+    from augment import metrics as ev
+    from augment.data.shards import label_set, sample_count, tar_files
     from augment.devices import resolve_device
     from augment.models.guide import load_guide
 
     shards = Path(shards)
     if not shards.is_dir():
-        raise UserError(f"--shards {shards}: no such directory")
+        raise UserError(f"shards {shards}: no such directory", "shards")
     if not tar_files(shards):
-        raise UserError(f"--shards {shards}: no .tar shards in it or in its shards/ folder")
+        raise UserError(f"shards {shards}: no .tar shards in it or in its shards/ folder", "shards")
     if batch_size < 1:
-        raise UserError(f"--batch-size must be ≥ 1, got {batch_size}")
+        raise UserError(f"batch_size must be ≥ 1, got {batch_size}", "batch_size")
     if reference_limit is not None and reference_limit < 2:
-        raise UserError(f"--reference-limit must be ≥ 2, got {reference_limit}")
+        raise UserError(f"reference_limit must be ≥ 2, got {reference_limit}", "reference_limit")
     if (features or reference_limit) and not reference:
-        raise UserError("--features and --reference-limit are for FID/KID and need --reference")
-    labels = ev.shard_label_set(shards)
+        raise UserError("reference is needed for FID/KID (features, reference_limit)", "reference")
+    labels = label_set(shards)
     config = config or RunConfig()
     spec = classifier or config.eval_classifier
     if not spec:
-        raise UserError("no classifier: pass --classifier SPEC, or a --preset/--config with eval_classifier")
+        raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")
     from augment.models.hub import check_hub, job_models
 
     dev = resolve_device(device or config.device)
@@ -72,7 +72,7 @@ def score_set(
         ref = ev.reference_images(reference, labels, reference_limit)
 
     t0 = time.time()
-    with _progress(ev.shard_count(shards), "scoring", not progress) as bar:
+    with _progress(sample_count(shards), "scoring", not progress) as bar:
         result = ev.score_shards(shards, model, labels, features=extractor, batch_size=batch_size,
                                  label_match=config.label_match,
                                  on_images=bar.update)  # fmt: skip
@@ -99,7 +99,7 @@ def score_set(
 
 def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device):
     """(module or Guide, name) for FID/KID features; default: inception when it loads, else the classifier."""
-    from augment.evaluate import INCEPTION, InceptionFeatures
+    from augment.metrics import INCEPTION, InceptionFeatures
     from augment.models.guide import load_guide
 
     if spec in (None, INCEPTION):

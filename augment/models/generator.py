@@ -41,7 +41,7 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
         raise UserError(
             f"generator {spec!r}: weights not found locally and the hub is unreachable or has no such model "
             f"({type(e).__name__}). Download it where you have network (`hf download {spec} "
-            f"--local-dir DIR`) and pass --generator DIR"
+            f"--local-dir DIR`) and give DIR as the generator"
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)

@@ -95,7 +95,7 @@ def check_hub(items: list[tuple[str, str, str]], timeout: float = 5.0) -> str | 
         raise UserError(
             f"not in the local Hugging Face cache, and the hub is unreachable ({reason}): {names}. Fetch each where "
             f"you have network (`hf download {first} --local-dir DIR`) and pass the directory instead "
-            "(--generator DIR, --guide hf:DIR)"
+            "(the generator DIR, the guide hf:DIR)"
         )
     if not offline:
         import huggingface_hub.constants

@@ -1,17 +1,17 @@
-"""Scoring a generated set: a held-out classifier's top-1/top-5 accuracy per class, and FID/KID against a
-reference image set in some feature space.
+"""The maths of scoring a generated set: a held-out classifier's top-1/top-5 accuracy per class, and FID/KID
+against a reference image set in some feature space (the job is augment.jobs.score).
 
 Accuracy is over all of the classifier's classes (right: the class's matched classifier index is the argmax,
 or among the top 5); macro = mean over classes, micro = mean over images. FID and KID are torchmetrics' own,
 fed features we extract once per image: InceptionV3 pool features (torch-fidelity) or the penultimate layer of
 any classifier spec. In the same features, per class: precision (fidelity: the share of generated images
 inside the real images' k-NN manifold) and recall (diversity: the share of real images inside the generated
-ones'), Kynkäänniemi et al. 2019, k = 5. Shards are read as raw bytes and decoded here (PIL, int): nothing is ever unpickled.
+ones'), Kynkäänniemi et al. 2019, k = 5. Images come from augment.data.shards (raw bytes decoded there: nothing
+is ever unpickled).
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,69 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from augment.data.shards import iter_images, label_set, sample_count
 from augment.errors import UserError
-from augment.labels import LabelClass, LabelSet, normalise_name, read_label_set
+from augment.labels import LabelSet, normalise_name
 from augment.models.guide import Guide, match_labels
 
 TOPK = 5
 PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc
 INCEPTION = "inception"
-
-
-# ---------------------------------------------------------------- reading images
-def shard_label_set(directory: str | Path) -> LabelSet:
-    """The label set a generated directory was made from: its recorded label file when that still lists the
-    same names (so explicit 'index<TAB>name' lines keep working), else the names in manifest.json."""
-    from augment.data.shards import manifest_labels
-
-    path = Path(directory) / "manifest.json"
-    names, label_file, _ = manifest_labels(directory)
-    if names is None:
-        raise UserError(
-            f"{path}: cannot read the generated set's class list; is this an `augment generate` output directory?"
-        )
-    if label_file and Path(label_file).is_file():
-        try:
-            labels = read_label_set(label_file)
-            if labels.names() == names:
-                return labels
-        except UserError:
-            pass
-    classes = tuple(LabelClass(i, n, None, f"{i:04d}") for i, n in enumerate(names))
-    return LabelSet(path=str(path), name="labels", classes=classes)
-
-
-def shard_count(directory: str | Path) -> int:
-    """Samples in a directory's shards (counted from the tar headers, nothing decoded)."""
-    import tarfile
-
-    from augment.data.shards import tar_files
-
-    n = 0
-    for url in tar_files(directory):
-        with tarfile.open(url) as tar:  # headers only: no member is read
-            n += sum(1 for m in tar if m.name.endswith(".cls"))
-    return n
-
-
-def iter_shards(directory: str | Path, keep: set[int] | None = None) -> Iterator[tuple[object, int]]:
-    """(PIL image, cls) of every sample in shard order (only sample numbers in `keep`, when given)."""
-    from PIL import Image
-
-    from augment.data.shards import image_bytes, iter_samples, tar_files
-
-    if not tar_files(directory):
-        raise UserError(f"{directory}: no .tar shards")
-    i = 0  # sample number among those with an image and a cls
-    for _, _, members in iter_samples(directory):
-        image = image_bytes(members)
-        if image is None or "cls" not in members:
-            continue
-        if keep is None or i in keep:
-            with Image.open(io.BytesIO(image)) as im:
-                rgb = im.convert("RGB")
-            yield rgb, int(members["cls"])
-        i += 1
 
 
 def _pick(total: int, limit: int | None) -> set[int] | None:
@@ -98,14 +43,14 @@ def reference_images(spec: str, labels: LabelSet, limit: int | None = None) -> t
     matched to `labels` by name, -1 for a class `labels` lacks), or a dataset spec (`augment.data.datasets`)
     with an optional ':test' (default) or ':train' split suffix."""
     if Path(spec).is_dir():
-        total = shard_count(spec)
+        total = sample_count(spec)
         if total == 0:
             raise UserError(f"reference {spec}: no .tar shards with samples")
         keep = _pick(total, limit)
         own = {normalise_name(n): i for i, n in enumerate(labels.names())}
-        to_labels = [own.get(normalise_name(n), -1) for n in shard_label_set(spec).names()]
+        to_labels = [own.get(normalise_name(n), -1) for n in label_set(spec).names()]
         return (len(keep) if keep else total), (
-            (image, to_labels[c] if 0 <= c < len(to_labels) else -1) for image, c in iter_shards(spec, keep)
+            (image, to_labels[c] if 0 <= c < len(to_labels) else -1) for image, c in iter_images(spec, keep)
         )
     from augment.data.datasets import load_dataset
 
@@ -187,8 +132,9 @@ class InceptionFeatures(nn.Module):
 
         if not _TORCH_FIDELITY_AVAILABLE:
             raise UserError(
-                "--features inception needs torch-fidelity, which is not installed; "
-                "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)"
+                "features inception needs torch-fidelity, which is not installed; "
+                "use a classifier spec as features (the classifier's, say)",
+                "features",
             )
         from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -196,8 +142,9 @@ class InceptionFeatures(nn.Module):
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         except Exception as e:  # weights download: URLError, OSError, HTTPError ... when offline
             raise UserError(
-                f"--features inception: InceptionV3 weights unavailable ({type(e).__name__}); "
-                "use --features CLASSIFIER_SPEC (e.g. the --classifier spec)"
+                f"features inception: InceptionV3 weights unavailable ({type(e).__name__}); "
+                "use a classifier spec as features (the classifier's, say)",
+                "features",
             ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -272,7 +219,7 @@ def score_shards(
     both = GuideWithFeatures(classifier) if features is classifier else None
     other = feature_function(features) if features is not None and both is None else None
     done = 0
-    for chunk in chunks(iter_shards(directory), batch_size):
+    for chunk in chunks(iter_images(directory), batch_size):
         images, positions = zip(*chunk)
         if not all(0 <= c < len(labels) for c in positions):
             raise UserError(f"{directory}: a sample's cls is outside the label set's 0..{len(labels) - 1}")
