@@ -12,7 +12,7 @@
 mode). Mistakes in the input raise `augment.UserError` (one line) before any model is loaded.
 """
 
-__version__ = "0.2.0"
+from augment.version import __version__  # noqa: F401
 
 _EXPORTS = {
     "learn_tokens": "augment.jobs.learn",
@@ -22,7 +22,7 @@ _EXPORTS = {
     "build": "augment.jobs.build",
     "BuildResult": "augment.jobs.build",
     "score_set": "augment.jobs.score",
-    "Workers": "augment.runs",
+    "Workers": "augment.run.workers",
     "load_config": "augment.config",
     "RunConfig": "augment.config",
     "LearnConfig": "augment.config",

@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from augment import __version__
+    from augment.version import __version__
 
     parser = _Parser(
         prog="augment", description="Turn a label set into a synthetic training set with discriminative class tokens."

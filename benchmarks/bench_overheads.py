@@ -38,13 +38,13 @@ def jpeg(size: int, seed: int) -> bytes:
 def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, float]:
     import torch
 
-    from augment.claims import ClaimBoard, ClaimQueue
     from augment.data import shards
     from augment.data.card import write_card
     from augment.data.tokens_io import is_learned, save_token
     from augment.data.verify import verify_run
     from augment.labels import read_label_set
-    from augment.runs import update_manifest
+    from augment.run.claims import ClaimBoard, ClaimQueue
+    from augment.run.manifest import update_manifest
 
     times: dict[str, float] = {}
 
@@ -129,7 +129,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     from augment.jobs.generate import MANIFEST_EVERY as every
-    from augment.runs import versions
+    from augment.run.manifest import versions
 
     versions()  # imports diffusers and transformers once, outside the timings (the manifest records versions)
 

@@ -207,8 +207,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def cmd_fewshot(args: argparse.Namespace, argv: list[str]) -> None:
-    from augment.atomic import write_json
     from augment.devices import describe_device, resolve_device
+    from augment.run.atomic import write_json
     from downstream.fewshot import GridConfig, check_grid, run_grid
 
     grid = GridConfig(

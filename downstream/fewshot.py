@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from augment.atomic import write_json, write_text
 from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
+from augment.run.atomic import write_json, write_text
 from downstream.learned import LearnedSpec, check_shots, learned_set
 from downstream.synthetic import SyntheticSet
 from downstream.train import TrainConfig, evaluate, num_steps, prepare, train_classifier

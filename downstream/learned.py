@@ -44,7 +44,7 @@ class LearnedSpec:
 
     def describe(self) -> dict[str, Any]:
         """What determines its cells (with the training config, the dataset and the seed)."""
-        from augment.runs import manifest_config
+        from augment.run.manifest import manifest_config
 
         cfg = manifest_config(self.config())
         return {"learn": self.preset, "config_file": self.config_file,
@@ -80,7 +80,9 @@ def learned_set(
     progress: bool = False,
 ):
     """(SyntheticSet, info) of one (shots, trial): made, or found where a previous run left it."""
-    import augment
+    from augment.jobs.generate import generate_set
+    from augment.jobs.learn import learn_tokens
+    from augment.jobs.score import score_set
     from downstream.synthetic import load_synthetic
     from downstream.train import evaluate, prepare, save, train_classifier
 
@@ -102,17 +104,17 @@ def learned_set(
     cfg = spec.config()
     cfg.guide = f"ckpt:{guide_dir}"
     cfg.label_match = "by-name"  # the guide was trained on this label set: its outputs are the classes, in order
-    augment.learn_tokens(labels, run, cfg, progress=progress)
-    augment.generate_set(labels, run, cfg, tokens=run, progress=progress)
+    learn_tokens(labels, run, cfg, progress=progress)
+    generate_set(labels, run, cfg, tokens=run, progress=progress)
     if cfg.eval_classifier and "synthetic_heldout_top1" not in info:
-        report = augment.score_set(run, cfg, progress=progress)
+        report = score_set(run, cfg, progress=progress)
         info["synthetic_heldout_top1"] = round(report["macro"]["top1"], 3)
         _write(info_path, info)
     return load_synthetic(spec.name, run, labels), info
 
 
 def _write(path: Path, info: dict) -> None:
-    from augment.atomic import write_json
+    from augment.run.atomic import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, info, indent=2)

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from augment.claims import ClaimBoard, ClaimQueue
+from augment.run.claims import ClaimBoard, ClaimQueue
 from tests.helpers import ENV, REPO, build_cmd, tar_samples, token_bytes
 
 

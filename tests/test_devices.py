@@ -12,7 +12,7 @@ import torch
 
 from augment.devices import local_rank, resolve_device
 from augment.errors import UserError
-from augment.runs import worker_slot
+from augment.run.workers import worker_slot
 from tests.helpers import ENV, REPO
 
 LAUNCH_VARS = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE", "SLURM_LOCALID", "SLURM_PROCID", "SLURM_NTASKS",
@@ -96,7 +96,7 @@ import json, torch
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 2
 from augment.devices import resolve_device
-from augment.runs import worker_slot
+from augment.run.workers import worker_slot
 print(json.dumps({"device": str(resolve_device("auto")), "slot": worker_slot(None, None)}))
 """
 

@@ -286,7 +286,7 @@ def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a
 ):
     import errno
 
-    import augment.atomic
+    import augment.run.atomic
 
     args = [
         "generate",
@@ -331,7 +331,7 @@ def test_a_full_disk_mid_shard_exits_with_one_line_leaves_no_partial_shard_and_a
                 return FillsUp(f)
         return f
 
-    monkeypatch.setattr(augment.atomic, "open", open_, raising=False)
+    monkeypatch.setattr(augment.run.atomic, "open", open_, raising=False)
     out = tmp_path / "run"
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 1

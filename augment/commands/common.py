@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.config import RunConfig, load_config
-from augment.runs import Workers
+from augment.run.workers import Workers
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,9 +16,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from augment.atomic import write_json
 from augment.commands.common import add_label_match_argument, show_progress
 from augment.errors import UserError
+from augment.run.atomic import write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from augment.runs import versions
+    from augment.run.manifest import versions
 
     report = evaluate(args)
     report["versions"] = versions()

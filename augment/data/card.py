@@ -113,6 +113,6 @@ def write_card(
             row += f" {'' if prob is None else f'{prob:.3f}'} |"
         lines.append(f"{row} {grid} |")
     path = out / "README.md"
-    from augment.atomic import write_text
+    from augment.run.atomic import write_text
 
     return write_text(path, "\n".join(lines) + "\n")

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from augment.atomic import write_bytes, write_json, write_text
 from augment.errors import UserError
 from augment.labels import LabelClass, LabelSet, read_label_set
+from augment.run.atomic import write_bytes, write_json, write_text
 
 SEEDS_RULE = (
     "torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"

@@ -18,7 +18,7 @@ from augment.errors import UserError
 from augment.jobs.generate import GenerateResult, generate_set
 from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
 from augment.labels import LabelSet
-from augment.runs import Workers
+from augment.run.workers import Workers
 
 
 @dataclass

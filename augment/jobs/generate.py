@@ -2,7 +2,7 @@
 
 Writes OUT/shards/<set>-{number:06d}.{tar,json} (mixed shards: augment.data.shards), OUT/manifest.json and, once every unit exists,
 OUT/_info.json and the dataset card. Finished units are skipped, so an interrupted run continues where it
-stopped; workers take every N-th unit, or claim units as they go (augment.claims).
+stopped; workers take every N-th unit, or claim units as they go (augment.run.claims).
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ from typing import Any
 from augment.config import RunConfig, hashed_settings
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
-from augment.runs import (
-    Workers,
-    check_out_dir,
-    claim_board,
-    lock_worker_slot,
-    manifest_config,
-    update_manifest,
-    waiting_note,
-)
+from augment.run.manifest import manifest_config, update_manifest
+from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
 MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
@@ -225,8 +218,8 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
 
 def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
     """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
-    from augment.claims import ClaimQueue
     from augment.data import shards
+    from augment.run.claims import ClaimQueue
 
     queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
                        done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))  # fmt: skip

@@ -15,15 +15,8 @@ from pathlib import Path
 
 from augment.config import RunConfig
 from augment.labels import LabelSet
-from augment.runs import (
-    Workers,
-    check_out_dir,
-    claim_board,
-    lock_worker_slot,
-    manifest_config,
-    update_manifest,
-    waiting_note,
-)
+from augment.run.manifest import manifest_config, update_manifest
+from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
 
 @dataclass
@@ -118,7 +111,7 @@ def learn_tokens(
 
         feed = None
         if board is not None:
-            from augment.claims import ClaimQueue
+            from augment.run.claims import ClaimQueue
 
             feed = ClaimQueue(board, mine, key=lambda c: c.slug, done=lambda c: is_learned(out, c),
                               on_wait=waiting_note())  # fmt: skip

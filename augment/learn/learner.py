@@ -228,7 +228,7 @@ class TokenLearner:
 
         With an `augment.learn.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
         usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted.
-        With a `feed` (claim mode: an `augment.claims.ClaimQueue` over `classes`) the classes learned are the
+        With a `feed` (claim mode: an `augment.run.claims.ClaimQueue` over `classes`) the classes learned are the
         ones the feed hands out, taken whenever a place in the batch is free; each is released once saved."""
         classes = list(self.labels.classes if classes is None else classes)
         pending = [c for c in classes if not is_learned(self.out_dir, c)]

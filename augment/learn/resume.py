@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from augment.atomic import write_json
 from augment.config import hashed_settings
 from augment.errors import UserError
+from augment.run.atomic import write_json
 
 FORMAT = "augment-learner-checkpoint/1"
 

@@ -1,29 +1,27 @@
-"""A run directory (OUT) and the workers sharing it: worker slots, output checks, the worker lock, claim mode,
-the manifest and the versions it records. Used by every job (augment.jobs); no argparse here."""
+"""The workers sharing a run directory (OUT): worker slots, output checks, the worker lock, claim mode. Used by
+every job (augment.jobs); no argparse here."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment.atomic import write_json
 from augment.errors import UserError
+from augment.run.claims import DEFAULT_LEASE
 
 
 @dataclass(frozen=True)
 class Workers:
     """How this process shares OUT with others. `index`/`count` None: from torchrun's RANK/WORLD_SIZE or a
-    Slurm array, else 0 of 1. `claim`: take units as they come (augment.claims) instead of every count-th."""
+    Slurm array, else 0 of 1. `claim`: take units as they come (augment.run.claims) instead of every count-th."""
 
     index: int | None = None
     count: int | None = None
     claim: bool = False
-    lease: float = 300.0
+    lease: float = DEFAULT_LEASE
 
     def slot(self) -> tuple[int, int]:
         return worker_slot(self.index, self.count)
@@ -96,47 +94,12 @@ def lock_worker_slot(out: Path, index: int, count: int) -> None:
     _HELD[str(path)] = f
 
 
-def versions() -> dict[str, str]:
-    import diffusers
-    import torch
-    import transformers
-
-    from augment import __version__
-
-    return {
-        "augment": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def update_manifest(out: Path, section: str, content: dict[str, Any], worker: dict[str, Any] | None = None) -> Path:
-    """Merge one section into OUT/manifest.json (written atomically, under a lock: workers share it). With
-    `worker` (index, count and what this worker ran on), it is recorded under workers.<section>.<i>of<n>."""
-    import fcntl
-
-    path = out / "manifest.json"
-    lock = out / ".locks" / "manifest.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if worker is not None:
-            slot = f"{worker['index']}of{worker['count']}"
-            data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
-        data["versions"] = versions()
-        return write_json(path, data)
-
-
 def claim_board(out: Path, stage: str, workers: Workers):
     """The ClaimBoard of this worker for `stage` (learn, generate) in claim mode, else None."""
     if not workers.claim:
         return None
     workers.check()
-    from augment.claims import ClaimBoard
+    from augment.run.claims import ClaimBoard
 
     return ClaimBoard(out, stage, workers.slot()[0], workers.lease)
 
@@ -157,14 +120,3 @@ def waiting_note():
             shown.append(n)
 
     return note
-
-
-def manifest_config(config) -> dict[str, Any]:
-    """A RunConfig as manifests record it: local models named by directory and content, not absolute path."""
-    from augment.fingerprint import source_name
-
-    data = config.to_dict()
-    for key in ("generator", "guide", "eval_classifier"):
-        if data.get(key):
-            data[key] = source_name(data[key])
-    return data

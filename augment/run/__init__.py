@@ -1,0 +1,1 @@
+"""Run bookkeeping: the workers sharing OUT (slots, locks, claims), atomic writes and the manifest."""

@@ -1,0 +1,58 @@
+"""OUT/manifest.json: how a run was made (config, versions, each worker's device), merged section by section
+by the workers that share OUT."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from augment.run.atomic import write_json
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    from augment.version import __version__
+
+    return {
+        "augment": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def update_manifest(out: Path, section: str, content: dict[str, Any], worker: dict[str, Any] | None = None) -> Path:
+    """Merge one section into OUT/manifest.json (written atomically, under a lock: workers share it). With
+    `worker` (index, count and what this worker ran on), it is recorded under workers.<section>.<i>of<n>."""
+    import fcntl
+
+    path = out / "manifest.json"
+    lock = out / ".locks" / "manifest.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if worker is not None:
+            slot = f"{worker['index']}of{worker['count']}"
+            data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
+        data["versions"] = versions()
+        return write_json(path, data)
+
+
+def manifest_config(config) -> dict[str, Any]:
+    """A RunConfig as manifests record it: local models named by directory and content, not absolute path."""
+    from augment.fingerprint import source_name
+
+    data = config.to_dict()
+    for key in ("generator", "guide", "eval_classifier"):
+        if data.get(key):
+            data[key] = source_name(data[key])
+    return data
