@@ -59,6 +59,24 @@ def check_templates(templates: list[str], need_token: bool = False) -> None:
             raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
 
 
+def flag(name: str, help: str, type=None, **argparse_kwargs) -> dict[str, Any]:
+    """A field's command-line flag, as field metadata: augment.commands.options derives every parser from these.
+    `shared=True`: `build` sets the learn and generate fields of that name with one flag; `build_flag`: the
+    name `build` gives it (two sections' fields of the same name that stay apart)."""
+    return {"flag": name, "help": help, "type": type, **argparse_kwargs}
+
+
+def classes_per_step(value: str) -> int | str:
+    """--classes-per-step: a whole number or auto."""
+    return value if value == "auto" else int(value)
+
+
+CUTOFF_HELP = (
+    "fraction of the denoising steps, the first ones, with classifier-free guidance; the rest make one UNet "
+    "evaluation instead of two (default: preset, SD presets 0.5; 1 = all, the paper's)"
+)
+
+
 def check_scheduler(name: str, key: str) -> None:
     if name not in SAMPLERS:
         raise UserError(f"{key} must be one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -68,9 +86,13 @@ def check_scheduler(name: str, key: str) -> None:
 class DateOptions:
     """`generate.refine_options` when `generate.refine: date`. Defaults are DATE's (generate_date_*.py)."""
 
-    step_size: float = 0.1  # η of the normalised step on c (DATE --lr_upt_prompt)
+    step_size: float = field(
+        default=0.1, metadata=flag("--refine-step-size", "DATE: normalised step on the embeddings (default 0.1)", float)
+    )  # η of the normalised step on c (DATE --lr_upt_prompt)
     updates: int = 1  # gradient updates of c per refined step (--num_upt_prompt)
-    every: int = 1  # refine sampling steps i with i % every == 0 (--skip_freq) ...
+    every: int = field(
+        default=1, metadata=flag("--refine-every", "DATE: refine every k-th sampling step (default 1)", int)
+    )  # refine sampling steps i with i % every == 0 (--skip_freq) ...
     start: float = 0.0  # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
     stop: float = 1.0
     prior_weight: float = 0.0  # pull towards the prompt's own embedding, inside the loss (--weight_prior)
@@ -124,14 +146,32 @@ class LearnConfig:
     """Token learning. Defaults are the paper's settings (Schwartz et al. 2023, §4); docs/full-scale.md "Presets" says
     where the code behind the paper (idansc/discriminative_class_tokens) differs and which preset has it."""
 
-    init_word: str = "a"  # word whose embedding initialises every S_c ...
+    init_word: str = field(
+        default="a", metadata=flag("--init-word", "word that initialises every token (default: preset, else 'a')")
+    )  # word whose embedding initialises every S_c ...
     init_words: dict[str, str] = field(default_factory=dict)  # ... unless the class name is listed here
-    batch_size: int = 5  # images per class per step
-    max_classes_per_step: int | str = "auto"  # classes learned together in one UNet batch; "auto": as many as
+    batch_size: int = field(
+        default=5,
+        metadata=flag(
+            "--batch-size", "images per class per learning step (paper: 5)", int, build_flag="--learn-batch-size"
+        ),
+    )  # images per class per step
+    max_classes_per_step: int | str = field(
+        default="auto",
+        metadata=flag(
+            "--classes-per-step",
+            "classes learned together in one UNet batch, or auto (as many as fit in memory)",
+            classes_per_step,
+        ),
+    )  # classes learned together in one UNet batch; "auto": as many as
     # fit the device's free memory (augment.learn.memory)
-    lr: float | None = None  # None → 0.00025 · batch_size (paper)
+    lr: float | None = field(
+        default=None, metadata=flag("--lr", "learning rate (default 0.00025 × learning batch size)", float)
+    )  # None → 0.00025 · batch_size (paper)
     weight_decay: float = 0.0  # AdamW's, on the token only (original code: 0.01)
-    max_steps: int = 200
+    max_steps: int = field(
+        default=200, metadata=flag("--max-steps", "learning steps per class at most (paper: 200)", int)
+    )
     patience: int = 20  # stop after this many steps without loss improvement ...
     patience_min_accuracy: float = 0.5  # ... if at least this share of the batch is right
     stop_window: int = 1  # "right" is judged over the last N steps' samples ...
@@ -151,13 +191,19 @@ class LearnConfig:
     # twice the best moves the noise seed on by one
     shuffle_prompts: bool = False  # each step pairs the images with the prompts in a new random order (the
     # original's shuffled prompt DataLoader); else image j always takes prompt j
-    guidance_scale: float = 7.0
-    guidance_cutoff: float = 1.0  # as generate.guidance_cutoff: the first fraction of the UNet calls use CFG
-    num_inference_steps: int = 50
+    guidance_scale: float = field(
+        default=7.0, metadata=flag("--guidance-scale", "classifier-free guidance (paper: 7)", float, shared=True)
+    )
+    guidance_cutoff: float = field(
+        default=1.0, metadata=flag("--guidance-cutoff", CUTOFF_HELP, float, shared=True)
+    )  # as generate.guidance_cutoff
+    num_inference_steps: int = field(
+        default=50, metadata=flag("--steps", "denoising steps (paper: 50)", int, shared=True)
+    )
     height: int | None = None  # None → the generator's native size
     width: int | None = None
     prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
-    seed: int = 0
+    seed: int = field(default=0, metadata=flag("--seed", "seed", int, shared=True))
     scheduler: str = "pipeline"  # sampler while learning (augment.models.sampling): "pipeline" = the
     # generator's own, which generation uses too (SD 1.x: PNDM)
     grad_steps: int = 1  # UNet calls with gradient, counted from the last (paper: 1; the
@@ -212,23 +258,58 @@ class LearnConfig:
 class GenerateConfig:
     """Mass generation into shards."""
 
-    images_per_class: int = 100
-    shard_size: int = 100
-    batch_size: int = 16
-    guidance_scale: float = 7.0
-    guidance_cutoff: float = 1.0  # fraction of the UNet calls (the first ones) with classifier-free guidance;
-    # the rest run the UNet on the conditional prompt alone: one evaluation per call instead of two
-    num_inference_steps: int = 50
+    images_per_class: int = field(
+        default=100, metadata=flag("--images-per-class", "images per class (default: preset, else 100)", int)
+    )
+    shard_size: int = field(
+        default=100, metadata=flag("--shard-size", "images per shard (one shard = one unit of work)", int)
+    )
+    batch_size: int = field(
+        default=16, metadata=flag("--batch-size", "images per pipeline call (does not change the images)", int)
+    )
+    guidance_scale: float = field(
+        default=7.0, metadata=flag("--guidance-scale", "classifier-free guidance", float, shared=True)
+    )
+    guidance_cutoff: float = field(default=1.0, metadata=flag("--guidance-cutoff", CUTOFF_HELP, float, shared=True))
+    # (the rest run the UNet on the conditional prompt alone: one evaluation per call instead of two)
+    num_inference_steps: int = field(
+        default=50, metadata=flag("--steps", "denoising steps per image", int, shared=True)
+    )
     height: int | None = None
     width: int | None = None
     prompts: list[str] = field(default_factory=lambda: list(PAPER_PROMPTS))
-    image_format: str = "jpg"
+    image_format: str = field(
+        default="jpg", metadata=flag("--format", "image format in the shards", choices=("jpg", "png"))
+    )
     jpeg_quality: int = 95
-    seed: int = 0
-    scheduler: str = "pipeline"  # sampler (augment.models.sampling); "pipeline" = the generator's own
-    channels_last: bool | None = None  # UNet and VAE in channels-last memory format; None: on CUDA only
-    compile: bool = False  # torch.compile the UNet (opt-in: the first batches pay for compiling)
-    refine: str | None = None  # None | "date"
+    seed: int = field(default=0, metadata=flag("--seed", "global seed", int, shared=True))
+    scheduler: str = field(
+        default="pipeline",
+        metadata=flag(
+            "--scheduler",
+            "sampler: " + ", ".join(SAMPLERS) + " (pipeline: the generator's own; default: preset, else pipeline)",
+        ),
+    )  # augment.models.sampling
+    channels_last: bool | None = field(
+        default=None,
+        metadata=flag(
+            "--channels-last", "UNet and VAE in channels-last memory format (default: on CUDA only)", action="boolean"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=flag(
+            "--compile", "torch.compile the UNet: faster batches after a compilation warm-up", action="store_true"
+        ),
+    )
+    refine: str | None = field(
+        default=None,
+        metadata=flag(
+            "--refine",
+            "refine the prompt embeddings while sampling: date = DATE, reward = the guide's log-probability of the class (default: preset, else none)",
+            choices=("none", *REFINE_METHODS),
+        ),
+    )
     refine_options: DateOptions = field(default_factory=lambda: DateOptions())  # a mapping in YAML: parsed
 
     def validate(self) -> None:
@@ -250,6 +331,8 @@ class GenerateConfig:
             self.refine_options = DateOptions.parse(self.refine_options)
 
     def __post_init__(self) -> None:
+        if self.refine == "none":  # --refine none: off, whatever the preset says
+            self.refine = None
         if not isinstance(self.refine_options, DateOptions):  # YAML, overrides and callers give a mapping
             self.refine_options = DateOptions.parse(self.refine_options)
 
@@ -261,13 +344,31 @@ class GenerateConfig:
 
 @dataclass
 class RunConfig:
-    generator: str = "CompVis/stable-diffusion-v1-4"
-    guide: str = "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    generator: str = field(
+        default="CompVis/stable-diffusion-v1-4",
+        metadata=flag("--generator", "diffusers Stable Diffusion pipeline: hub id or local directory"),
+    )
+    guide: str = field(
+        default="timm:vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        metadata=flag(
+            "--guide", "guide classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR, clip:ID_OR_DIR"
+        ),
+    )
     eval_classifier: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    label_match: str = "check"  # how classes find their guide index (augment.labels.match_to_guide): check the
-    # file's indices against the guide's label names; by-index trusts them; by-name looks each class up by name
+    device: str = field(
+        default="auto",
+        metadata=flag("--device", "auto, cpu, cuda, cuda:1 ... (auto and cuda: this process's GPU by its local rank)"),
+    )
+    dtype: str = field(default="auto", metadata=flag("--dtype", "auto, fp32, fp16, bf16"))
+    label_match: str = field(
+        default="check",
+        metadata=flag(
+            "--label-match",
+            "how classes find the guide's class index: check (default) refuses a file whose index<TAB>name lines do not match the guide's label names; by-index trusts the indices; by-name looks each name up",
+            choices=("check", "by-index", "by-name"),
+        ),
+    )
+    # (augment.labels.match_to_guide)
     learn: LearnConfig = field(default_factory=LearnConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -323,16 +424,22 @@ def load_config(
     if config_file is not None:
         sources.append((str(config_file), _read_yaml(Path(config_file))))
     nested: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
+    for key, value in (overrides or {}).items():  # "generate.refine_options.step_size" → nested mappings
         if value is None:
             continue
-        section, _, name = key.rpartition(".")
-        (nested.setdefault(section, {}) if section else nested)[name] = value
+        *path, name = key.split(".")
+        target = nested
+        for part in path:
+            target = target.setdefault(part, {})
+        target[name] = value
     sources.append(("command line", nested))
     for _, data in sources:
         for key, value in data.items():
             if key in ("learn", "generate") and isinstance(value, dict):
-                merged.setdefault(key, {}).update(value)
+                section = merged.setdefault(key, {})
+                for name, v in value.items():  # DATE's options merge key by key; any other value replaces
+                    both = name == "refine_options" and isinstance(v, dict) and isinstance(section.get(name), dict)
+                    section[name] = {**section[name], **v} if both else v
             else:
                 merged[key] = value
     merged = _expand(merged)

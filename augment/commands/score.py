@@ -16,7 +16,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from augment.commands.common import add_label_match_argument, show_progress
+from augment.commands.common import add_progress_argument, show_progress
+from augment.commands.options import add_fields
+from augment.config import RunConfig
 from augment.errors import UserError
 from augment.run.atomic import write_json
 
@@ -29,18 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="reference images for FID/KID: a shards directory or a dataset spec")
     p.add_argument("--reference-limit", type=int, help="use at most N reference images (a seeded random subset)")
     p.add_argument("--features", help="FID/KID feature extractor: 'inception' or a classifier spec")
-    add_label_match_argument(p)
+    add_fields(p, RunConfig, recurse=False, only=("label_match", "device"))
     p.add_argument("--out", type=Path, help="write the results to this JSON file")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (the default when stderr is not a terminal)"
-    )
+    add_progress_argument(p)
 
 
 def command_line(args: argparse.Namespace) -> str:
     """The command as it could be typed again (rebuilt from the parsed options)."""
-    words = ["augment", "eval"]
+    words = ["augment", "score"]
     for key, value in vars(args).items():
         if key.startswith("_") or key == "command" or value is None or value is False:
             continue
@@ -49,7 +48,7 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def score(args: argparse.Namespace) -> dict[str, Any]:
     """The report of augment.score_set for the parsed options, with the command that made it."""
     from augment.config import load_config
     from augment.jobs.score import score_set
@@ -71,7 +70,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from augment.run.manifest import versions
 
-    report = evaluate(args)
+    report = score(args)
     report["versions"] = versions()
     print(report.summary())
     if args.out is not None:

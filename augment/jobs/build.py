@@ -20,19 +20,24 @@ from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
 from augment.labels import LabelSet
 from augment.run.workers import Workers
 
+WAIT_TOKENS = 6 * 3600.0  # seconds a worker waits for the others' tokens before generating
+
 
 @dataclass
 class BuildResult:
     learn: LearnResult
     generate: GenerateResult
     pending_classes: int = 0  # dry run: classes still without a token (generation is not planned then)
+    total_classes: int = 0
 
     def summary(self, out: str | Path = "OUT") -> str:
-        """Two lines: what learning did, what generation did (or, for a dry run, what is left)."""
-        if self.generate.dry_run and self.pending_classes:
-            return f"learn: {self.pending_classes} class(es) without a token; generation is planned once they exist"
-        learn = "learn: nothing to do (dry run)" if self.generate.dry_run else self.learn.summary()
-        return f"{learn}\n{self.generate.summary(out)}"
+        """What learning did, then what generation did (a dry run: what is left of each)."""
+        if self.generate.dry_run:
+            learn = f"learn: {self.total_classes} classes, {self.pending_classes} pending"
+            if self.pending_classes:
+                return f"{learn}; generation is planned once every class has its token"
+            return f"{learn}\n{self.generate.summary(out)}"
+        return f"{self.learn.summary()}\n{self.generate.summary(out)}"
 
 
 def build(
@@ -41,7 +46,7 @@ def build(
     config: RunConfig,
     *,
     workers: Workers | None = None,
-    wait_tokens: float = 6 * 3600.0,
+    wait_tokens: float = WAIT_TOKENS,
     overwrite: bool = False,
     score: bool = False,
     dry_run: bool = False,
@@ -57,14 +62,14 @@ def build(
 
         pending = sum(not is_learned(out, c) for c in labels.classes)
         if pending:
-            return BuildResult(LearnResult(pending=pending), GenerateResult(dry_run=True), pending)
+            return BuildResult(LearnResult(pending=pending), GenerateResult(dry_run=True), pending, len(labels))
         learned = LearnResult()
     else:
         learned = learn_tokens(labels, out, config, workers=workers, overwrite=overwrite, progress=progress)
         wait_for_tokens(out, labels, wait_tokens)
     made = generate_set(labels, out, config, tokens=out, workers=workers, overwrite=overwrite, score=score,
                         dry_run=dry_run, progress=progress, made_by="augment build")  # fmt: skip
-    return BuildResult(learned, made)
+    return BuildResult(learned, made, total_classes=len(labels))
 
 
 def wait_for_tokens(out: Path, labels: LabelSet, timeout: float, poll: float = 5.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,15 @@ class Workers:
     """How this process shares OUT with others. `index`/`count` None: from torchrun's RANK/WORLD_SIZE or a
     Slurm array, else 0 of 1. `claim`: take units as they come (augment.run.claims) instead of every count-th."""
 
-    index: int | None = None
-    count: int | None = None
-    claim: bool = False
-    lease: float = DEFAULT_LEASE
+    index: int | None = field(default=None, metadata={"flag": "--worker-index", "type": int, "help": "this worker's index (default: $RANK, $SLURM_PROCID or $SLURM_ARRAY_TASK_ID)"})  # fmt: skip
+    count: int | None = field(default=None, metadata={"flag": "--num-workers", "type": int, "help": "number of workers (default: $WORLD_SIZE, $SLURM_NTASKS or $SLURM_ARRAY_TASK_COUNT)"})  # fmt: skip
+    claim: bool = field(default=False, metadata={"flag": "--claim", "action": "store_true", "help": "claim mode: workers take classes and shards from OUT one at a time (no static split; a dead worker's unit is taken over once its lease expires)"})  # fmt: skip
+    lease: float = field(default=DEFAULT_LEASE, metadata={"flag": "--lease", "type": float, "help": f"claim mode: seconds without a heartbeat after which a claim is taken over (default {DEFAULT_LEASE:.0f})"})  # fmt: skip
+
+    @classmethod
+    def from_flags(cls, values: dict) -> Workers:
+        """From parsed flags (unset ones None): the dataclass's defaults where a flag is unset."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None})
 
     def slot(self) -> tuple[int, int]:
         return worker_slot(self.index, self.count)
