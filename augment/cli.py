@@ -97,6 +97,9 @@ def as_flags(error: UserError, parser: argparse.ArgumentParser | None, argv: lis
     for action in _subparser_actions(parser, argv):
         if action.option_strings:
             flags.setdefault(action.dest, action.option_strings[0])
+    for action in _subparser_actions(parser, argv):  # "learn.max_steps" is also known as "max_steps"
+        if action.option_strings:
+            flags.setdefault(action.dest.rsplit(".", 1)[-1], action.option_strings[0])
     flag = flags.get(error.argument)
     return message.replace(error.argument, flag, 1) if flag else message
 

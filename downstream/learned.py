@@ -83,8 +83,8 @@ def learned_set(
     from augment.jobs.generate import generate_set
     from augment.jobs.learn import learn_tokens
     from augment.jobs.score import score_set
+    from downstream.classifier import evaluate, prepare, save, train_classifier
     from downstream.synthetic import load_synthetic
-    from downstream.train import evaluate, prepare, save, train_classifier
 
     root = cache_dir(out, spec, shots, trial)
     guide_dir, run = root / "guide", root / "run"
@@ -122,4 +122,6 @@ def _write(path: Path, info: dict) -> None:
 
 def check_shots(specs: list[LearnedSpec], shots: list[int]) -> None:
     if specs and not any(k >= 1 for k in shots):
-        raise UserError(f"--synthetic {specs[0].name}=learn:{specs[0].preset} needs a shot count ≥ 1 to train a guide")
+        raise UserError(
+            f"synthetic {specs[0].name}=learn:{specs[0].preset} needs a shot count ≥ 1 to train a guide", "synthetic"
+        )

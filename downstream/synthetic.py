@@ -35,25 +35,21 @@ class SyntheticSet:
     manifest_sha256: str | None
 
 
-def parse_synthetic_arg(text: str):
-    """('tokens', Path('runs/toy')) from 'tokens=runs/toy' (syntax checked, DIR must hold shards), or a
-    downstream.learned.LearnedSpec from 'kshot=learn:PRESET' (a set learned inside the grid)."""
-    from downstream.learned import parse_learned
-
-    name, sep, directory = text.partition("=")
-    if not sep or not directory:
-        raise UserError(f"--synthetic {text!r}: expected NAME=DIR or NAME=learn:PRESET, e.g. tokens=runs/toy")
+def check_name(name: str) -> None:
     if not SET_NAME.fullmatch(name) or name in RESERVED:
-        raise UserError(f"--synthetic {text!r}: NAME must be letters, digits, '_', '.', '-' and not 'real'")
-    learned = parse_learned(name, directory)
-    if learned is not None:
-        return learned
+        raise UserError(
+            f"synthetic {name!r}: a set's name is letters, digits, '_', '.', '-' and not 'real'", "synthetic"
+        )
+
+
+def check_directory(name: str, directory: str | Path) -> Path:
+    """A synthetic set's directory: it exists and holds shards (UserError naming the set otherwise)."""
     path = Path(directory)
     if not path.is_dir():
-        raise UserError(f"--synthetic {text!r}: directory {directory} not found")
+        raise UserError(f"synthetic {name}={directory}: directory {directory} not found", "synthetic")
     if not shard_paths(path):
-        raise UserError(f"--synthetic {text!r}: no shards in {path / 'shards'} (*.tar)")
-    return name, path
+        raise UserError(f"synthetic {name}={directory}: no shards in {path / 'shards'} (*.tar)", "synthetic")
+    return path
 
 
 def shard_paths(directory: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import torch
 from augment.data.datasets import load_dataset, parse_spec, sample_kshot
 from augment.errors import UserError
 from augment.labels import read_label_set
-from downstream.synthetic import load_synthetic, parse_synthetic_arg
+from downstream.synthetic import check_directory, check_name, load_synthetic
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 CUB_NAMES = ["001.Red_bird", "002.Green_bird", "003.Blue_bird"]
@@ -246,8 +246,7 @@ def test_bad_specs(spec, message):
 def test_synthetic_shards_map_by_name(tmp_path):
     syn = make_synthetic(tmp_path / "syn", per_class=2)
     labels = read_label_set(write_labels(tmp_path / "l.txt", ["Blue bird", "Green bird", "Red bird"]))
-    name, path = parse_synthetic_arg(f"tokens={syn}")
-    s = load_synthetic(name, path, labels)
+    s = load_synthetic("tokens", check_directory("tokens", syn), labels)
     assert s.name == "tokens" and len(s.split) == 6 and s.manifest_sha256
     for i in range(6):  # generated cls 0 (red) is position 2 here
         colour = np.asarray(s.split.images(i), dtype=float).mean(axis=(0, 1)).argmax()
@@ -256,12 +255,12 @@ def test_synthetic_shards_map_by_name(tmp_path):
 
 def test_synthetic_errors(tmp_path):
     syn = make_synthetic(tmp_path / "syn")
-    with pytest.raises(UserError, match="expected NAME=DIR"):
-        parse_synthetic_arg(str(syn))
     with pytest.raises(UserError, match="not 'real'"):
-        parse_synthetic_arg(f"real={syn}")
+        check_name("real")
     with pytest.raises(UserError, match="not found"):
-        parse_synthetic_arg(f"x={tmp_path / 'nope'}")
+        check_directory("x", tmp_path / "nope")
+    with pytest.raises(UserError, match="no shards"):
+        check_directory("x", tmp_path)
     labels = read_label_set(write_labels(tmp_path / "l.txt", ["Red bird", "Green bird", "Purple bird"]))
     with pytest.raises(UserError, match="'Blue bird' is not in"):
         load_synthetic("x", syn, labels)
@@ -269,7 +268,7 @@ def test_synthetic_errors(tmp_path):
 
 # ---------------------------------------------------------------- training
 def _tiny_config(**changes):
-    from downstream.train import TrainConfig
+    from downstream.classifier import TrainConfig
 
     base = dict(
         model="resnet18",
@@ -288,7 +287,7 @@ def _tiny_config(**changes):
 
 @pytest.mark.parametrize("image_size", [16, 72])  # in-memory path and DataLoader path
 def test_train_is_deterministic_and_evaluates(tmp_path, image_size):
-    from downstream.train import evaluate, train_classifier
+    from downstream.classifier import evaluate, train_classifier
 
     ds = load_dataset(f"cub:{make_cub(tmp_path)}", read_label_set(write_labels(tmp_path / "l.txt")))
     config = _tiny_config(image_size=image_size, steps=2)
@@ -304,7 +303,7 @@ def test_train_is_deterministic_and_evaluates(tmp_path, image_size):
 
 def test_saved_classifier_loads_with_same_logits(tmp_path):
     from augment.models.checkpoint import load_classifier
-    from downstream.train import save, train_classifier
+    from downstream.classifier import save, train_classifier
 
     ds = load_dataset(f"cub:{make_cub(tmp_path)}", read_label_set(write_labels(tmp_path / "l.txt")))
     config = _tiny_config()

@@ -43,7 +43,7 @@ def _fewshot(inputs, out, *extra):
 
 
 def _count_training(monkeypatch) -> list[int]:
-    import downstream.fewshot as fewshot
+    import downstream.grid as fewshot
 
     calls, real = [], fewshot.train_classifier
 
@@ -96,7 +96,7 @@ def test_train_saves_a_classifier_that_scores_the_same(inputs, tmp_path, capsys)
     from augment.data.datasets import load_dataset
     from augment.labels import read_label_set
     from augment.models.checkpoint import load_classifier
-    from downstream.train import TrainConfig, evaluate
+    from downstream.classifier import TrainConfig, evaluate
 
     ckpt = tmp_path / "ckpt"
     assert (
@@ -184,9 +184,9 @@ def test_fewshot_workers_split_the_cells(inputs, tmp_path, monkeypatch):
 def test_pretrained_weights_offline_is_one_line_error(inputs, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
-    import downstream.train
+    import downstream.classifier
 
-    monkeypatch.setattr(downstream.train, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(downstream.classifier, "_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     argv = [
         "fewshot",

@@ -10,6 +10,7 @@ cell with 0 shots + 1,000 synthetic images costs the same as one with 15 shots.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from augment.config import flag
 from augment.data.images import Split, concat
 from augment.data.mixing import index_batches, mixed_batches
 from augment.devices import bind_device, resolve_device
@@ -28,30 +30,48 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
 
 
+def _kwargs(text: str) -> dict[str, Any]:
+    """--model-kwargs: a JSON object."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
 @dataclass
 class TrainConfig:
-    """How one classifier is trained; `default_config(kind)` gives the defaults of a dataset kind."""
+    """How one classifier is trained; `default_config(kind)` gives the defaults of a dataset kind. Fields with a
+    flag are `downstream`'s training options (augment.commands.options derives them)."""
 
-    model: str = "resnet50"  # a timm model name
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = True  # timm's ImageNet weights (needs the hub or its cache)
-    image_size: int = 224
-    steps: int = 2000  # optimisation steps, whatever the amount of data ...
-    epochs: float | None = None  # ... unless set: steps = ceil(epochs · images / batch)
-    batch_size: int = 32
-    lr: float = 0.01
-    real_fraction: float | None = None  # share of each batch drawn from the real shots when synthetic
-    # images are there too; None: uniform over all training images
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adamw"
+    model: str = field(default="resnet50", metadata=flag("--model", "timm model name (toy: half-width resnet18; real: resnet50)"))  # fmt: skip
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata=flag("--model-kwargs", "extra timm.create_model kwargs (a JSON object)", _kwargs))  # fmt: skip
+    pretrained: bool = field(default=True, metadata=flag("--pretrained", "timm's ImageNet weights (real data default: on; needs the hub or its cache)", action="boolean"))  # fmt: skip
+    image_size: int = field(default=224, metadata=flag("--image-size", "input size in px", int))
+    steps: int = field(default=2000, metadata=flag("--steps", "optimisation steps per classifier (fixed whatever the data size)", int))  # fmt: skip
+    epochs: float | None = field(default=None, metadata=flag("--epochs", "instead of --steps: passes over the training images", float))  # fmt: skip
+    batch_size: int = field(default=32, metadata=flag("--batch-size", "images per batch", int))
+    lr: float = field(default=0.01, metadata=flag("--lr", "learning rate", float))
+    real_fraction: float | None = field(default=None, metadata=flag("--real-fraction", "share of each batch drawn from the real shots when there are synthetic images too (none: uniform over all images)", float))  # fmt: skip
+    weight_decay: float = field(default=1e-4, metadata=flag("--weight-decay", "weight decay", float))
+    optimizer: str = field(default="sgd", metadata=flag("--optimizer", "sgd (momentum 0.9, Nesterov) or adamw", choices=("sgd", "adamw")))  # fmt: skip
     warmup: float = 0.05  # share of steps with linear warm-up, then cosine decay to 0
     label_smoothing: float = 0.1
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875  # evaluation: resize to size/crop_pct, centre-crop to size
     eval_batch_size: int = 256
-    workers: int = 2  # DataLoader workers (real-size path only)
-    device: str = "auto"
+    workers: int = field(default=2, metadata=flag("--loader-workers", "DataLoader workers (real-size images)", int))
+    device: str = field(default="auto", metadata=flag("--device", "auto | cpu | cuda | cuda:N", str))
+
+    def validate(self) -> None:
+        """Values that cannot train, refused before anything loads (UserError naming the argument)."""
+        for name in ("image_size", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}", name)
+        if self.epochs is not None and self.epochs <= 0:
+            raise UserError(f"epochs must be > 0, got {self.epochs}", "epochs")
+        if self.real_fraction is not None and not 0 <= self.real_fraction <= 1:
+            raise UserError(f"real_fraction must be between 0 and 1, got {self.real_fraction}", "real_fraction")
 
 
 TOY_CONFIG = TrainConfig(

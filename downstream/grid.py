@@ -24,9 +24,9 @@ import numpy as np
 from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
 from augment.run.atomic import write_json, write_text
+from downstream.classifier import TrainConfig, evaluate, num_steps, prepare, train_classifier
 from downstream.learned import LearnedSpec, check_shots, learned_set
 from downstream.synthetic import SyntheticSet
-from downstream.train import TrainConfig, evaluate, num_steps, prepare, train_classifier
 
 REAL = "real"
 
@@ -83,14 +83,14 @@ def check_grid(
     if not len(dataset.test):
         raise UserError(f"{dataset.spec}: no test split to score the grid on (imagefolder: DIR/train/ and DIR/val/)")
     if not grid.shots or any(k < 0 for k in grid.shots) or len(set(grid.shots)) != len(grid.shots):
-        raise UserError(f"--shots must be distinct non-negative integers, got {grid.shots}")
+        raise UserError(f"shots must be distinct non-negative integers, got {grid.shots}", "shots")
     if grid.trials < 1:
-        raise UserError(f"--trials must be >= 1, got {grid.trials}")
+        raise UserError(f"trials must be ≥ 1, got {grid.trials}", "trials")
     if not 0 <= grid.worker_index < grid.num_workers:
-        raise UserError(f"--worker-index {grid.worker_index} must be in 0..--num-workers-1 ({grid.num_workers})")
+        raise UserError(f"worker_index {grid.worker_index} is not in 0..{grid.num_workers - 1}", "worker_index")
     names = [s.name for s in synthetic]
     if len(set(names)) != len(names):
-        raise UserError(f"--synthetic names must be distinct, got {names}")
+        raise UserError(f"synthetic names must be distinct, got {names}", "synthetic")
     check_shots([s for s in synthetic if isinstance(s, LearnedSpec)], grid.shots)
     counts = class_counts(dataset.train.labels, len(dataset.classes))
     k = max(grid.shots)
@@ -101,7 +101,7 @@ def check_grid(
             f"image(s) in {dataset.spec}"
         )
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+        raise UserError(f"out {out} exists and is not a directory", "out")
     if not grid.overwrite:
         hashes = {REAL: cell_hash(dataset, None, train, grid.seed)}
         hashes.update({s.name: cell_hash(dataset, s, train, grid.seed) for s in synthetic})
