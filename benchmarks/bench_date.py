@@ -13,14 +13,10 @@ with the guide's own top-1 as a reference (DATE optimises that one, so it is not
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 
 from benchmarks.common import (

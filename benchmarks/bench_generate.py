@@ -17,14 +17,11 @@ batch 1 for the same seed, and augment's batched images match the plain batch-1 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 import torch
 

@@ -14,15 +14,12 @@ images generated with each set of tokens (and with the plain prompt, for referen
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 import torch
 

@@ -16,9 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import torch
 
 from benchmarks.common import environment, markdown_table, print_environment, save_results

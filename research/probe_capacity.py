@@ -16,12 +16,8 @@ guide's top-1 on both.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 
 from benchmarks.common import (

@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -13,12 +13,8 @@ reaches is out of reach of a learned token too; a class the name already reaches
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
 import numpy as np
 
 from benchmarks.common import add_common_arguments, heldout_probe_setup, markdown_table, save_results, top1
