@@ -1,7 +1,6 @@
 """`downstream` as library calls: `fewshot` (the paper's Table 2 grid) and `train` (one classifier, optionally
 saved as an augment `ckpt:` guide). The CLI (downstream.cli) only parses flags for them.
 
-    import downstream
 
     result = downstream.fewshot("fashion-mnist", "manifests/fashion-mnist.txt", "runs/fewshot",
                                 synthetic={"tokens": "runs/toy", "kshot": "learn:toy"}, shots=[0, 3, 9, 15])
@@ -22,9 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from augment.data.datasets import load_dataset, parse_spec, sample_kshot, trial_seed
+from augment.devices import describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
-from downstream.classifier import TrainConfig, default_config
+from augment.run.atomic import write_json
+from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
+from downstream.grid import GridConfig, check_grid, run_grid
 from downstream.learned import LearnedSpec, parse_learned
 from downstream.synthetic import check_directory, check_name, load_synthetic
 
@@ -84,7 +87,6 @@ def load_sets(synthetic: dict[str, str | Path] | None, labels: LabelSet, *, lear
 
 
 def _inputs(dataset: str, labels, synthetic, *, learned: bool):
-    from augment.data.datasets import load_dataset, parse_spec
 
     parse_spec(dataset)  # cheap checks first
     labels = labels if isinstance(labels, LabelSet) else read_label_set(labels)
@@ -98,8 +100,6 @@ def _inputs(dataset: str, labels, synthetic, *, learned: bool):
 
 def _check_pretrained(config: TrainConfig, num_classes: int) -> None:
     if config.pretrained:
-        from downstream.classifier import create_model
-
         create_model(config, num_classes)  # fetches (or finds cached) weights, or fails here
 
 
@@ -139,9 +139,6 @@ def fewshot(
 ) -> FewshotResult:
     """The grid {real, + each synthetic set} × shots × trials into OUT (resumable: finished cells are kept;
     `workers` (index, count) splits the pending cells over processes). Returns the cells and the table."""
-    from augment.devices import describe_device, resolve_device
-    from augment.run.atomic import write_json
-    from downstream.grid import GridConfig, check_grid, run_grid
 
     out = Path(out)
     grid = GridConfig(shots=list(shots), trials=trials, seed=seed, overwrite=overwrite, progress=progress,
@@ -185,8 +182,6 @@ def train(
 ) -> TrainResult:
     """One classifier on `shots` real images per class (None: all) of the trial's picks plus the synthetic sets,
     scored on the test split; with `save_classifier` saved in augment's `ckpt:` format (a guide)."""
-    from augment.data.datasets import sample_kshot, trial_seed
-    from downstream.classifier import evaluate, num_steps, save, train_classifier
 
     if save_classifier is not None and Path(save_classifier).is_file():
         raise UserError(f"save_classifier {save_classifier}: exists and is a file", "save_classifier")

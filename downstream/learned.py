@@ -22,9 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from augment.config import load_config
 from augment.data.datasets import LabelledDataset, sample_kshot, trial_seed
 from augment.errors import UserError
+from augment.jobs.generate import generate_set
+from augment.jobs.learn import learn_tokens
+from augment.jobs.score import score_set
 from augment.labels import LabelSet
+from augment.run.atomic import write_json
+from augment.run.manifest import manifest_config
+from downstream.classifier import evaluate, prepare, save, train_classifier
+from downstream.synthetic import load_synthetic
 
 PREFIX = "learn:"
 
@@ -38,13 +46,11 @@ class LearnedSpec:
     config_file: str | None = None  # overrides on top of the preset, as `augment build --config`
 
     def config(self):
-        from augment.config import load_config
 
         return load_config(self.preset, self.config_file)
 
     def describe(self) -> dict[str, Any]:
         """What determines its cells (with the training config, the dataset and the seed)."""
-        from augment.run.manifest import manifest_config
 
         cfg = manifest_config(self.config())
         return {"learn": self.preset, "config_file": self.config_file,
@@ -80,11 +86,6 @@ def learned_set(
     progress: bool = False,
 ):
     """(SyntheticSet, info) of one (shots, trial): made, or found where a previous run left it."""
-    from augment.jobs.generate import generate_set
-    from augment.jobs.learn import learn_tokens
-    from augment.jobs.score import score_set
-    from downstream.classifier import evaluate, prepare, save, train_classifier
-    from downstream.synthetic import load_synthetic
 
     root = cache_dir(out, spec, shots, trial)
     guide_dir, run = root / "guide", root / "run"
@@ -114,7 +115,6 @@ def learned_set(
 
 
 def _write(path: Path, info: dict) -> None:
-    from augment.run.atomic import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, info, indent=2)

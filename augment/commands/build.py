@@ -16,7 +16,7 @@ from augment.commands.common import add_run_arguments, resolve_config, show_prog
 from augment.commands.generate import add_run_switches, check_refine
 from augment.commands.options import add_fields
 from augment.config import GenerateConfig, LearnConfig
-from augment.jobs.build import WAIT_TOKENS
+from augment.run.workers import WAIT_TOKENS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from augment.config import RunConfig
+from augment.data.tokens_io import is_learned
 from augment.errors import UserError
 from augment.jobs.generate import GenerateResult, generate_set
 from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
 from augment.labels import LabelSet
-from augment.run.workers import Workers
-
-WAIT_TOKENS = 6 * 3600.0  # seconds a worker waits for the others' tokens before generating
+from augment.run.workers import WAIT_TOKENS, Workers
 
 
 @dataclass
@@ -58,8 +57,6 @@ def build(
     config.learn.validate()
     config.generate.validate()  # a bad generate option fails before learning
     if dry_run:
-        from augment.data.tokens_io import is_learned
-
         pending = sum(not is_learned(out, c) for c in labels.classes)
         if pending:
             return BuildResult(LearnResult(pending=pending), GenerateResult(dry_run=True), pending, len(labels))
@@ -75,7 +72,6 @@ def build(
 def wait_for_tokens(out: Path, labels: LabelSet, timeout: float, poll: float = 5.0) -> None:
     """Block until every class of the label set has its token in OUT (other workers learn theirs), or fail
     with one line after `timeout` seconds."""
-    from augment.data.tokens_io import is_learned
 
     deadline = time.time() + timeout
     shown = False

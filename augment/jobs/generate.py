@@ -15,9 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from augment.config import RunConfig, hashed_settings
+from augment.data import shards
+from augment.data.card import write_card
+from augment.data.tokens_io import WEIGHTS, find_tokens_root, load_tokens, sampling_note, token_dir
+from augment.devices import bind_device, describe_device, resolve_device
+from augment.fingerprint import source_identity
+from augment.generate.loop import generate_units
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
+from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
+from augment.models.guide import load_guide, match_labels
+from augment.models.hub import check_hub, job_models
+from augment.models.sampling import make_scheduler
+from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
 from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
@@ -65,7 +78,6 @@ class GenerateResult:
 
 def tokens_digest(root: Path, labels: LabelSet) -> str:
     """sha256 over every class's learned embedding file: a changed token changes the config hash."""
-    from augment.data.tokens_io import WEIGHTS, token_dir
 
     h = hashlib.sha256()
     for c in labels.classes:
@@ -90,9 +102,6 @@ def generate_set(
     (None: plain prompts, the baseline, same seeds). `score` records the guide's probability of each image
     (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
-    from augment.data import shards
-    from augment.data.tokens_io import find_tokens_root, sampling_note
-    from augment.fingerprint import source_identity
 
     labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
     g.validate()
@@ -123,11 +132,6 @@ def generate_set(
         complete = shards.write_info(out, labels.name, units) is not None
         return GenerateResult(complete=complete, **base)
 
-    from augment.devices import bind_device, describe_device, resolve_device
-    from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.models.hub import check_hub, job_models
-    from augment.models.sampling import make_scheduler
-
     device = resolve_device(config.device)
     bind_device(device)
     hub_note = check_hub(job_models(config.generator, config.guide if score or g.refine is not None else None))
@@ -135,19 +139,14 @@ def generate_set(
         print(f"augment: note: {hub_note}", file=sys.stderr)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
-        from augment.models.guide import load_guide, match_labels
-
         guide = load_guide(config.guide, device, labels.names())
         guide_indices = match_labels(labels, guide, config.label_match).indices
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
-    from augment.models.generator import speed_up
 
     speed = speed_up(pipe, g.channels_last, g.compile)
     token_map = None
     if root is not None:
-        from augment.data.tokens_io import load_tokens
-
         token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
     info = {"generator": generator_source(pipe), "tokens": None if root is None else _relative(root, out),
             "worker": [index, count], "claim": board is not None, "speed": speed}  # fmt: skip
@@ -164,10 +163,6 @@ def generate_set(
 def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices,
                manifest: dict[str, Any], board, overwrite: bool, progress: bool,
                worker: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    from tqdm import tqdm
-
-    from augment.data import shards
-    from augment.generate.loop import generate_units
 
     work = pending
     if board is None:
@@ -209,8 +204,6 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
     record(final=True)
     info_path = shards.write_info(out, labels.name, units)
     if info_path is not None:
-        from augment.data.card import write_card
-
         write_card(out, labels, manifest, command=manifest.get("made_by", "augment generate"))
     return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
             "complete": info_path is not None}  # fmt: skip
@@ -218,8 +211,6 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
 
 def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
     """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
-    from augment.data import shards
-    from augment.run.claims import ClaimQueue
 
     queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
                        done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))  # fmt: skip

@@ -13,8 +13,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from augment.config import RunConfig
-from augment.labels import LabelSet
+from augment.data.tokens_io import is_learned
+from augment.devices import bind_device, describe_device, resolve_device
+from augment.fingerprint import source_identity
+from augment.labels import LabelSet, read_label_set
+from augment.learn.learner import TokenLearner
+from augment.learn.resume import LearnerCheckpoint, checkpoint_path, clear_finished, learn_fingerprint
+from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
+from augment.models.guide import check_spec, load_guide, match_labels
+from augment.models.hub import check_hub, job_models
+from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
 from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
@@ -41,7 +52,6 @@ class LearnResult:
 
 
 def as_label_set(labels: str | Path | LabelSet) -> LabelSet:
-    from augment.labels import read_label_set
 
     return labels if isinstance(labels, LabelSet) else read_label_set(labels)
 
@@ -58,8 +68,6 @@ def learn_tokens(
     """Learn the tokens of this worker's pending classes into OUT. Everything cheap is checked first (label
     set, config, output directory, workers: UserError), then the guide and the generator are loaded.
     `overwrite` discards a learner checkpoint made with another config instead of refusing it."""
-    from augment.data.tokens_io import is_learned
-    from augment.learn.resume import checkpoint_path
 
     labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
     config.learn.validate()
@@ -70,14 +78,6 @@ def learn_tokens(
     pending = [c for c in mine if not is_learned(out, c)]
     if not pending and not checkpoint_path(out, (index, count)).is_file():
         return LearnResult()
-
-    from augment.devices import bind_device, describe_device, resolve_device
-    from augment.fingerprint import source_identity
-    from augment.learn.learner import TokenLearner
-    from augment.learn.resume import LearnerCheckpoint, learn_fingerprint
-    from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.models.guide import check_spec, load_guide, match_labels
-    from augment.models.hub import check_hub, job_models
 
     device = resolve_device(config.device)
     bind_device(device)
@@ -111,14 +111,10 @@ def learn_tokens(
 
         feed = None
         if board is not None:
-            from augment.run.claims import ClaimQueue
-
             feed = ClaimQueue(board, mine, key=lambda c: c.slug, done=lambda c: is_learned(out, c),
                               on_wait=waiting_note())  # fmt: skip
         learned = learner.run(mine, report, checkpoint, overwrite, feed=feed)
     if board is not None:  # a dead worker's checkpoint, its classes finished by others
-        from augment.learn.resume import clear_finished
-
         by_pos = {c.position: c for c in labels.classes}
         clear_finished(out, lambda p: p in by_pos and is_learned(out, by_pos[p]))
     if checkpoint.note:
@@ -127,6 +123,5 @@ def learn_tokens(
 
 
 def progress_bar(total: int, disable: bool):
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="class", desc="learning tokens", disable=disable, dynamic_ncols=True)

@@ -13,8 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from augment import metrics as ev
 from augment.config import RunConfig
+from augment.data.shards import label_set, sample_count, tar_files
+from augment.devices import resolve_device
 from augment.errors import UserError
+from augment.metrics import INCEPTION, InceptionFeatures
+from augment.models.guide import load_guide
+from augment.models.hub import check_hub, job_models
 
 
 class ScoreReport(dict):
@@ -38,12 +47,6 @@ def score_set(
 ) -> ScoreReport:
     """The report as a dict (ScoreReport, with `.summary()`): per class n/top1/top5 (and precision/recall with a reference), macro and micro
     means, and with a reference `fid`, `kid`, `kid_std`, the features' name and size."""
-    import torch
-
-    from augment import metrics as ev
-    from augment.data.shards import label_set, sample_count, tar_files
-    from augment.devices import resolve_device
-    from augment.models.guide import load_guide
 
     shards = Path(shards)
     if not shards.is_dir():
@@ -61,7 +64,6 @@ def score_set(
     spec = classifier or config.eval_classifier
     if not spec:
         raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")
-    from augment.models.hub import check_hub, job_models
 
     dev = resolve_device(device or config.device)
     check_hub(job_models(classifier=spec))
@@ -99,8 +101,6 @@ def score_set(
 
 def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device):
     """(module or Guide, name) for FID/KID features; default: inception when it loads, else the classifier."""
-    from augment.metrics import INCEPTION, InceptionFeatures
-    from augment.models.guide import load_guide
 
     if spec in (None, INCEPTION):
         try:
@@ -114,7 +114,6 @@ def _feature_extractor(spec: str | None, classifier, classifier_spec: str, devic
 
 
 def _progress(total: int, desc: str, disable: bool):
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="img", desc=desc, disable=disable, dynamic_ncols=True)
 

@@ -12,6 +12,8 @@ from typing import Any
 from augment.errors import UserError
 from augment.run.claims import DEFAULT_LEASE
 
+WAIT_TOKENS = 6 * 3600.0  # seconds a `build` worker waits for the others' tokens before generating
+
 
 @dataclass(frozen=True)
 class Workers:
