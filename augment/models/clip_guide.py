@@ -87,7 +87,7 @@ def load_clip(name: str, spec: str, class_names: list[str] | None):
     """(model, labels, Preprocess, info) for a `clip:` spec; the caller wraps them into a Guide."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from augment.models.guide import Preprocess
+    from augment.models.hf_guide import processor_preprocess
 
     if not class_names:
         raise UserError(f"guide {spec!r}: a zero-shot guide needs the label set's class names")
@@ -100,10 +100,7 @@ def load_clip(name: str, spec: str, class_names: list[str] | None):
             f"guide {spec!r}: cannot load a CLIPModel with its processor ({str(e).splitlines()[0]}); "
             "for offline use pass a local directory: clip:/path/to/model"
         ) from None
-    proc = processor.image_processor
-    size = proc.size.get("shortest_edge") or proc.size.get("height")
-    crop = proc.crop_size.get("height", size) if getattr(proc, "do_center_crop", False) else size
-    pre = Preprocess((crop, crop), tuple(proc.image_mean), tuple(proc.image_std), crop / size, "bicubic")
+    pre = processor_preprocess(processor.image_processor)
     weights = class_weights(model, processor.tokenizer, class_names, templates)
     info = {"model_class": "CLIPModel", "zero_shot": True, "templates": which, "template_count": len(templates)}
     return ZeroShotCLIP(model, weights), list(class_names), pre, info

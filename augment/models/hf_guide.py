@@ -156,8 +156,6 @@ def load_hf(name: str, spec: str):
 def _from_processor(path: str, spec: str, options: dict[str, str]):
     from transformers import AutoImageProcessor
 
-    from augment.models.guide import Preprocess
-
     try:
         proc = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -165,6 +163,14 @@ def _from_processor(path: str, spec: str, options: dict[str, str]):
             f"guide {spec!r}: no usable preprocessor_config.json ({str(e).splitlines()[0]}); add one that names the "
             "input size, image_mean and image_std the classifier was trained with"
         ) from None
+    return processor_preprocess(proc, float(options["crop_pct"]) if "crop_pct" in options else None)
+
+
+def processor_preprocess(proc, crop_override: float | None = None):
+    """A transformers image processor's resize, centre crop, mean/std and interpolation as a Preprocess
+    (`crop_override`: the crop ratio to use instead of the processor's)."""
+    from augment.models.guide import Preprocess
+
     size = proc.size
     hw = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
     crop = getattr(proc, "crop_size", None)
@@ -172,8 +178,8 @@ def _from_processor(path: str, spec: str, options: dict[str, str]):
     if getattr(proc, "do_center_crop", False) and crop:
         crop_hw = (crop["height"], crop["width"])
         crop_pct, hw = crop_hw[0] / hw[0], crop_hw
-    if "crop_pct" in options:
-        crop_pct = float(options["crop_pct"])
+    if crop_override is not None:
+        crop_pct = crop_override
     resample = getattr(proc, "resample", None)
     interpolation = {2: "bilinear", 3: "bicubic"}.get(int(resample) if resample is not None else 3, "bilinear")
     return Preprocess(tuple(hw), tuple(proc.image_mean), tuple(proc.image_std), crop_pct, interpolation)
