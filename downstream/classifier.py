@@ -30,6 +30,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
 
 
+UNIFORM = "uniform"  # real_fraction: no fixed share, batches drawn over all training images alike
+
+
+def real_share(text: str) -> float | str:
+    """--real-fraction: a number in [0, 1], or uniform."""
+    return UNIFORM if text == UNIFORM else float(text)
+
+
 def _kwargs(text: str) -> dict[str, Any]:
     """--model-kwargs: a JSON object."""
     value = json.loads(text)
@@ -51,7 +59,8 @@ class TrainConfig:
     epochs: float | None = field(default=None, metadata=flag("--epochs", "instead of --steps: passes over the training images", float))  # fmt: skip
     batch_size: int = field(default=32, metadata=flag("--batch-size", "images per batch", int))
     lr: float = field(default=0.01, metadata=flag("--lr", "learning rate", float))
-    real_fraction: float | None = field(default=None, metadata=flag("--real-fraction", "share of each batch drawn from the real shots when there are synthetic images too (none: uniform over all images)", float))  # fmt: skip
+    real_fraction: float | str = field(default=0.5, metadata=flag("--real-fraction", "share of each batch drawn from the real shots when there are synthetic images too (default 0.5; uniform: batches drawn uniformly over all images, real and synthetic)", real_share))  # fmt: skip
+    # (0.5 chosen by measurement: docs/toy-world.md "The real share of a batch")
     weight_decay: float = field(default=1e-4, metadata=flag("--weight-decay", "weight decay", float))
     optimizer: str = field(default="sgd", metadata=flag("--optimizer", "sgd (momentum 0.9, Nesterov) or adamw", choices=("sgd", "adamw")))  # fmt: skip
     warmup: float = 0.05  # share of steps with linear warm-up, then cosine decay to 0
@@ -70,7 +79,7 @@ class TrainConfig:
                 raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}", name)
         if self.epochs is not None and self.epochs <= 0:
             raise UserError(f"epochs must be > 0, got {self.epochs}", "epochs")
-        if self.real_fraction is not None and not 0 <= self.real_fraction <= 1:
+        if self.real_fraction not in (None, UNIFORM) and not 0 <= self.real_fraction <= 1:
             raise UserError(f"real_fraction must be between 0 and 1, got {self.real_fraction}", "real_fraction")
 
 
@@ -272,7 +281,7 @@ def train_classifier(
         g = torch.Generator().manual_seed(seed)
         model = create_model(config, num_classes).to(device).train()
         opt, sched = _optimiser(model, config, steps)
-        if config.real_fraction is not None and 0 < n_real < n:
+        if config.real_fraction not in (None, UNIFORM) and 0 < n_real < n:
             batches = mixed_batches(n_real, n, config.batch_size, steps, config.real_fraction, g)
         else:
             batches = index_batches(n, config.batch_size, steps, g)

@@ -63,8 +63,8 @@ def cell_hash(
 ) -> str:
     """What determines a cell besides (set, shots, trial); devices and worker counts don't count."""
     cfg = {k: v for k, v in dataclasses.asdict(train).items() if k not in ("device", "workers", "eval_batch_size")}
-    if cfg.get("real_fraction") is None or synthetic is None:  # no effect there: cells made before the
-        cfg.pop("real_fraction", None)  # option existed keep their hash
+    if cfg.get("real_fraction") in (None, "uniform") or synthetic is None:  # no effect there; cells made
+        cfg.pop("real_fraction", None)  # before the option existed (uniform then) keep their hash
     if synthetic is None:
         described = None
     elif isinstance(synthetic, LearnedSpec):

@@ -24,6 +24,8 @@ def test_fewshot_and_train_from_python(tmp_path):
     assert trained["train_images"] == {"real": 6, "synthetic": 0} and 0 <= trained["top1"] <= 100
     assert (tmp_path / "guide" / "config.json").is_file() and '"top1"' in trained.summary()
     assert downstream.train_config("fashion-mnist", {"model": "resnet50"}).model_kwargs == {}  # the toy's dropped
+    assert downstream.train_config("cub").real_fraction == 0.5  # the default the results use
+    assert downstream.train_config("cub", {"real_fraction": "uniform"}).real_fraction == "uniform"
 
 
 def test_library_errors_name_arguments(tmp_path):
