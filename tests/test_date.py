@@ -62,6 +62,24 @@ def test_without_refined_steps_the_sampler_is_the_pipeline(pipe, plain, options)
     np.testing.assert_allclose(images, plain, atol=1e-5)
 
 
+def test_the_reward_sees_images_clamped_as_the_learner_and_the_pipeline_see_them(pipe):
+    """DATE's reward decodes x̂0 through augment.models.decode, clamped to [0, 1] in the forward pass (it took
+    the raw decode before, values the pipeline's own output never has) with the gradient still flowing."""
+    from augment.generate.date import class_log_prob
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, images):
+            seen.append(images.detach())
+            return images.flatten(1)[:, :3] * 10
+
+    x0 = (torch.randn(2, 4, 8, 8) * 40).requires_grad_(True)  # far outside: saturated pixels
+    logp = class_log_prob(pipe, Spy(), x0, torch.tensor([0, 1]))
+    logp.sum().backward()
+    assert seen[0].min() >= 0 and seen[0].max() <= 1 and x0.grad.abs().sum() > 0
+
+
 def test_refinement_leaves_parameter_flags_alone(pipe):
     guide = colour_guide()
     flags = [p.requires_grad for p in pipe.unet.parameters()]
