@@ -20,6 +20,8 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"  # what `{toy}` in a value expands to
 SAMPLERS = ("pipeline", "ddim", "pndm", "dpmsolver++", "unipc", "euler")  # augment.models.sampling builds them
 REFINE_METHODS = ("date",)
+KEEP = ("best", "after-best", "last")  # which token a class keeps: augment.learn.state
+CLAMPS = ("straight-through", "hard")  # how decoded pixels are clamped for the guide: augment.models.decode
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 # Settings added after runs were already being made, with the default that means "as before": left out of the
 # config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
@@ -104,6 +106,10 @@ class DateOptions:
     @classmethod
     def parse(cls, options: dict[str, Any]) -> DateOptions:
         """Check keys, types and ranges; UserError (one line) on anything wrong."""
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise UserError(f"generate.refine_options must be a mapping, got {options!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - set(fields))
         if unknown:
@@ -233,8 +239,8 @@ class LearnConfig:
             "timestep_spacing": (None, "leading", "trailing", "linspace"),
             "objective": ("final", "x0"),
             "noise": ("fresh", "fixed"),
-            "keep": ("best", "after-best", "last"),
-            "clamp": ("straight-through", "hard"),
+            "keep": KEEP,
+            "clamp": CLAMPS,
             "grad_clip_mode": ("step", "original"),
         }
         for key, allowed in choices.items():
@@ -246,9 +252,15 @@ class LearnConfig:
         for key in ("stop_accuracy", "guidance_cutoff"):
             if not 0 < getattr(self, key) <= 1:
                 raise UserError(f"learn.{key} must be in (0, 1], got {getattr(self, key)}")
-        for key in ("checkpoint_every", "weight_decay"):
+        for key in ("checkpoint_every", "weight_decay", "patience", "seed"):
             if getattr(self, key) < 0:
                 raise UserError(f"learn.{key} must be ≥ 0, got {getattr(self, key)}")
+        for key in ("stop_window",):
+            if getattr(self, key) < 1:
+                raise UserError(f"learn.{key} must be ≥ 1, got {getattr(self, key)}")
+        for key in ("grad_clip", "lr"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise UserError(f"learn.{key} must be > 0, got {getattr(self, key)}")
         check_scheduler(self.scheduler, "learn.scheduler")
         if self.grad_clip_mode == "original" and self.objective != "final":
             raise UserError("learn.grad_clip_mode original needs learn.objective final (the original's objective)")
@@ -318,6 +330,8 @@ class GenerateConfig:
         for key in ("batch_size", "num_inference_steps", "images_per_class", "shard_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"generate.{key} must be ≥ 1, got {getattr(self, key)}")
+        if self.seed < 0:
+            raise UserError(f"generate.seed must be ≥ 0, got {self.seed}")
         if self.image_format not in ("jpg", "png"):
             raise UserError(f"generate.image_format must be jpg or png, got {self.image_format!r}")
         check_scheduler(self.scheduler, "generate.scheduler")
@@ -402,7 +416,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _section(cls, values: dict[str, Any], where: str):
+def _section(cls, values: dict[str, Any] | None, where: str):
+    if values is None:  # `learn:` with everything under it commented out
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: must be a mapping of keys to values, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:

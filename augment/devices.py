@@ -63,8 +63,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 def _local_gpu() -> int:
     rank, size, source = local_rank()
     count = torch.cuda.device_count()
-    if count == 1:  # one GPU visible: this process's own (Slurm's per-task binding), or the only one there is
-        return 0
+    if count == 1 and (rank == 0 or os.environ.get("CUDA_VISIBLE_DEVICES") is not None):
+        return 0  # the only GPU, or this process's own (Slurm's per-task binding sets CUDA_VISIBLE_DEVICES)
     if rank < count:
         return rank
     per_node = f" of {size}" if size else ""

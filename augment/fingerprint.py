@@ -16,7 +16,7 @@ def source_identity(spec: str) -> str:
     and last MiB (cheap at any model size, and different for models of the same architecture); for anything
     else the spec itself."""
     backend, sep, rest = spec.partition(":")
-    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf") else ("", spec)
+    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf", "clip") else ("", spec)
     path_part, q, query = target.partition("?")
     path = Path(path_part).expanduser()
     if not path.is_dir():
@@ -40,7 +40,7 @@ def source_name(spec: str) -> str:
     """How manifests and token metadata name a model: a hub id or guide spec as it is; a local directory by
     its name and content identity ("stable-diffusion-v1-4 (content:1f2e...)"), never by its absolute path."""
     backend, sep, rest = spec.partition(":")
-    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf") else ("", spec)
+    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf", "clip") else ("", spec)
     path = Path(target.partition("?")[0]).expanduser()
     if not path.is_dir():
         return spec

@@ -139,13 +139,25 @@ def match_key(name: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", normalise_name(name)).split())
 
 
-def names_agree(name: str, guide_label: str) -> bool:
+def names_agree(name: str, guide_label: str, shared_first: bool = False) -> bool:
     """Does a label set's class name name the guide's class? Compared with `match_key`: equal to the guide's
-    label, to one of its comma-separated synonyms ("tench, Tinca tinca"), or more specific than its first one
-    by trailing words ("crane bird" for "crane")."""
+    label or to one of its comma-separated synonyms ("tench, Tinca tinca"); and, where the guide gives the same
+    first name to several classes (`shared_first`: ImageNet's two "crane"s), more specific than it by trailing
+    words ("crane bird"), which a name must be to tell them apart."""
     key = match_key(name)
     synonyms = [match_key(part) for part in guide_label.split(",") if match_key(part)]
-    return key == match_key(guide_label) or key in synonyms or bool(synonyms and key.startswith(synonyms[0] + " "))
+    if key == match_key(guide_label) or key in synonyms:
+        return True
+    return shared_first and bool(synonyms) and key.startswith(synonyms[0] + " ")
+
+
+def _first_names(guide_names: list[str]) -> dict[str, int]:
+    """How many guide classes start with each first synonym."""
+    counts: dict[str, int] = {}
+    for label in guide_names:
+        first = match_key(label.split(",")[0])
+        counts[first] = counts.get(first, 0) + 1
+    return counts
 
 
 def has_names(guide_names: list[str]) -> bool:
@@ -203,7 +215,12 @@ def match_to_guide(labels: LabelSet, guide_names: list[str], mode: str = "check"
             "by-index",
             f"the guide's labels are placeholders ({guide_names[0]!r}, ...): {how} are trusted as its class indices",
         )
-    wrong = [(c, i) for c, i in zip(labels.classes, indices) if not names_agree(c.name, guide_names[i])]
+    firsts = _first_names(guide_names)
+    wrong = [
+        (c, i)
+        for c, i in zip(labels.classes, indices)
+        if not names_agree(c.name, guide_names[i], firsts[match_key(guide_names[i].split(",")[0])] > 1)
+    ]
     if wrong:
         shown = "; ".join(f"line {c.line} {c.name!r} is the guide's {i} {guide_names[i]!r}" for c, i in wrong[:3])
         raise UserError(
@@ -256,6 +273,14 @@ def _by_name(labels: LabelSet, guide_names: list[str], classes) -> list[int]:
             + _more(ambiguous, 5)
             + "; use 'index<TAB>name' lines"
         )
+    first: dict[int, LabelClass] = {}
+    for c, i in zip(classes, result):  # two names for one guide class ("tench" and "Tinca tinca")
+        if i in first:
+            raise UserError(
+                f"{labels.path}: line {first[i].line} {first[i].name!r} and line {c.line} {c.name!r} both name the "
+                f"guide's class {i} {guide_names[i]!r}"
+            )
+        first[i] = c
     return result
 
 

@@ -46,14 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(labels, cfg, n: int):
-    """The first n images of the preset's work plan, as whole shard units (batches never cross units)."""
+    """The first n images of the preset's work plan, as shard units (the last one cut short; batches never
+    cross units)."""
     from augment.data.shards import ShardUnit, plan_units
 
     units, left = [], n
-    for u in plan_units(range(len(labels)), cfg.images_per_class, cfg.shard_size):
+    for u in plan_units(range(len(labels)), cfg.images_per_class, cfg.shard_size, cfg.seed):
         if left <= 0:
             break
-        units.append(ShardUnit(u.position, u.shard, u.start, u.start + min(u.count, left)))
+        units.append(ShardUnit(u.number, u.samples[:left]))
         left -= units[-1].count
     return units
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     labels = read_labels(args.labels)
     units = plan(labels, cfg, n)
-    jobs = [(u.position, i) for u in units for i in range(u.start, u.stop)]
+    jobs = [sample for u in units for sample in u.samples]
     prompts = {(c, i): image_prompt(cfg, i, "", labels.classes[c].name) for c, i in jobs}
     seeds = {(c, i): image_seed(cfg.seed, c, i) for c, i in jobs}
     print_environment(env)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -80,12 +79,8 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
     write_s = manifest_s = last = 0.0
     for u in units:
         t1 = time.perf_counter()
-        sample = {
-            "__key__": shards.sample_key(u.position, 0),
-            "jpg": image,
-            "cls": str(u.position).encode(),
-            "json": json.dumps({"class": labels.classes[u.position].name}).encode(),
-        }
+        ((position, index),) = u.samples
+        sample = shards.encode_sample(position, index, image, "jpg", {"class": labels.classes[position].name})
         m = shards.write_unit(out, labels.name, u, [sample], chash)
         t2 = time.perf_counter()
         done[m["unit"]] = m

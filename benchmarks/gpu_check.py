@@ -33,7 +33,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import _root  # noqa: F401,I001  (the repository root on sys.path: benchmarks/_root.py)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if warm:
             generate_images(pipe, prompts[:2], seeds[:2], replace(dcfg, num_inference_steps=2), guide, targets)
         m = measure(dev, lambda: generate_images(pipe, prompts[:2], seeds[:2], dcfg, guide, targets))
-        res["date"] = {**m, "images": 2, "options": dopts}
+        res["date"] = {**m, "images": 2, "options": asdict(dopts)}
         del pipe
         free(dev)
         save()

@@ -17,7 +17,10 @@ its tokens generated: how guide quality turns into data quality.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from augment.jobs.score import score_set
 from augment.labels import LabelSet
 from augment.run.atomic import write_json
 from augment.run.manifest import manifest_config
+from augment.run.workers import Workers
 from downstream.classifier import evaluate, prepare, save, train_classifier
 from downstream.synthetic import load_synthetic
 
@@ -70,8 +74,11 @@ def parse_learned(name: str, value: str) -> LearnedSpec | None:
     return spec
 
 
-def cache_dir(out: Path, spec: LearnedSpec, shots: int, trial: int) -> Path:
-    return out / "learned" / spec.name / f"k{shots:04d}-t{trial}"
+def cache_dir(out: Path, spec: LearnedSpec, shots: int, trial: int, key: dict) -> Path:
+    """OUT/learned/NAME/k{shots}-t{trial}-{hash}: the hash of everything the guide, tokens and set depend on
+    besides (shots, trial), so a changed preset, training config, seed or dataset never reuses another's."""
+    digest = hashlib.sha256(json.dumps({"spec": spec.describe(), **key}, sort_keys=True, default=str).encode())
+    return out / "learned" / spec.name / f"k{shots:04d}-t{trial}-{digest.hexdigest()[:8]}"
 
 
 def learned_set(
@@ -87,11 +94,14 @@ def learned_set(
 ):
     """(SyntheticSet, info) of one (shots, trial): made, or found where a previous run left it."""
 
-    root = cache_dir(out, spec, shots, trial)
+    skip = ("device", "workers", "eval_batch_size")
+    key = {"train": {k: v for k, v in dataclasses.asdict(train).items() if k not in skip}, "seed": seed,
+           "dataset": dataset.spec, "classes": labels.names()}  # fmt: skip
+    root = cache_dir(out, spec, shots, trial, key)
     guide_dir, run = root / "guide", root / "run"
     info_path = root / "info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if not (guide_dir / "config.json").is_file():
+    if not (guide_dir / "config.json").is_file() or "guide_top1" not in info:
         picks = sample_kshot(dataset.train.labels, shots, num_classes=len(labels), seed=seed, trial=trial,
                              class_names=dataset.classes)  # fmt: skip
         model = train_classifier([dataset.train.subset(picks)], len(labels), train, seed=trial_seed(seed, trial),
@@ -100,13 +110,18 @@ def learned_set(
         info["guide_top1"] = round(scores["top1"], 3)
         trained = {"tool": "downstream fewshot (learn:)", "shots": shots, "trial": trial, "seed": seed,
                    "test_top1": info["guide_top1"], "config": dataclasses.asdict(train)}  # fmt: skip
-        save(model, guide_dir, train, labels.names(), trained)
         _write(info_path, info)
+        tmp = root / f"guide.{os.getpid()}.tmp"  # the guide appears whole or not at all (a kill mid-save)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(model, tmp, train, labels.names(), trained)
+        shutil.rmtree(guide_dir, ignore_errors=True)
+        tmp.rename(guide_dir)
     cfg = spec.config()
     cfg.guide = f"ckpt:{guide_dir}"
     cfg.label_match = "by-name"  # the guide was trained on this label set: its outputs are the classes, in order
-    learn_tokens(labels, run, cfg, progress=progress)
-    generate_set(labels, run, cfg, tokens=run, progress=progress)
+    alone = Workers(index=0, count=1)  # one grid cell owns this set: not the launcher's worker split
+    learn_tokens(labels, run, cfg, workers=alone, progress=progress)
+    generate_set(labels, run, cfg, tokens=run, workers=alone, progress=progress)
     if cfg.eval_classifier and "synthetic_heldout_top1" not in info:
         report = score_set(run, cfg, progress=progress)
         info["synthetic_heldout_top1"] = round(report["macro"]["top1"], 3)

@@ -15,7 +15,7 @@ from augment.errors import UserError
 from augment.run.workers import worker_slot
 from tests.helpers import ENV, REPO
 
-LAUNCH_VARS = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE", "SLURM_LOCALID", "SLURM_PROCID", "SLURM_NTASKS",
+LAUNCH_VARS = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE", "SLURM_LOCALID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
                "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
                "SLURM_ARRAY_TASK_MIN", "CUDA_VISIBLE_DEVICES")  # fmt: skip
 
@@ -43,7 +43,7 @@ def test_torchrun_gives_each_local_rank_its_gpu(gpus):
 
 
 def test_srun_tasks_on_a_node_take_their_local_gpu(gpus):
-    gpus(4, SLURM_LOCALID="2", SLURM_PROCID="6", SLURM_NTASKS="8", SLURM_STEP_TASKS_PER_NODE="4(x2)")
+    gpus(4, SLURM_LOCALID="2", SLURM_PROCID="6", SLURM_STEP_NUM_TASKS="8", SLURM_STEP_TASKS_PER_NODE="4(x2)")
     assert resolve_device("auto") == torch.device("cuda", 2)
     assert local_rank() == (2, 4, "SLURM_LOCALID")
     assert worker_slot(None, None) == (6, 8)  # srun's tasks are workers without any flag
@@ -51,8 +51,14 @@ def test_srun_tasks_on_a_node_take_their_local_gpu(gpus):
 
 def test_srun_with_one_gpu_bound_per_task(gpus):
     """--gpus-per-task: each task sees one GPU (CUDA_VISIBLE_DEVICES), whatever its local id."""
-    gpus(1, SLURM_LOCALID="3", SLURM_PROCID="3", SLURM_NTASKS="4", CUDA_VISIBLE_DEVICES="3")
+    gpus(1, SLURM_LOCALID="3", SLURM_PROCID="3", SLURM_STEP_NUM_TASKS="4", CUDA_VISIBLE_DEVICES="3")
     assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_a_batch_script_of_several_tasks_is_one_worker(gpus):
+    """sbatch -n 4 running augment directly (no srun): SLURM_NTASKS is 4 but only one process runs."""
+    gpus(1, SLURM_NTASKS="4", SLURM_PROCID="0")
+    assert worker_slot(None, None) == (0, 1)
 
 
 def test_slurm_array_task_uses_the_first_gpu(gpus):
@@ -62,7 +68,14 @@ def test_slurm_array_task_uses_the_first_gpu(gpus):
 
 
 def test_array_of_multi_task_steps(gpus):
-    gpus(2, SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="3", SLURM_PROCID="1", SLURM_NTASKS="2", SLURM_LOCALID="1")
+    gpus(
+        2,
+        SLURM_ARRAY_TASK_ID="1",
+        SLURM_ARRAY_TASK_COUNT="3",
+        SLURM_PROCID="1",
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_LOCALID="1",
+    )
     assert worker_slot(None, None) == (3, 6)
     assert resolve_device("auto") == torch.device("cuda", 1)
 
@@ -73,6 +86,14 @@ def test_a_local_rank_without_a_gpu_is_refused(gpus):
         resolve_device("auto")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES=0,1"):
         resolve_device("cuda")
+
+
+def test_ranks_stacked_on_one_unbound_gpu_are_refused(gpus):
+    """torchrun with 2 processes on a one-GPU node, nothing binding GPUs: the second would share the first's."""
+    gpus(1, LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
+    with pytest.raises(UserError, match="local rank 1 of 2"):
+        resolve_device("auto")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # asked for explicitly: allowed
 
 
 def test_explicit_device_wins_and_is_checked(gpus):

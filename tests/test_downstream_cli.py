@@ -232,7 +232,7 @@ def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots
     assert made["trained"] and made["train_images"] == {"real": 6, "synthetic": 6}
     assert 0 <= made["guide_top1"] <= 100 and 0 <= made["synthetic_heldout_top1"] <= 100
     assert not cells[("kshot", 0)]["trained"]
-    root = out / "learned" / "kshot" / "k0002-t0"
+    (root,) = (out / "learned" / "kshot").glob("k0002-t0-*")  # keyed by the config too
     guide = json.loads((root / "guide" / "config.json").read_text())
     assert guide["trained"]["shots"] == 2 and guide["labels"] == ["t-shirt", "pullover", "coat"]
     meta = json.loads((root / "run" / "tokens" / "000-t-shirt" / "meta.json").read_text())

@@ -43,7 +43,7 @@ def reference_mean_pooled_logits(model, x):
     return model.classifier(pooled)
 
 
-def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_guide_dir):
+def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_guide_dir, tmp_path):
     guide = load_guide(f"hf:{cub_guide_dir}")  # a directory named vit-mae-cub
     assert all(p.dtype == torch.float32 for p in guide.parameters())  # its checkpoint is fp16
     x = torch.rand(2, 3, 256, 256)
@@ -55,7 +55,9 @@ def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_g
     assert (cls - logits).abs().max() > 0.1  # CLS pooling is another classifier
     assert known_recipe("vesteinn/vit-mae-cub", {})[1].pool == "mean"  # the hub id of the paper's guide
     assert known_recipe("google/vit-large-patch16-224", {})[1].pool == "cls"
-    assert known_recipe("/models/vit-mae-inat21/", {})[1].pool == "mean"
+    (tmp_path / "vit-mae-inat21").mkdir()  # a local copy named as the hub id's model; not someone else's hub id
+    assert known_recipe(f"{tmp_path}/vit-mae-inat21/", {})[1].pool == "mean"
+    assert known_recipe("someone/vit-mae-inat21", {}) is None
     assert known_recipe("/models/my-vit", {}) is None
 
 

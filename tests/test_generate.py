@@ -211,6 +211,10 @@ def test_changed_config_is_refused_unless_overwrite(world, tmp_path, capsys):
     assert main(cli_args(world, out, *args, "--seed", "5")) == 2
     assert "another config" in capsys.readouterr().err
     assert main(cli_args(world, out, *args, "--seed", "5", "--overwrite")) == 0
+    assert len(list((out / "shards").glob("*.tar"))) == 3
+    smaller = ["--images-per-class", "1", "--shard-size", "3"]  # one shard where there were three
+    assert main(cli_args(world, out, *smaller, "--overwrite")) == 0
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["colours-000000.json", "colours-000000.tar"]
 
 
 def test_the_guidance_cutoff_is_part_of_a_units_config(world, reference, capsys):

@@ -120,8 +120,15 @@ def test_the_check_refuses_a_guide_in_another_order(tmp_path):
 def test_names_agree():
     assert names_agree("tench", "tench, Tinca tinca") and names_agree("Tinca tinca", "tench, Tinca tinca")
     assert names_agree("Forster's Tern", "146.Forsters_Tern") and names_agree("maillot tank suit", "maillot, tank suit")
-    assert names_agree("crane bird", "crane") and not names_agree("crane", "crane bird")
+    assert names_agree("crane bird", "crane", shared_first=True) and not names_agree("crane", "crane bird", True)
+    assert not names_agree("tiger shark", "tiger, Panthera tigris")  # one "tiger" in the guide: no extra words
     assert not names_agree("American Crow", "American Goldfinch") and not names_agree("Fish Crow", "American Crow")
+
+
+def test_two_names_for_one_guide_class_are_refused(tmp_path):
+    labels = read_label_set(write(tmp_path, "tench\nTinca tinca\n"))
+    with pytest.raises(UserError, match="both name the guide's class 0"):
+        match_to_guide(labels, ["tench, Tinca tinca", "goldfish"])
 
 
 def test_placeholder_guide_labels_trust_the_indices_with_a_note(tmp_path):

@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", required=True, type=Path, help="an `augment generate` output directory")
     p.add_argument("--preset", help="preset whose eval_classifier is the default classifier (e.g. toy)")
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
-    p.add_argument("--classifier", help="classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR")
+    p.add_argument(
+        "--classifier", help="classifier spec: timm:NAME, torchvision:NAME, hf:ID_OR_DIR, ckpt:DIR, clip:ID_OR_DIR"
+    )
     p.add_argument("--reference", help="reference images for FID/KID: a shards directory or a dataset spec")
     p.add_argument("--reference-limit", type=int, help="use at most N reference images (a seeded random subset)")
     p.add_argument("--features", help="FID/KID feature extractor: 'inception' or a classifier spec")

@@ -46,12 +46,6 @@ def class_grids(
     return paths
 
 
-def source_name(source: str) -> str:
-    """A hub id as it is; a local directory by its name only (a card travels: no absolute paths)."""
-    p = Path(source)
-    return f"{p.name} (a local directory)" if p.is_absolute() or p.is_dir() else source
-
-
 def class_table(out: Path, labels: LabelSet) -> list[tuple[int, int, float | None]]:
     """(position, images, mean guide probability or None) per class, from the shard markers."""
     counts, probs = class_counts(out)
@@ -91,7 +85,7 @@ def write_card(
         f"# Synthetic {labels.name}",
         "",
         f"{split['num_samples']} images of {len(labels)} classes in {len(split['filenames'])} webdataset shards, "
-        f"generated with `{source_name(str(info.get('generator', '?')))}` and {tokens} (`{command}`; "
+        f"generated with `{info.get('generator', '?')}` and {tokens} (`{command}`; "
         "manifest.json has the full config).",
         "",
         "Each sample: `jpg`/`png` image, `cls` (class position in the label set), `json` (class, index, seed, "

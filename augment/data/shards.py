@@ -6,9 +6,10 @@ OUT/shards/<set>-{number:06d}.json  its completion marker: samples, count, sha25
 OUT/_info.json                      timm-style split info, once every unit exists
 
 Shards are mixed: round r holds image indices [r·S, (r+1)·S) of every class (S = shard size), interleaved
-index by index with the classes in a seeded order, cut into shards of S and shuffled within each shard. Every
-shard holds min(S, classes) classes or more, so any loader (webdataset with workers, HF `datasets`
-streaming, timm's reader) gives batches of many classes from the first batch on. A unit is written as `.tar.<pid>.tmp`, fsynced and renamed; only then is its marker
+index by index with the classes in a seeded order, cut into shards of S and shuffled within each shard. When S
+is a multiple or a divisor of the class count (100 images per shard for 10, 100, 200 or 1000 classes) every
+shard holds min(S, classes) distinct classes, otherwise at least half as many; so any loader (webdataset with
+workers, HF `datasets` streaming, timm's reader) gives batches of many classes from the first batch on. A unit is written as `.tar.<pid>.tmp`, fsynced and renamed; only then is its marker
 written, so a unit is done iff its marker exists; a killed run leaves at most `.tmp` files, which the next run
 removes. Sample: key `c{position:04d}_{index:06d}`, `jpg`|`png`, `cls` (ASCII position in the label set), `json`.
 
@@ -73,7 +74,7 @@ class ShardUnit:
 
 def plan_units(positions: Iterable[int], images_per_class: int, shard_size: int, seed: int = 0) -> list[ShardUnit]:
     """All units of a set (see the module docstring): deterministic for (positions, images per class, shard
-    size, seed); a larger images_per_class keeps every full round's units as they were."""
+    size, seed)."""
     positions = list(positions)
     if images_per_class < 1:
         raise UserError(f"images per class must be ≥ 1, got {images_per_class}")
@@ -170,6 +171,20 @@ def remove_stale_tmp(out: str | Path, setname: str, units: Iterable[ShardUnit]) 
                 tmp.unlink(missing_ok=True)
                 n += 1
     return n
+
+
+def remove_unplanned(out: str | Path, setname: str, units: list[ShardUnit]) -> list[str]:
+    """Delete this set's shards and markers that the plan no longer has (a smaller set made with --overwrite),
+    so no reader mixes them in; returns their names."""
+    planned = {u.name(setname) for u in units}
+    gone = []
+    d = shards_dir(out)
+    for marker in sorted(d.glob(f"{setname}-*.json")) if d.is_dir() else []:
+        if marker.stem not in planned and re.fullmatch(rf"{re.escape(setname)}-\d{{6}}", marker.stem):
+            marker.unlink(missing_ok=True)
+            marker.with_suffix(".tar").unlink(missing_ok=True)
+            gone.append(marker.stem)
+    return gone
 
 
 def encode_image(array: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:

@@ -110,15 +110,16 @@ def generate_set(
     index, count = workers.slot()
     check_out_dir(out)
     shards.check_layout(out)
-    chash = shards.config_hash(
-        {
-            "layout": shards.LAYOUT,
-            "generate": {k: v for k, v in hashed_settings(config.to_dict()["generate"]).items() if k not in NOT_HASHED},
-            "generator": source_identity(config.generator),
-            "labels": labels.names(),
-            "tokens": None if root is None else tokens_digest(root, labels),
-        }
-    )
+    content = {
+        "layout": shards.LAYOUT,
+        "generate": {k: v for k, v in hashed_settings(config.to_dict()["generate"]).items() if k not in NOT_HASHED},
+        "generator": source_identity(config.generator),
+        "labels": labels.names(),
+        "tokens": None if root is None else tokens_digest(root, labels),
+    }
+    if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
+        content["guide"] = {"spec": source_identity(config.guide), "label_match": config.label_match}
+    chash = shards.config_hash(content)
     board = claim_board(out, "generate", workers)  # claim mode: every unit is anyone's
     mine = units if board else units[index::count]
     pending = [u for u in mine if not shards.unit_done(out, labels.name, u, chash, overwrite)]
@@ -128,6 +129,8 @@ def generate_set(
     if dry_run:
         done = sum(shards.unit_done(out, labels.name, u, chash, True) for u in units)
         return GenerateResult(done_units=done, dry_run=True, **base)
+    if overwrite:  # another config may have planned more shards: none of its leftovers may stay beside ours
+        shards.remove_unplanned(out, labels.name, units)
     if not pending:
         complete = shards.write_info(out, labels.name, units) is not None
         return GenerateResult(complete=complete, **base)

@@ -9,6 +9,7 @@ penultimate layer; by default inception when available, else the classifier's ow
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from augment import metrics as ev
 from augment.config import RunConfig
 from augment.data.shards import label_set, sample_count, tar_files
-from augment.devices import resolve_device
+from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
 from augment.metrics import INCEPTION, InceptionFeatures
 from augment.models.guide import load_guide
@@ -66,11 +67,15 @@ def score_set(
         raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")
 
     dev = resolve_device(device or config.device)
-    check_hub(job_models(classifier=spec))
+    bind_device(dev)
+    other = features if features not in (None, INCEPTION, spec) else None
+    note = check_hub(job_models(classifier=spec) + job_models(guide=other))
+    if note:
+        print(f"augment: note: {note}", file=sys.stderr)
     model = load_guide(spec, dev, labels.names())
     extractor, feature_name, ref = None, None, None
     if reference:
-        extractor, feature_name = _feature_extractor(features, model, spec, dev)
+        extractor, feature_name = _feature_extractor(features, model, spec, dev, labels.names())
         ref = ev.reference_images(reference, labels, reference_limit)
 
     t0 = time.time()
@@ -99,7 +104,7 @@ def score_set(
     return report
 
 
-def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device):
+def _feature_extractor(spec: str | None, classifier, classifier_spec: str, device, class_names: list[str]):
     """(module or Guide, name) for FID/KID features; default: inception when it loads, else the classifier."""
 
     if spec in (None, INCEPTION):
@@ -109,7 +114,7 @@ def _feature_extractor(spec: str | None, classifier, classifier_spec: str, devic
             if spec == INCEPTION:
                 raise
     spec = spec or classifier_spec
-    guide = classifier if spec == classifier_spec else load_guide(spec, device)
+    guide = classifier if spec == classifier_spec else load_guide(spec, device, class_names)
     return guide, f"{spec} (penultimate layer)"
 
 

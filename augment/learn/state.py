@@ -19,8 +19,6 @@ import torch
 
 from augment.labels import LabelClass
 
-KEEP = ("best", "after-best", "last")
-
 
 @dataclass
 class ClassState:

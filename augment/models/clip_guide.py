@@ -4,7 +4,7 @@
 processor files). Each class's weight is the CLIP paper's prompt ensemble (Radford et al. 2021, §3.1.4): the
 text embeddings of every template filled with the class name, each L2-normalised, averaged and normalised
 again; an image's logits are the model's logit scale times the cosine between its image embedding and each
-class weight. The image side is differentiable, so `learn`, DATE and `augment eval` use it like any guide;
+class weight. The image side is differentiable, so `learn`, DATE and `augment score` use it like any guide;
 the class weights are computed once, from the label set's names, in its order.
 
 Templates: `imagenet` (the seven the CLIP authors' ImageNet notebook ensembles; the default), `bird` (the
@@ -34,7 +34,6 @@ TEMPLATES = {
     "bird": ["a photo of a {}, a type of bird."],
     "animal": ["a photo of a {}, a type of animal.", "a photo of the {}, an animal.", "a close-up photo of a {}."],
 }
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:

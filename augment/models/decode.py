@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 
-CLAMPS = ("straight-through", "hard")
-
 
 def decode_latents(pipe, latents: torch.Tensor, clamp: str = "straight-through") -> torch.Tensor:
     """VAE decode of SD latents (÷ the VAE's scaling factor) to images in [0, 1], clamped as `clamp` says."""

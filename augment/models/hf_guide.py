@@ -74,8 +74,8 @@ def known_recipe(path: str, options: dict[str, str]) -> tuple[str, Recipe] | Non
     --local-dir .../vit-mae-cub`), or `recipe=ID`; None for any other guide."""
     if "recipe" in options:
         return options["recipe"], KNOWN[options["recipe"]]
-    for hub_id, recipe in KNOWN.items():
-        if path.rstrip("/") == hub_id or Path(path).name == hub_id.split("/")[1]:
+    for hub_id, recipe in KNOWN.items():  # by name only a local copy: another user's hub model is another model
+        if path.rstrip("/") == hub_id or (Path(path).is_dir() and Path(path).name == hub_id.split("/")[1]):
             return hub_id, recipe
     return None
 
@@ -163,7 +163,10 @@ def _from_processor(path: str, spec: str, options: dict[str, str]):
             f"guide {spec!r}: no usable preprocessor_config.json ({str(e).splitlines()[0]}); add one that names the "
             "input size, image_mean and image_std the classifier was trained with"
         ) from None
-    return processor_preprocess(proc, float(options["crop_pct"]) if "crop_pct" in options else None)
+    try:
+        return processor_preprocess(proc, float(options["crop_pct"]) if "crop_pct" in options else None)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"guide {spec!r}: preprocessor_config.json without a usable size or mean/std ({e!r})") from None
 
 
 def processor_preprocess(proc, crop_override: float | None = None):
@@ -178,6 +181,8 @@ def processor_preprocess(proc, crop_override: float | None = None):
     if getattr(proc, "do_center_crop", False) and crop:
         crop_hw = (crop["height"], crop["width"])
         crop_pct, hw = crop_hw[0] / hw[0], crop_hw
+    elif getattr(proc, "crop_pct", None):  # ConvNeXt's: resize to size / crop_pct, centre-crop to size
+        crop_pct = float(proc.crop_pct)
     if crop_override is not None:
         crop_pct = crop_override
     resample = getattr(proc, "resample", None)

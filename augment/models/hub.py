@@ -70,11 +70,18 @@ def cached(repo: str, filename: str) -> bool:
 def hub_error(repo: str, timeout: float) -> str | None:
     """None when the hub answers for `repo` within `timeout` seconds, else why not (one line)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         HfApi().model_info(repo, timeout=timeout)
         return None
-    except Exception as e:  # noqa: BLE001  (httpx/requests network errors, auth, not found: all one line here)
+    except GatedRepoError:  # the hub answers: the model needs a login and accepted terms
+        raise UserError(
+            f"{repo!r} is gated on the Hugging Face Hub: log in (`hf auth login`) and accept its terms"
+        ) from None
+    except RepositoryNotFoundError:  # the hub answers: no such model (or a private one without a login)
+        raise UserError(f"{repo!r}: no such model on the Hugging Face Hub (or a private one: log in)") from None
+    except Exception as e:  # noqa: BLE001  (httpx/requests network errors: one line)
         detail = str(e).splitlines()[0] if str(e) else ""
         return f"{type(e).__name__}: {detail}"[:200]
 

@@ -21,7 +21,7 @@ class Workers:
     Slurm array, else 0 of 1. `claim`: take units as they come (augment.run.claims) instead of every count-th."""
 
     index: int | None = field(default=None, metadata={"flag": "--worker-index", "type": int, "help": "this worker's index (default: $RANK, $SLURM_PROCID or $SLURM_ARRAY_TASK_ID)"})  # fmt: skip
-    count: int | None = field(default=None, metadata={"flag": "--num-workers", "type": int, "help": "number of workers (default: $WORLD_SIZE, $SLURM_NTASKS or $SLURM_ARRAY_TASK_COUNT)"})  # fmt: skip
+    count: int | None = field(default=None, metadata={"flag": "--num-workers", "type": int, "help": "number of workers (default: $WORLD_SIZE, srun's $SLURM_STEP_NUM_TASKS or $SLURM_ARRAY_TASK_COUNT)"})  # fmt: skip
     claim: bool = field(default=False, metadata={"flag": "--claim", "action": "store_true", "help": "claim mode: workers take classes and shards from OUT one at a time (no static split; a dead worker's unit is taken over once its lease expires)"})  # fmt: skip
     lease: float = field(default=DEFAULT_LEASE, metadata={"flag": "--lease", "type": float, "help": f"claim mode: seconds without a heartbeat after which a claim is taken over (default {DEFAULT_LEASE:.0f})"})  # fmt: skip
 
@@ -41,7 +41,7 @@ class Workers:
 
 def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
     """(index, count) from the flags, else torchrun/accelerate's RANK/WORLD_SIZE, else Slurm: the tasks of an
-    srun step (SLURM_PROCID/SLURM_NTASKS), of an array (SLURM_ARRAY_TASK_ID/COUNT), or both (an array of
+    srun step (SLURM_PROCID/SLURM_STEP_NUM_TASKS; a batch script alone is one task), of an array (SLURM_ARRAY_TASK_ID/COUNT), or both (an array of
     multi-task steps: array task a, task p → a·ntasks + p)."""
     env = os.environ
     if index is None and count is None:
@@ -52,7 +52,7 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
             if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
                 first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
                 index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
-            tasks = int(env.get("SLURM_NTASKS", 1) or 1)
+            tasks = int(env.get("SLURM_STEP_NUM_TASKS", 1) or 1)  # srun sets it for a step, sbatch does not
             if tasks > 1 and "SLURM_PROCID" in env:
                 index, count = index * tasks + int(env["SLURM_PROCID"]), count * tasks
     index, count = (index or 0), (count or 1)
