@@ -15,13 +15,21 @@ from typing import Any
 import yaml
 
 from augment.errors import UserError
+from augment.settings import (  # noqa: F401  (re-exported: augment.config is where users look)
+    CLAMPS,
+    CUTOFF_HELP,
+    KEEP,
+    REFINE_METHODS,
+    SAMPLERS,
+    DateOptions,
+    check_scheduler,
+    check_templates,
+    classes_per_step,
+    flag,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"  # what `{toy}` in a value expands to
-SAMPLERS = ("pipeline", "ddim", "pndm", "dpmsolver++", "unipc", "euler")  # augment.models.sampling builds them
-REFINE_METHODS = ("date",)
-KEEP = ("best", "after-best", "last")  # which token a class keeps: augment.learn.state
-CLAMPS = ("straight-through", "hard")  # how decoded pixels are clamped for the guide: augment.models.decode
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 # Settings added after runs were already being made, with the default that means "as before": left out of the
 # config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
@@ -43,108 +51,6 @@ def hashed_settings(section: dict[str, Any]) -> dict[str, Any]:
         defaults = asdict(DateOptions())
         out["refine_options"] = {k: v for k, v in out["refine_options"].items() if v != defaults.get(k)}
     return out
-
-
-def check_templates(templates: list[str], need_token: bool = False) -> None:
-    """Every template must be non-empty and mention {name} (and {token} with `need_token`: learning prompts,
-    where the token is what learning changes); unknown fields are a user error."""
-    if not templates:
-        raise UserError("at least one prompt template is needed")
-    for t in templates:
-        try:
-            t.format(token="", name="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
-        if "{name}" not in t:
-            raise UserError(f"prompt template {t!r} must contain {{name}}")
-        if need_token and "{token}" not in t:
-            raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
-
-
-def flag(name: str, help: str, type=None, **argparse_kwargs) -> dict[str, Any]:
-    """A field's command-line flag, as field metadata: augment.commands.options derives every parser from these.
-    `shared=True`: `build` sets the learn and generate fields of that name with one flag; `build_flag`: the
-    name `build` gives it (two sections' fields of the same name that stay apart)."""
-    return {"flag": name, "help": help, "type": type, **argparse_kwargs}
-
-
-def classes_per_step(value: str) -> int | str:
-    """--classes-per-step: a whole number or auto."""
-    return value if value == "auto" else int(value)
-
-
-CUTOFF_HELP = (
-    "fraction of the denoising steps, the first ones, with classifier-free guidance; the rest make one UNet "
-    "evaluation instead of two (default: preset, SD presets 0.5; 1 = all, the paper's)"
-)
-
-
-def check_scheduler(name: str, key: str) -> None:
-    if name not in SAMPLERS:
-        raise UserError(f"{key} must be one of {', '.join(SAMPLERS)}, got {name!r}")
-
-
-@dataclass(frozen=True)
-class DateOptions:
-    """`generate.refine_options` when `generate.refine: date`. Defaults are DATE's (generate_date_*.py)."""
-
-    step_size: float = field(
-        default=0.1, metadata=flag("--refine-step-size", "DATE: normalised step on the embeddings (default 0.1)", float)
-    )  # η of the normalised step on c (DATE --lr_upt_prompt)
-    updates: int = 1  # gradient updates of c per refined step (--num_upt_prompt)
-    every: int = field(
-        default=1, metadata=flag("--refine-every", "DATE: refine every k-th sampling step (default 1)", int)
-    )  # refine sampling steps i with i % every == 0 (--skip_freq) ...
-    start: float = 0.0  # ... and start ≤ i / steps < stop (--skip_intervals, as fractions)
-    stop: float = 1.0
-    prior_weight: float = 0.0  # pull towards the prompt's own embedding, inside the loss (--weight_prior)
-    from_original: bool = False  # each update starts from c_orig instead of accumulating (--init_org)
-    batch: int = 0  # images per gradient pass (UNet call, decode, guide, backward); 0 = all at
-    # once. Bounds DATE's memory at 512 px (not DATE's: it samples one image)
-    checkpointing: bool = False  # UNet and VAE gradient checkpointing during the updates
-
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> DateOptions:
-        """Check keys, types and ranges; UserError (one line) on anything wrong."""
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise UserError(f"generate.refine_options must be a mapping, got {options!r}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            raise UserError(
-                f"generate.refine_options: unknown key(s) {', '.join(unknown)} for DATE; known: {', '.join(fields)}"
-            )
-        values = {}
-        for key, value in options.items():
-            kind = type(getattr(cls, key))
-            ok = (
-                isinstance(value, bool)
-                if kind is bool
-                else (isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
-            )
-            if not ok:
-                raise UserError(f"generate.refine_options.{key} must be {kind.__name__}, got {value!r}")
-            values[key] = kind(value)
-        opts = cls(**values)
-        if opts.step_size < 0 or opts.prior_weight < 0:
-            raise UserError("generate.refine_options: step_size and prior_weight must be ≥ 0")
-        if opts.updates < 0 or opts.every < 1 or opts.batch < 0:
-            raise UserError("generate.refine_options: updates and batch must be ≥ 0 and every ≥ 1")
-        if not 0.0 <= opts.start <= opts.stop <= 1.0:
-            raise UserError(f"generate.refine_options: need 0 ≤ start ≤ stop ≤ 1, got {opts.start}, {opts.stop}")
-        return opts
-
-    def refined_steps(self, num_steps: int) -> list[int]:
-        """Indices of the sampling steps whose conditioning is refined (never the last one)."""
-        if self.step_size == 0 or self.updates == 0:
-            return []
-        return [
-            i
-            for i in range(num_steps - 1)
-            if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps
-        ]
 
 
 @dataclass

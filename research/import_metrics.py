@@ -24,6 +24,7 @@ LAYERS = {
     "augment.run": 0,
     "augment.labels": 1,
     "augment.config": 1,
+    "augment.settings": 1,
     "augment.models": 2,
     "augment.data": 2,
     "augment.toy": 2,

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from augment.config import check_scheduler
 from augment.errors import UserError
+from augment.settings import check_scheduler
 
 SCHEDULERS = {
     "pipeline": None,
