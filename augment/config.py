@@ -183,7 +183,8 @@ class GenerateConfig:
         default=100, metadata=flag("--shard-size", "images per shard (one shard = one unit of work)", int)
     )
     batch_size: int = field(
-        default=16, metadata=flag("--batch-size", "images per pipeline call (does not change the images)", int)
+        default=16,
+        metadata=flag("--batch-size", "images per pipeline call (changes the images by float rounding only)", int),
     )
     guidance_scale: float = field(
         default=7.0, metadata=flag("--guidance-scale", "classifier-free guidance", float, shared=True)

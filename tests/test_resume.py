@@ -112,7 +112,9 @@ def test_the_checkpoint_is_json_and_safetensors_and_restores_the_learner(labels3
     state = json.loads((out / "checkpoints" / "learn-w0of1.json").read_text())
     assert [e["step"] for e in state["active"]] == [1, 1] and state["queue"] == [2]
     assert set(load_file(str(out / "checkpoints" / files[0]))) == {
-        f"{p}.{k}" for p in (0, 1) for k in ("embedding", "exp_avg", "exp_avg_sq", "best")  # best: the kept snapshot
+        f"{p}.{k}"
+        for p in (0, 1)
+        for k in ("embedding", "exp_avg", "exp_avg_sq", "best")  # best: the kept snapshot
     }
     assert main(learn_args(labels3, out)) == 0
     assert token_bytes(out) == token_bytes(ref)
