@@ -27,8 +27,10 @@ def test_a_directory_that_is_not_a_pipeline_is_a_user_error(tmp_path):
 
 def test_unreachable_hub_says_how_to_use_a_local_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="--generator DIR"):
+    with pytest.raises(UserError, match="hf download nobody/no-such-pipeline --local-dir DIR") as raised:
         load_generator("nobody/no-such-pipeline", "cpu")
+    assert raised.value.argument == "generator"  # the CLI says --generator
+    assert str(raised.value).endswith("give DIR as generator")
 
 
 def test_dtype_rules():

@@ -39,9 +39,10 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
         if local.exists():
             raise UserError(f"{spec}: cannot load the pipeline ({str(e).splitlines()[0]})") from None
         raise UserError(
-            f"generator {spec!r}: weights not found locally and the hub is unreachable or has no such model "
+            f"cannot load {spec!r}: weights not found locally and the hub is unreachable or has no such model "
             f"({type(e).__name__}). Download it where you have network (`hf download {spec} "
-            f"--local-dir DIR`) and give DIR as the generator"
+            f"--local-dir DIR`) and give DIR as generator",
+            argument="generator",
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
