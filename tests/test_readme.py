@@ -1,0 +1,171 @@
+"""The README as a user copies it: every Python block runs on the toy world (small sizes substituted where it
+names Stable Diffusion or real data), and every command line is accounted for: run as written on the toy
+world (with flags appended that only make it smaller), run with --dry-run where it needs the hub, or skipped
+with the reason. A README line this file does not know fails the test, so the README cannot drift."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO
+
+README = (REPO / "README.md").read_text()
+SMALL_BUILD = ["--max-steps", "1", "--learn-batch-size", "2", "--images-per-class", "4", "--shard-size", "6",
+               "--steps", "2", "--batch-size", "12", "--no-progress"]  # fmt: skip
+SMALL_GENERATE = ["--images-per-class", "4", "--shard-size", "6", "--steps", "2", "--batch-size", "12", "--no-progress"]
+FEWSHOT = ["--shots", "0,2", "--trials", "1", "--model", "resnet18", "--model-kwargs",
+           '{"channels": [8, 8, 16, 16], "stem_width": 8}', "--image-size", "16", "--steps", "2", "--no-progress"]  # fmt: skip
+# every command line of the README's bash blocks → how the test runs it: ("run", flags appended), ("dry-run", []),
+# or ("skip", why)
+COMMANDS = {
+    "bash .ci/setup && .venv/bin/augment build --preset toy --labels manifests/fashion-mnist.txt --out runs/toy": ("run", SMALL_BUILD),
+    ".venv/bin/python -m pytest -q -p no:cacheprovider": ("skip", "the test suite itself"),
+    "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("dry-run", []),
+    "augment build --preset sd14-imagenet --labels manifests/imagenet1k.txt --out runs/in1k": ("dry-run", []),
+    "augment build --preset sd21-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/mine": ("run-toy", SMALL_BUILD),
+    "torchrun --standalone --nproc-per-node 8 -m augment.cli build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "8 GPUs; torchrun is tested in test_resume and test_devices"),
+    "srun --ntasks-per-node 8 --gpus-per-node 8 augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "Slurm; its variables are tested in test_devices"),
+    'sbatch --array=0-7 --gpus 1 --wrap "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub --claim"': ("skip", "Slurm; claim mode is tested in test_claims"),
+    "ls my_photos": ("skip", "a listing"),
+    "ls my_photos > my_classes.txt": ("ls", []),
+    "downstream train --dataset imagefolder:my_photos --labels my_classes.txt --save-classifier runs/my-guide": ("run", ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}', "--no-pretrained", "--image-size", "32", "--steps", "2", "--no-progress"]),
+    "augment build --preset sd21-base --labels my_classes.txt --guide clip:openai/clip-vit-large-patch14 --out runs/mine-clip": ("dry-run", []),
+    "augment score --shards runs/toy --preset toy --reference fashion-mnist --reference-limit 2000 --out runs/eval-toy.json": ("run", ["--reference-limit", "20", "--no-progress"]),
+    "augment generate --preset toy --labels manifests/fashion-mnist.txt --no-tokens --out runs/toy-plain": ("run", SMALL_GENERATE),
+    "augment generate --preset toy --labels manifests/fashion-mnist.txt --tokens runs/toy --refine date --refine-step-size 1 --out runs/toy-date": ("run", SMALL_GENERATE),
+    "downstream fewshot --dataset fashion-mnist --labels manifests/fashion-mnist.txt --synthetic plain=runs/toy-plain --synthetic tokens=runs/toy --synthetic kshot=learn:toy --shots 0,3,9,15 --trials 3 --steps 300 --out runs/fewshot": ("run", FEWSHOT),
+    "downstream fewshot --dataset cub:/data/CUB_200_2011 --labels manifests/cub200.txt --synthetic tokens=runs/cub --shots 0,3,9,15 --trials 3 --out runs/fewshot-cub": ("skip", "CUB-200 is not on this machine"),
+}  # fmt: skip
+
+
+def blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", README, flags=re.S)
+
+
+def command_lines() -> list[str]:
+    lines = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def test_every_readme_command_is_accounted_for():
+    assert sorted(set(command_lines())) == sorted(COMMANDS), "update tests/test_readme.py with the README"
+    assert "{{" not in README and "}}" not in README  # no placeholder left
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, labels3):
+    """The directories the README names, on the toy world: runs/ under a temporary directory, my_photos with
+    a few Fashion-MNIST test images per class, a small config for learn:toy."""
+    from PIL import Image
+
+    from augment.toy.data import load
+
+    root = tmp_path_factory.mktemp("readme")
+    (root / "runs").mkdir()
+    images, labels = load("test")
+    photos = root / "my_photos"
+    for c, name in enumerate(["t-shirt", "trouser", "pullover"]):
+        (photos / name).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(labels == c)[:4]):
+            Image.fromarray(images[i]).convert("RGB").save(photos / name / f"{k}.png")
+    (root / "small.yaml").write_text(
+        "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
+        "generate:\n  images_per_class: 2\n  shard_size: 6\n  num_inference_steps: 2\n  batch_size: 6\n"
+    )
+    return root
+
+
+def substitute(argv: list[str], world, labels3) -> list[str]:
+    """README paths → the test's: runs/ and my_photos in the world; the paper's label sets → 3 toy classes."""
+    out = []
+    for a in argv:
+        a = a.replace("runs/", f"{world}/runs/").replace("my_photos", str(world / "my_photos"))
+        a = a.replace("my_classes.txt", str(world / "my_classes.txt")).replace(
+            "learn:toy", f"learn:toy+{world}/small.yaml"
+        )
+        if a == "manifests/fashion-mnist.txt":
+            a = str(labels3)
+        out.append(a)
+    return out
+
+
+def run_command(line: str, world, labels3) -> None:
+    from augment.cli import main as augment_main
+    from downstream.cli import main as downstream_main
+
+    action, extra = COMMANDS[line]
+    if action == "skip":
+        return
+    if action == "ls":
+        (world / "my_classes.txt").write_text("".join(f"{p.name}\n" for p in sorted((world / "my_photos").iterdir())))
+        return
+    argv = shlex.split(line.split("&&")[-1].strip())
+    argv = substitute(argv, world, labels3)
+    program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
+    if action == "dry-run":
+        args = [*args, "--dry-run", "--no-progress"]
+    if action == "run-toy":  # the SD preset's command on the toy world's generator, at the toy's sizes
+        args[args.index("--preset") + 1] = "toy"
+    main = augment_main if program == "augment" else downstream_main
+    assert main([*args, *extra]) == 0, line
+
+
+def test_the_readme_commands_run_in_order(world, labels3):
+    """In the README's order: the toy build, the SD presets' dry runs, a guide from a folder of images and a
+    build with it, scoring, the plain baseline, the few-shot grid with a k-shot row."""
+    lines = command_lines()
+    for i, line in enumerate(lines):
+        if line not in lines[i + 1 :]:  # a line the README repeats runs where it stands last (after its inputs)
+            run_command(line, world, labels3)
+    assert (world / "runs" / "toy" / "_info.json").is_file() and (world / "runs" / "mine" / "_info.json").is_file()
+    assert (world / "runs" / "my-guide" / "config.json").is_file() and (world / "runs" / "eval-toy.json").is_file()
+    assert "| kshot |" in (world / "runs" / "fewshot" / "results.md").read_text()
+    date = json.loads((world / "runs" / "toy-date" / "manifest.json").read_text())
+    assert date["generate"]["config"]["generate"]["refine"] == "date"
+
+
+def test_the_readme_python_blocks_run(world, labels3):
+    """Each Python block as written, with the toy world substituted where it names Stable Diffusion or data
+    that is not here; then what it built is used the way a training loop would use it."""
+    toy = world / "runs" / "toy"
+    if not (toy / "_info.json").is_file():
+        run_command(next(line for line in COMMANDS if "--preset toy --labels" in line), world, labels3)
+    api, loading, mixing = blocks("python")
+    api = (
+        api.replace('"sd14-cub"', '"toy"')
+        .replace("cfg.generate.images_per_class = 500", "cfg.generate.images_per_class = 4; cfg.learn.max_steps = 1")
+        .replace('"manifests/cub200.txt"', repr(str(labels3)))
+        .replace('"runs/cub"', repr(str(world / "runs" / "api")))
+        .replace(
+            '"ckpt:runs/cub-guide"', '"ckpt:" + str(augment.config.PRESETS_DIR.parent / "toy" / "weights" / "heldout")'
+        )
+    )
+    namespace: dict = {}
+    exec(compile(api, "README.md (From Python)", "exec"), namespace)
+    assert namespace["report"]["images"] == 12 and "learned 3 token(s)" in namespace["result"].summary()
+    loading = loading.replace("OUT", str(toy)).replace("RandomResizedCrop(224", "RandomResizedCrop(32")
+    namespace = {}
+    exec(compile(loading, "README.md (Loading the shards)", "exec"), namespace)
+    images, cls = next(iter(namespace["loader"]))
+    assert images.shape[1:] == (3, 32, 32) and len(set(cls.tolist())) == 3
+    assert {"png", "cls", "json"} <= set(next(iter(namespace["hf"]))) and len(next(iter(namespace["tm"]))) == 2
+    from augment.toy.data import load
+
+    real_images, real_labels = load("test")
+    namespace["my_real_images"] = [
+        (__import__("PIL.Image").Image.fromarray(real_images[i]).convert("RGB"), [0, 2, 4].index(int(real_labels[i])))
+        for i in np.flatnonzero(np.isin(real_labels, [0, 2, 4]))[:6]
+    ]
+    exec(compile(mixing.replace("OUT", str(toy)), "README.md (mixing)", "exec"), namespace)
+    batch = next(iter(namespace["mixed"]))
+    assert batch[0].shape[0] == 64
