@@ -29,8 +29,11 @@ def test_unreachable_hub_says_how_to_use_a_local_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="hf download nobody/no-such-pipeline --local-dir DIR") as raised:
         load_generator("nobody/no-such-pipeline", "cpu")
-    assert raised.value.argument == "generator"  # the CLI says --generator
     assert str(raised.value).endswith("give DIR as generator")
+    from augment.cli import as_flags, build_parser
+
+    shown = as_flags(raised.value, build_parser(), ["generate", "--preset", "toy"])
+    assert shown.endswith("give DIR as --generator") and shown.startswith("cannot load 'nobody/no-such-pipeline'")
 
 
 def test_dtype_rules():
