@@ -13,6 +13,18 @@ import pytest
 from augment.cli import main
 from tests.helpers import ENV, REPO, build_cmd, tar_samples, token_bytes
 
+# the README's torchrun line at two processes, to which `augment build`'s arguments are appended
+TORCHRUN_2 = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc-per-node",
+    "2",
+    "-m",
+    "augment.cli",
+]
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(labels3, tmp_path_factory):
@@ -219,18 +231,7 @@ def test_torchrun_two_processes_build_the_one_process_bytes(labels3, one_process
     other's tokens, then generates its shards. With one class per learner step the batches are the same as
     in one process, so tokens and shards are byte-identical."""
     one, two = one_process_build, tmp_path / "two"
-    cmd = build_cmd(labels3, two, "--classes-per-step", "1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "augment.cli",
-        *cmd[3:],
-    ]
+    cmd = [*TORCHRUN_2, *build_cmd(labels3, two, "--classes-per-step", "1")[3:]]
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert token_bytes(two) == token_bytes(one) and len(token_bytes(one)) == 3
@@ -256,18 +257,7 @@ def test_torchrun_at_the_default_classes_per_step_agrees_to_float_rounding(label
 
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(default_cps(one)) == 0
-    cmd2 = default_cps(two)
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "augment.cli",
-    ]
-    r = subprocess.run([*launch, *cmd2], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*TORCHRUN_2, *default_cps(two)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((two / "manifest.json").read_text())
     assert sorted(manifest["workers"]["learn"]) == ["0of2", "1of2"]  # each worker's device recorded

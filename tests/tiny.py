@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from augment.models.generator import assemble_pipeline
 from augment.models.guide import Guide, Preprocess
 from augment.toy.clip_tokenizer import clip_tokenizer
 
@@ -16,7 +17,7 @@ COLOURS = ["red", "green", "blue"]
 
 def tiny_pipeline(tokenizer_dir: Path, seed: int = 0):
     """A StableDiffusionPipeline with random weights: 16×16 images, 8×8 latents, 32-wide text encoder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -69,18 +70,7 @@ def tiny_pipeline(tokenizer_dir: Path, seed: int = 0):
         prediction_type="v_prediction",
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(tokenizer_dir),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(vae, text_encoder, clip_tokenizer(tokenizer_dir), unet, scheduler)
 
 
 class PixelLinear(nn.Module):

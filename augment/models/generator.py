@@ -12,6 +12,9 @@ from augment.devices import resolve_device, resolve_dtype
 from augment.errors import UserError
 from augment.models.quiet import quiet_libraries
 
+# every pipeline here runs without the safety checker (we make training data; the checker costs time per image)
+NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
 
 def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
     """A StableDiffusionPipeline from a hub id ("CompVis/stable-diffusion-v1-4") or a local directory.
@@ -31,9 +34,7 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
         pipe = StableDiffusionPipeline.from_pretrained(
             str(local) if local.exists() else spec,
             **_dtype_kwarg(dt),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **NO_SAFETY_CHECKER,
         )
     except (OSError, ValueError) as e:
         if local.exists():
@@ -46,6 +47,17 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """A StableDiffusionPipeline from its five parts, as `load_generator` loads one: no safety checker, no bar."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, **NO_SAFETY_CHECKER
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def attention_backends(pipe) -> set[str]:

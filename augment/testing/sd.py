@@ -28,9 +28,10 @@ def architecture_config(name: str) -> dict:
 def random_pipeline(name: str, tokenizer_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A StableDiffusionPipeline with the named architecture and random weights (tens of seconds on CPU)."""
     import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from augment.models.generator import assemble_pipeline
     from augment.toy.clip_tokenizer import clip_tokenizer
 
     cfg = architecture_config(name)
@@ -42,18 +43,7 @@ def random_pipeline(name: str, tokenizer_dir: str | Path, seed: int = 0, dtype: 
     scheduler = getattr(diffusers, sched.pop("_class_name")).from_config(sched)
     tokenizer = clip_tokenizer(tokenizer_dir)
     tokenizer.pad_token = cfg["tokenizer"]["pad_token"]
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dtype=dtype)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler).to(dtype=dtype)
 
 
 def save_random_pipeline(name: str, out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:

@@ -187,8 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"train_generator: --vae-from {cfg.vae_from}: no pipeline directory with a vae/ there", file=sys.stderr)
         sys.exit(2)
 
-    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, DDPMScheduler
     from transformers import CLIPTokenizer
+
+    from augment.models.generator import assemble_pipeline
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -276,16 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         steps_offset=1,
         prediction_type="epsilon",
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=ema_text,
-        tokenizer=tokenizer,
-        unet=ema_unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, ema_text, tokenizer, ema_unet, scheduler)
     pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
     # weights stay fp16 on disk, but the text encoder's config says fp32: transformers 5 would otherwise load
     # it fp16 next to diffusers' fp32 UNet, and a plain from_pretrained(dir) would fail on mixed dtypes
