@@ -1,7 +1,7 @@
 """Run configuration: dataclasses, presets (augment/presets/*.yaml, shipped in the wheel), YAML files and CLI overrides.
 
-A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `device`,
-`dtype`, `label_match`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
+A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `clip_templates`,
+`device`, `dtype`, `label_match`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
 The string `{toy}` in any value expands to the directory of the toy world's committed weights.
 """
 
@@ -276,6 +276,9 @@ class RunConfig:
         ),
     )
     eval_classifier: str | None = None
+    # the prompt templates of a `clip:` guide whose spec names none (augment.models.clip_guide.TEMPLATES or a file);
+    # the CUB presets: bird
+    clip_templates: str = "imagenet"
     device: str = field(
         default="auto",
         metadata=flag("--device", "auto, cpu, cuda, cuda:1 ... (auto and cuda: this process's GPU by its local rank)"),
@@ -295,6 +298,17 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def guide_spec(self, spec: str | None = None) -> str | None:
+        """`spec` (default: the guide) as it loads: a `clip:` spec without `?templates=` gets this config's
+        `clip_templates` when they are not the default, so hashes and manifests name the templates used."""
+        spec = self.guide if spec is None else spec
+        if not spec or not spec.startswith("clip:") or self.clip_templates == "imagenet":
+            return spec
+        _, sep, query = spec.partition("?")
+        if "templates" in (kv.partition("=")[0] for kv in query.split("&")):
+            return spec
+        return f"{spec}{'&' if sep else '?'}templates={self.clip_templates}"
 
 
 def list_presets() -> list[str]:

@@ -100,3 +100,29 @@ def test_bad_clip_specs(clip_dir, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot load a CLIPModel" in err and not (tmp_path / "out").exists()
+
+
+def test_a_clip_guide_takes_the_presets_templates_unless_its_spec_names_some():
+    from augment.config import load_config
+
+    cub = load_config("sd14-cub", overrides={"guide": "clip:openai/clip-vit-large-patch14"})
+    assert cub.guide_spec() == "clip:openai/clip-vit-large-patch14?templates=bird"
+    assert cub.guide_spec("clip:x?templates=animal") == "clip:x?templates=animal"
+    assert load_config("sd14-cub-original").guide_spec("clip:x") == "clip:x?templates=bird"
+    assert load_config("sd14-cub").guide_spec() == "hf:vesteinn/vit-mae-cub"  # only clip: specs take templates
+    assert load_config("sd21-base").guide_spec("clip:x") == "clip:x"  # imagenet, the default, named by nothing
+
+
+def test_learn_records_the_templates_its_clip_guide_used(clip_dir, tmp_path):
+    """The toy world's learner with a `clip:` guide and `clip_templates: bird` from a config file: the guide it
+    learned with used the bird template, and the token's meta.json says so."""
+    import json
+
+    labels = tmp_path / "l.txt"
+    labels.write_text("t-shirt\ntrouser\n")
+    (tmp_path / "bird.yaml").write_text("clip_templates: bird\nlearn:\n  max_steps: 1\n  batch_size: 1\n")
+    argv = ["learn", "--preset", "toy", "--labels", str(labels), "--guide", f"clip:{clip_dir}",
+            "--config", str(tmp_path / "bird.yaml"), "--steps", "2", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "bird")]) == 0
+    meta = json.loads((tmp_path / "bird" / "tokens" / "000-t-shirt" / "meta.json").read_text())
+    assert meta["guide_preprocess"]["templates"] == "bird", meta

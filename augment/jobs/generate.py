@@ -118,7 +118,7 @@ def generate_set(
         "tokens": None if root is None else tokens_digest(root, labels),
     }
     if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
-        content["guide"] = {"spec": source_identity(config.guide), "label_match": config.label_match}
+        content["guide"] = {"spec": source_identity(config.guide_spec()), "label_match": config.label_match}
     chash = shards.config_hash(content)
     board = claim_board(out, "generate", workers)  # claim mode: every unit is anyone's
     mine = units if board else units[index::count]
@@ -137,12 +137,12 @@ def generate_set(
 
     device = resolve_device(config.device)
     bind_device(device)
-    hub_note = check_hub(job_models(config.generator, config.guide if score or g.refine is not None else None))
+    hub_note = check_hub(job_models(config.generator, config.guide_spec() if score or g.refine is not None else None))
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)
     guide = guide_indices = None
     if score or g.refine is not None:  # DATE's reward is the guide's
-        guide = load_guide(config.guide, device, labels.names())
+        guide = load_guide(config.guide_spec(), device, labels.names())
         guide_indices = match_labels(labels, guide, config.label_match).indices
     pipe = load_generator(config.generator, device, config.dtype)
     pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)

@@ -81,11 +81,12 @@ def learn_tokens(
 
     device = resolve_device(config.device)
     bind_device(device)
-    check_spec(config.guide)
-    hub_note = check_hub(job_models(config.generator, config.guide))  # one line now, not retries later
+    guide_spec = config.guide_spec()
+    check_spec(guide_spec)
+    hub_note = check_hub(job_models(config.generator, guide_spec))  # one line now, not retries later
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)
-    guide = load_guide(config.guide, device, labels.names())  # names and index range before the generator
+    guide = load_guide(guide_spec, device, labels.names())  # names and index range before the generator
     matched = match_labels(labels, guide, config.label_match)
     if matched.note:
         print(f"augment: note: {matched.note}", file=sys.stderr)
@@ -99,7 +100,7 @@ def learn_tokens(
     worker = {"index": index, "count": count, **describe_device(device)}
     update_manifest(out, "learn", manifest, worker)
     learner = TokenLearner(pipe, guide, labels, guide_indices, config.learn, out, info)
-    fingerprint = learn_fingerprint(config.learn, labels, source_identity(config.guide), info["text_encoder"])
+    fingerprint = learn_fingerprint(config.learn, labels, source_identity(guide_spec), info["text_encoder"])
     checkpoint = LearnerCheckpoint(out, (index, count), fingerprint, device, pipe.unet.dtype)
     t0 = time.time()
     with progress_bar(len(pending), not progress) as bar, board or contextlib.nullcontext():

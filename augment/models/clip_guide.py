@@ -8,8 +8,9 @@ class weight. The image side is differentiable, so `learn`, DATE and `augment sc
 the class weights are computed once, from the label set's names, in its order.
 
 Templates: `imagenet` (the seven the CLIP authors' ImageNet notebook ensembles; the default), `bird` (the
-CLIP paper's Birdsnap/CUB templates, the CUB preset's), `animal`, or a text file with one template per line
-("{}" where the name goes).
+CLIP paper's Birdsnap/CUB template), `animal`, or a text file with one template per line ("{}" where the name
+goes). A spec without `?templates=` takes the config's `clip_templates` (RunConfig.guide_spec): `imagenet` by
+default, `bird` in the CUB presets.
 """
 
 from __future__ import annotations
