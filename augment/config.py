@@ -299,11 +299,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def guide_spec(self, spec: str | None = None) -> str | None:
-        """`spec` (default: the guide) as it loads: a `clip:` spec without `?templates=` gets this config's
-        `clip_templates` when they are not the default, so hashes and manifests name the templates used."""
-        spec = self.guide if spec is None else spec
-        if not spec or not spec.startswith("clip:") or self.clip_templates == "imagenet":
+    def guide_spec(self) -> str:
+        """The guide's spec as it loads (`with_clip_templates`)."""
+        return self.with_clip_templates(self.guide)
+
+    def with_clip_templates(self, spec: str) -> str:
+        """A classifier spec as it loads: a `clip:` spec without `?templates=` gets this config's `clip_templates`
+        when they are not the default, so hashes and manifests name the templates used."""
+        if not spec.startswith("clip:") or self.clip_templates == "imagenet":
             return spec
         _, sep, query = spec.partition("?")
         if "templates" in (kv.partition("=")[0] for kv in query.split("&")):

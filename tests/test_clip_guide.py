@@ -107,10 +107,10 @@ def test_a_clip_guide_takes_the_presets_templates_unless_its_spec_names_some():
 
     cub = load_config("sd14-cub", overrides={"guide": "clip:openai/clip-vit-large-patch14"})
     assert cub.guide_spec() == "clip:openai/clip-vit-large-patch14?templates=bird"
-    assert cub.guide_spec("clip:x?templates=animal") == "clip:x?templates=animal"
-    assert load_config("sd14-cub-original").guide_spec("clip:x") == "clip:x?templates=bird"
+    assert cub.with_clip_templates("clip:x?templates=animal") == "clip:x?templates=animal"
+    assert load_config("sd14-cub-original").with_clip_templates("clip:x") == "clip:x?templates=bird"
     assert load_config("sd14-cub").guide_spec() == "hf:vesteinn/vit-mae-cub"  # only clip: specs take templates
-    assert load_config("sd21-base").guide_spec("clip:x") == "clip:x"  # imagenet, the default, named by nothing
+    assert load_config("sd21-base").with_clip_templates("clip:x") == "clip:x"  # imagenet, the default, named by nothing
 
 
 def test_learn_records_the_templates_its_clip_guide_used(clip_dir, tmp_path):

@@ -62,11 +62,12 @@ def score_set(
         raise UserError("reference is needed for FID/KID (features, reference_limit)", "reference")
     labels = label_set(shards)
     config = config or RunConfig()
-    spec = config.guide_spec(classifier or config.eval_classifier)
+    spec = classifier or config.eval_classifier
     if not spec:
         raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")
+    spec = config.with_clip_templates(spec)
 
-    features = features if features in (None, INCEPTION) else config.guide_spec(features)
+    features = features if features in (None, INCEPTION) else config.with_clip_templates(features)
     dev = resolve_device(device or config.device)
     bind_device(dev)
     other = features if features not in (None, INCEPTION, spec) else None
