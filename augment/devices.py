@@ -10,8 +10,10 @@ than silently stacking several workers on one GPU. `cuda:N` is taken as given (N
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import time
 
 import torch
 
@@ -103,7 +105,9 @@ def describe_device(dev: torch.device) -> dict[str, object]:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu."""
+    """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu, which is fast on every CPU: one
+    without native bf16 (AVX2 only: no AVX-512-BF16, no AMX) runs a bf16 matrix product about 80× slower than
+    fp32, one with it about 2.4× faster (docs/full-scale.md; `cpu_slowdown` measures it)."""
     if dtype == "auto":
         if device.type != "cuda":
             return torch.float32
@@ -111,3 +115,40 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+SLOW_ON_CPU = 3.0  # a half-precision dtype this many times slower than fp32 on the CPU gets a note
+
+
+@functools.cache
+def cpu_slowdown(dtype: torch.dtype) -> float:
+    """How many times longer a 256×256 matrix product takes in `dtype` than in fp32 on this CPU, measured once
+    per process (best of 3; a fraction of a second even where `dtype` has no native kernels)."""
+
+    def best(dt: torch.dtype) -> float:
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(256, 256, generator=g).to(dt) for _ in range(2))
+        a @ b  # warm-up: kernel selection, first-touch allocation
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return best(dtype) / max(best(torch.float32), 1e-9)
+
+
+def dtype_note(dtype: torch.dtype, device: torch.device) -> str | None:
+    """One line when `dtype` is much slower than fp32 on this CPU (bf16 without native support, fp16), else None."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    ratio = cpu_slowdown(dtype)
+    if ratio < SLOW_ON_CPU:
+        return None
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return (
+        f"--dtype {name} on this CPU (capability {torch.backends.cpu.get_cpu_capability()}, no native {name} "
+        f"kernels) runs a matrix product {ratio:.0f}x slower than fp32: this run will be slow; --dtype fp32 "
+        "(or auto) is faster here"
+    )

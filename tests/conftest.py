@@ -20,6 +20,15 @@ def sd14_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sd14_narrow_dir(tmp_path_factory):
+    """SD-1.4's architecture at 1/16 of its widths (augment/testing/sd_configs/sd14-narrow.json), random
+    weights: the same code paths in bf16 at a cost that a CPU without native bf16 can afford."""
+    from augment.testing import save_random_pipeline
+
+    return save_random_pipeline("sd14-narrow", tmp_path_factory.mktemp("sd14-narrow") / "sd14-narrow")
+
+
+@pytest.fixture(scope="session")
 def cub_guide_dir(tmp_path_factory):
     """A random classifier with vesteinn/vit-mae-cub's layout and labels, in a directory of that name."""
     from tests.full_size import save_vit_mae_cub

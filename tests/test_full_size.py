@@ -14,6 +14,7 @@ from augment.learn.learner import TokenLearner
 from augment.models.generator import attention_backends, load_generator
 from augment.models.guide import load_guide
 from augment.models.hf_guide import known_recipe
+from tests.full_size import native_bf16
 
 SMALL = """
 learn: {height: 64, width: 64, num_inference_steps: 3, max_steps: 1, batch_size: 2}
@@ -87,31 +88,51 @@ def grads(pipe, guide, labels, **kw):
         }
     )
     learner = TokenLearner(pipe, guide, labels, match_to_guide(labels, guide.labels).indices, cfg, "unused")
+    assert learner.scaler.enabled == (pipe.unet.dtype == torch.float16)  # loss scaling for fp16 alone
     states = [learner.new_state(*e) for e in learner.prepare(list(labels.classes))]
     learner.losses(states, backward=True)
     assert learner.scaler.unscale([s.embedding for s in states])
     learner.injector.remove()
+    assert all(s.embedding.dtype == s.embedding.grad.dtype == torch.float32 for s in states)  # token rows stay fp32
     return torch.cat([s.embedding.grad.flatten() for s in states])
 
 
-def test_full_size_token_gradient_in_bf16_and_with_checkpointing(sd14_dir, cub_guide_dir, two_cub_classes):
-    """SD-1.4 at 64 px under its PNDM: gradient checkpointing leaves the token gradient unchanged, and bf16
-    (no loss scale needed) follows fp32 (fp16 on CPU is too slow to test here; see test_tokens)."""
+def test_full_size_token_gradient_with_checkpointing(sd14_dir, cub_guide_dir, two_cub_classes):
+    """SD-1.4 at 64 px under its PNDM: gradient checkpointing leaves the token gradient unchanged."""
     guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
     pipe = load_generator(str(sd14_dir), "cpu", "fp32")
     assert attention_backends(pipe) == {"AttnProcessor2_0"}  # every attention layer on torch's fused SDPA
     plain = grads(pipe, guide, labels)
     ckpt = grads(load_generator(str(sd14_dir), "cpu", "fp32"), guide, labels, gradient_checkpointing=True)
-    bf16 = grads(load_generator(str(sd14_dir), "cpu", "bf16"), guide, labels, gradient_checkpointing=True)
     assert plain.norm() > 0
     torch.testing.assert_close(ckpt, plain, rtol=1e-3, atol=1e-6 * float(plain.abs().max()))
+
+
+@pytest.mark.parametrize("size", ["narrow", pytest.param("full", marks=native_bf16)])
+def test_bf16_token_gradient_with_checkpointing_follows_fp32(size, request, cub_guide_dir, two_cub_classes):
+    """bf16 models (no loss scale needed, token rows in fp32) with gradient checkpointing give the fp32
+    gradient's direction: at SD-1.4's size where the CPU has native bf16, at sd14-narrow's size on every CPU
+    (fp16 on CPU is too slow to test here; see test_tokens)."""
+    generator = str(request.getfixturevalue("sd14_dir" if size == "full" else "sd14_narrow_dir"))
+    guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)
+    plain = grads(load_generator(generator, "cpu", "fp32"), guide, labels)
+    pipe = load_generator(generator, "cpu", "bf16")
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+    bf16 = grads(pipe, guide, labels, gradient_checkpointing=True)
+    assert plain.norm() > 0
     assert float(torch.nn.functional.cosine_similarity(bf16, plain, dim=0)) >= 0.99
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,size", [("fp32", "full"), ("bf16", "narrow"), pytest.param("bf16", "full", marks=native_bf16)]
+)
 def test_sd14_cub_preset_learns_and_generates_through_the_cli(
-    sd14_dir, cub_guide_dir, two_cub_classes, tmp_path, dtype, capsys
+    cub_guide_dir, two_cub_classes, tmp_path, dtype, size, request, capsys
 ):
+    """The sd14-cub preset end to end through the CLI (learn, generate, generate with DATE and its gradient
+    checkpointing): in fp32 at SD-1.4's size; in bf16 at sd14-narrow's size on every CPU and at full size where
+    the CPU has native bf16."""
+    generator = request.getfixturevalue("sd14_dir" if size == "full" else "sd14_narrow_dir")
     small = tmp_path / "small.yaml"
     small.write_text(SMALL)
     common = [
@@ -122,7 +143,7 @@ def test_sd14_cub_preset_learns_and_generates_through_the_cli(
         "--labels",
         str(two_cub_classes),
         "--generator",
-        str(sd14_dir),
+        str(generator),
         "--guide",
         f"hf:{cub_guide_dir}",
         "--dtype",
@@ -157,6 +178,7 @@ def test_sd14_cub_preset_learns_and_generates_through_the_cli(
         assert info["splits"]["train"]["num_samples"] == 4
     manifest = json.loads((tmp_path / "date" / "manifest.json").read_text())
     assert manifest["generate"]["config"]["generate"]["refine_options"]["checkpointing"] is True
+    assert manifest["generate"]["config"]["dtype"] == dtype
     capsys.readouterr()
 
 
@@ -177,6 +199,7 @@ def test_auto_classes_per_step_fits_the_papers_footprint():
 
 
 @pytest.mark.slow
+@native_bf16
 def test_one_learner_step_at_512_px(sd14_dir, cub_guide_dir, two_cub_classes):
     """One real-size step of the sd14-cub preset's learner (bf16, checkpointing, decode_batch 1, PNDM)."""
     guide, labels = load_guide(f"hf:{cub_guide_dir}"), read_label_set(two_cub_classes)

@@ -43,6 +43,34 @@ def test_dtype_rules():
         resolve_dtype("fp8", torch.device("cpu"))
 
 
+def test_a_slow_half_precision_on_this_cpu_is_said_once_before_loading(tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """--dtype bf16 on a CPU without native bf16 (AVX2: a matrix product ~80x slower than fp32) gets one line
+    saying so; a CPU where it is fast, fp32, auto and CUDA get none."""
+    from augment import devices
+
+    tiny_pipeline(tokenizer_dir).save_pretrained(tmp_path / "gen")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_slowdown", lambda dtype: 84.0)
+    note = devices.dtype_note(torch.bfloat16, cpu)
+    assert "bf16" in note and "84x slower than fp32" in note and "--dtype fp32" in note
+    assert devices.dtype_note(torch.float32, cpu) is None
+    assert devices.dtype_note(torch.bfloat16, torch.device("cuda")) is None
+    load_generator(str(tmp_path / "gen"), "cpu", "bf16")
+    load_generator(str(tmp_path / "gen"), "cpu", "bf16")
+    load_generator(str(tmp_path / "gen"), "cpu", "auto")
+    err = capsys.readouterr().err
+    assert err.count("augment: note: --dtype bf16 on this CPU") == 1 and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(devices, "cpu_slowdown", lambda dtype: 0.4)  # native bf16: faster than fp32
+    assert devices.dtype_note(torch.bfloat16, cpu) is None
+
+
+def test_the_cpu_slowdown_is_measured_as_a_positive_ratio():
+    from augment.devices import cpu_slowdown
+
+    ratio = cpu_slowdown(torch.bfloat16)
+    assert ratio > 0 and ratio == cpu_slowdown(torch.bfloat16)  # measured once per process
+
+
 def test_the_committed_toy_generator_loads_with_a_plain_from_pretrained_and_generates():
     """What the README promises: no dtype argument, diffusers' and transformers' own defaults."""
     from diffusers import StableDiffusionPipeline

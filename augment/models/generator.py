@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from augment.devices import resolve_device, resolve_dtype
+from augment.devices import dtype_note, resolve_device, resolve_dtype
 from augment.errors import UserError
 from augment.models.quiet import quiet_libraries
 
 # every pipeline here runs without the safety checker (we make training data; the checker costs time per image)
 NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+_NOTED: set[str] = set()  # dtype notes already shown by this process
 
 
 def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
@@ -27,6 +29,10 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     quiet_libraries()  # library chatter (loading bars, deprecations passed between libraries) is not for users
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    note = dtype_note(dt, dev)
+    if note and note not in _NOTED:  # once per process, before minutes of loading and sampling
+        _NOTED.add(note)
+        print(f"augment: note: {note}", file=sys.stderr, flush=True)
     local = Path(spec).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
         raise UserError(f"{spec}: not a diffusers pipeline directory (no model_index.json)")

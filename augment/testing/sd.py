@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd14", "sd21-base", "sd21")
+ARCHITECTURES = ("sd14", "sd21-base", "sd21", "sd14-narrow")  # sd14-narrow: SD-1.4 at 1/16 width (bf16 tests)
 
 
 def architecture_config(name: str) -> dict:
