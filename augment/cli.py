@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"augment: error: {as_flags(e, parser, argv)}", file=sys.stderr)
         return 2
     except OSError as e:
+        from augment.run.storage import StorageError
+
+        if isinstance(e, StorageError):
+            print(f"augment: error: {e}; finished work is kept and nothing half-written is visible: fix "
+                  "access to OUT, then rerun the same command", file=sys.stderr)  # fmt: skip
+            return 1
         if e.errno not in OUT_OF_SPACE:
             raise
         where = f" ({e.filename})" if e.filename else ""

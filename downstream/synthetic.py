@@ -19,6 +19,7 @@ from augment.data.images import EncodedImages, Split
 from augment.data.shards import image_bytes, iter_samples, manifest_labels, tar_files
 from augment.errors import UserError
 from augment.labels import LabelSet, normalise_name
+from augment.run.storage import out_path
 
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED = {"real"}
@@ -43,8 +44,9 @@ def check_name(name: str) -> None:
 
 
 def check_directory(name: str, directory: str | Path) -> Path:
-    """A synthetic set's directory: it exists and holds shards (UserError naming the set otherwise)."""
-    path = Path(directory)
+    """A synthetic set's directory (a path or a URL): it exists and holds shards (UserError naming the set
+    otherwise)."""
+    path = out_path(directory, "synthetic")
     if not path.is_dir():
         raise UserError(f"synthetic {name}={directory}: directory {directory} not found", "synthetic")
     if not shard_paths(path):
@@ -54,7 +56,7 @@ def check_directory(name: str, directory: str | Path) -> Path:
 
 def shard_paths(directory: Path) -> list[Path]:
     """Finished shards: DIR/shards/*.tar (else DIR/*.tar), sorted; `*.tmp` files are unfinished and ignored."""
-    return [Path(p) for p in tar_files(directory)]
+    return [out_path(p) for p in tar_files(directory)]
 
 
 def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet:
@@ -78,7 +80,7 @@ def load_synthetic(name: str, directory: Path, labels: LabelSet) -> SyntheticSet
 
     blobs, ys = [], []
     for url, key, sample in iter_samples(directory):
-        where = f"{Path(url).name}:{key}"
+        where = f"{out_path(url).name}:{key}"
         image = image_bytes(sample)
         if image is None or "cls" not in sample:
             raise UserError(f"synthetic set {name} ({where}): sample has no jpg/png image or no cls")

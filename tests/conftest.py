@@ -54,3 +54,24 @@ def one_process_build(labels3, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "run"
     assert main(build_cmd(labels3, out, "--classes-per-step", "1")[3:]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint on 127.0.0.1 (augment.testing.s3) with one bucket; this process reaches it through the
+    standard AWS variables, set for the session and restored afterwards."""
+    import os
+
+    from augment.testing.s3 import moto_server
+
+    with moto_server() as endpoint:
+        saved = {k: os.environ.get(k) for k in endpoint.env}
+        os.environ.update(endpoint.env)
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

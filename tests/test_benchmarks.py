@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("research/probe_vae.py", ["--dtype", "fp64"], "unknown dtype 'fp64'"),
         ("benchmarks/bench_learner.py", ["--device", "tpu9"], "unknown device 'tpu9'"),
         ("benchmarks/gpu_check.py", ["--device", "tpu9"], "unknown device 'tpu9'"),
+        ("benchmarks/bench_storage.py", ["--threads", "0"], "--threads must be >= 1"),
     ],
 )
 def test_benchmark_bad_option_is_one_line_and_exit_2(script, option, message):

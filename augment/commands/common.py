@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from augment.commands.options import add_fields, overrides
 from augment.config import RunConfig, list_presets, load_config
@@ -15,7 +14,11 @@ from augment.run.workers import Workers
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", required=True, help="label set file (manifests/*.txt format)")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory: a path, or a URL (s3://bucket/run; needs the extra of its scheme)",
+    )
     p.add_argument("--preset", help=f"preset name from augment/presets ({', '.join(list_presets())})")
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
     add_fields(p, RunConfig, recurse=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from augment.commands.common import add_run_arguments, resolve_config, show_progress, workers_from
 from augment.commands.options import add_fields
@@ -20,7 +19,7 @@ from augment.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", type=Path, help="directory with learned tokens (a learn/build OUT)")
+    src.add_argument("--tokens", help="directory with learned tokens (a learn/build OUT: a path or a URL)")
     src.add_argument("--no-tokens", action="store_true", help="plain prompts: the baseline, same seeds")
     add_fields(p, GenerateConfig, "generate.")
     add_run_switches(p)

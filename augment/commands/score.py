@@ -24,7 +24,7 @@ from augment.run.atomic import write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", required=True, type=Path, help="an `augment generate` output directory")
+    p.add_argument("--shards", required=True, help="an `augment generate` output directory (a path or a URL)")
     p.add_argument("--preset", help="preset whose eval_classifier is the default classifier (e.g. toy)")
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
     p.add_argument(

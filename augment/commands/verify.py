@@ -7,11 +7,10 @@ Prints one line per problem (with its file) and what a rerun would redo; exit 0 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="a learn/generate/build output directory")
+    p.add_argument("out", help="a learn/generate/build output directory (a path or a URL)")
 
 
 def run(args: argparse.Namespace) -> int:

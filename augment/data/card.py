@@ -10,6 +10,8 @@ from typing import Any
 
 from augment.data.shards import class_counts, image_bytes, parse_key, read_tar, tar_files
 from augment.labels import LabelSet
+from augment.run.atomic import write_bytes
+from augment.run.storage import out_path
 
 
 def class_grids(
@@ -33,7 +35,7 @@ def class_grids(
                 im = Image.open(io.BytesIO(image_bytes(members))).convert("RGB")
                 im.thumbnail((tile, tile))
                 imgs.append(im)
-    grid_dir = Path(out) / "grid"
+    grid_dir = out_path(out) / "grid"
     grid_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for position, imgs in sorted(by_class.items()):
@@ -42,7 +44,9 @@ def class_grids(
         for k, im in enumerate(imgs):
             grid.paste(im, (k * w, 0))
         paths[position] = grid_dir / f"c{position:04d}.png"
-        grid.save(paths[position])
+        png = io.BytesIO()
+        grid.save(png, format="PNG")
+        write_bytes(paths[position], png.getvalue())
     return paths
 
 
@@ -62,7 +66,7 @@ def write_card(
 ) -> Path:
     """OUT/README.md describing the set (how it was made, how to load it): per class its image count, the
     guide's mean probability when scored, and an image grid for the first `max_grids` classes."""
-    out = Path(out)
+    out = out_path(out)
     grids = class_grids(out, labels, per_class, max_classes=max_grids)
     split = json.loads((out / "_info.json").read_text())["splits"]["train"]
     tokens = "learned class tokens" if info.get("tokens") else "plain prompts (no learned tokens)"

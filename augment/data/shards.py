@@ -38,6 +38,7 @@ import numpy as np
 from augment.errors import UserError
 from augment.labels import LabelClass, LabelSet, read_label_set
 from augment.run.atomic import write_bytes, write_json, write_text
+from augment.run.storage import out_path
 
 SEEDS_RULE = (
     "torch.Generator().manual_seed(int(numpy.random.SeedSequence([seed, position, i])"
@@ -107,7 +108,7 @@ def parse_key(key: str) -> tuple[int, int]:
 
 
 def shards_dir(out: str | Path) -> Path:
-    return Path(out) / "shards"
+    return out_path(out) / "shards"
 
 
 def tar_path(out: str | Path, setname: str, unit: ShardUnit) -> Path:
@@ -248,7 +249,8 @@ def write_unit(
     if probs:
         marker["guide_prob_sum"] = {k: round(v, 6) for k, v in sorted(probs.items())}
     write_text(mpath, json.dumps(marker, indent=1) + "\n", fsync=True)
-    _fsync_dir(final.parent)
+    if isinstance(final, Path):
+        _fsync_dir(final.parent)
     return marker
 
 
@@ -281,7 +283,7 @@ def write_info(out: str | Path, setname: str, units: list[ShardUnit], split: str
             }
         },
     }
-    return write_json(Path(out) / "_info.json", info)
+    return write_json(out_path(out) / "_info.json", info)
 
 
 def class_counts(out: str | Path) -> tuple[dict[int, int], dict[int, float]]:
@@ -300,7 +302,7 @@ def class_counts(out: str | Path) -> tuple[dict[int, int], dict[int, float]]:
 def manifest_labels(directory: str | Path) -> tuple[list[str] | None, str | None, str | None]:
     """(class names in `cls` order, the label file it was made from, sha256 of manifest.json) of a generated
     set; (None, None, None) without a manifest. UserError for a manifest that cannot be read."""
-    path = Path(directory) / "manifest.json"
+    path = out_path(directory) / "manifest.json"
     if not path.is_file():
         return None, None, None
     data = path.read_bytes()
@@ -322,7 +324,7 @@ def manifest_labels(directory: str | Path) -> tuple[list[str] | None, str | None
 def label_set(directory: str | Path) -> LabelSet:
     """The label set a generated directory was made from: its recorded label file when that still lists the
     same names (so explicit 'index<TAB>name' lines keep working), else the names in manifest.json."""
-    path = Path(directory) / "manifest.json"
+    path = out_path(directory) / "manifest.json"
     names, label_file, _ = manifest_labels(directory)
     if names is None:
         raise UserError(
@@ -345,7 +347,7 @@ def sample_count(directory: str | Path) -> int:
 
     n = 0
     for url in tar_files(directory):
-        with tarfile.open(url) as tar:  # headers only: no member is read
+        with out_path(url).open("rb") as f, tarfile.open(fileobj=f) as tar:  # headers only: no member is read
             n += sum(1 for m in tar if m.name.endswith(".cls"))
     return n
 
@@ -369,8 +371,8 @@ def iter_images(directory: str | Path, keep: set[int] | None = None) -> Iterator
 
 
 def tar_files(directory: str | Path) -> list[str]:
-    """The finished shards of a directory (OUT or OUT/shards), sorted."""
-    d = Path(directory)
+    """The finished shards of a directory (OUT or OUT/shards; a path or a URL), sorted: paths or URLs."""
+    d = out_path(directory)
     if (d / "shards").is_dir():
         d = d / "shards"
     return sorted(str(p) for p in d.glob("*.tar"))
@@ -387,6 +389,8 @@ def webdataset_pipeline(
     urls = tar_files(directory)
     if not urls:
         raise UserError(f"{directory}: no .tar shards")
+    if not isinstance(out_path(directory), Path):
+        webdataset_reads(str(directory).split("://", 1)[0])
     ds = wds.WebDataset(urls, shardshuffle=(len(urls) if shuffle else False), seed=seed, empty_check=False,
                         workersplitter=wds.split_by_worker, nodesplitter=wds.split_by_node)  # fmt: skip
     if shuffle:
@@ -396,6 +400,19 @@ def webdataset_pipeline(
     if not meta:
         return ds.to_tuple("jpg;png", "cls").map_tuple(image, lambda b: int(b))
     return ds.to_tuple("jpg;png", "cls", "json").map_tuple(image, lambda b: int(b), lambda b: json.loads(b))
+
+
+def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    return out_path(url).open(mode)
+
+
+def webdataset_reads(scheme: str = "s3") -> None:
+    """Let webdataset (and so timm's `wds/` reader) open `scheme://` URLs through fsspec, as augment does.
+    webdataset opens shards by URL scheme (`webdataset.gopen.gopen_schemes`, its table for new schemes) and
+    has none for s3://; schemes it handles itself keep its handler. `webdataset_pipeline(URL)` calls this."""
+    from webdataset.gopen import gopen_schemes
+
+    gopen_schemes.setdefault(scheme, _open_with_fsspec)
 
 
 def _decode_pil(data: bytes):
@@ -410,7 +427,7 @@ def read_tar(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     import tarfile
 
     key, members = None, {}
-    with tarfile.open(path) as tar:
+    with out_path(path).open("rb") as f, tarfile.open(fileobj=f) as tar:
         for member in tar:
             if not member.isfile():
                 continue

@@ -2,7 +2,8 @@
 
 OUT/tokens/<slug>/learned_embeds.safetensors  {"<token>": tensor[1, dim]}  (pipe.load_textual_inversion)
 OUT/tokens/<slug>/meta.json                   class, token, guide, generator, steps, loss/accuracy history
-A class directory is written under a temporary name and renamed, so it exists only when complete.
+On a local OUT a class directory is written under a temporary name and renamed, so it exists only when
+complete; on object storage each file is one whole PUT, meta.json last: a class is learned when both exist.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import torch
 
 from augment.errors import UserError
 from augment.labels import LabelClass, LabelSet
+from augment.run.storage import out_path
 
 WEIGHTS = "learned_embeds.safetensors"
 
 
 def token_dir(out_dir: str | Path, cls: LabelClass) -> Path:
-    return Path(out_dir) / "tokens" / cls.slug
+    return out_path(out_dir) / "tokens" / cls.slug
 
 
 def is_learned(out_dir: str | Path, cls: LabelClass) -> bool:
@@ -32,16 +34,24 @@ def is_learned(out_dir: str | Path, cls: LabelClass) -> bool:
 
 def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.Tensor, meta: dict) -> dict:
     """Write one class's token atomically; returns the meta written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     final = token_dir(out_dir, cls)
+    weights = save({token: vector.detach().float().cpu().reshape(1, -1).contiguous()})
+    meta = {**meta, "sha256": hashlib.sha256(weights).hexdigest()}  # `augment verify`
+    if not isinstance(final, Path):  # object storage: the weights, then meta.json (is_learned needs both)
+        from augment.run.atomic import write_bytes
+
+        (final / "meta.json").unlink(missing_ok=True)
+        write_bytes(final / WEIGHTS, weights)
+        write_bytes(final / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+        return meta
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")  # per process: a claim taken over may overlap
     for old in final.parent.glob(f"{final.name}.*tmp") if final.parent.is_dir() else ():
         shutil.rmtree(old, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)
     try:
-        save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp / WEIGHTS))
-        meta = {**meta, "sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()}  # `augment verify`
+        (tmp / WEIGHTS).write_bytes(weights)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -58,7 +68,7 @@ def read_meta(out_dir: str | Path, cls: LabelClass) -> dict:
 def find_tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
     """The run directory holding tokens/ for every class of `labels`, from that directory or its tokens/
     folder; a missing directory or class is a UserError (cheap: no model needed)."""
-    root = Path(tokens)
+    root = out_path(tokens, "tokens")
     if not root.is_dir():
         raise UserError(f"tokens directory {root} does not exist")
     if root.name == "tokens" and not (root / "tokens").is_dir():
@@ -105,8 +115,15 @@ def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: st
         out[c.position] = meta["token"]
         if meta["token"] in pipe.tokenizer.get_vocab():
             continue  # already loaded in this pipeline
-        paths.append(str(token_dir(root, c) / WEIGHTS))
+        path = token_dir(root, c) / WEIGHTS
+        paths.append(str(path) if isinstance(path, Path) else _state_dict(path))  # diffusers opens local paths
         tokens.append(meta["token"])
     if paths:
         pipe.load_textual_inversion(paths, token=tokens)
     return out
+
+
+def _state_dict(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(path.read_bytes())

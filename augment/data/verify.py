@@ -14,6 +14,7 @@ from pathlib import Path
 from augment.data.shards import marker_path, plan_units, read_marker, read_tar, sample_key, shards_dir
 from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
+from augment.run.storage import converts_storage_errors, out_path
 
 
 @dataclass
@@ -27,8 +28,9 @@ class Report:
         return not self.problems
 
 
+@converts_storage_errors()
 def verify_run(out: str | Path) -> Report:
-    out = Path(out)
+    out = out_path(out, "out")
     if not out.is_dir():
         raise UserError(f"{out}: not a directory")
     manifest_path = out / "manifest.json"
@@ -43,7 +45,7 @@ def verify_run(out: str | Path) -> Report:
 
 
 def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     expected_te = learn.get("text_encoder")
     n = 0
@@ -52,7 +54,7 @@ def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
         weights, meta_path = d / WEIGHTS, d / "meta.json"
         try:
             meta = json.loads(meta_path.read_text())
-            tensors = load_file(str(weights))
+            tensors = load(weights.read_bytes())
         except Exception as e:  # noqa: BLE001  (missing file, bad JSON, safetensors' own error type)
             report.problems.append(
                 f"{d}: token unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

@@ -19,6 +19,7 @@ from augment.errors import UserError
 from augment.jobs.generate import GenerateResult, generate_set
 from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
 from augment.labels import LabelSet
+from augment.run.storage import converts_storage_errors, out_path
 from augment.run.workers import WAIT_TOKENS, Workers
 
 
@@ -39,6 +40,7 @@ class BuildResult:
         return f"{self.learn.summary()}\n{self.generate.summary(out)}"
 
 
+@converts_storage_errors()
 def build(
     labels: str | Path | LabelSet,
     out: str | Path,
@@ -53,7 +55,7 @@ def build(
 ) -> BuildResult:
     """Learn this worker's tokens, wait (up to `wait_tokens` seconds) for the other workers' tokens, then
     generate this worker's shards. `overwrite` applies to both stages."""
-    labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
+    labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.learn.validate()
     config.generate.validate()  # a bad generate option fails before learning
     if dry_run:

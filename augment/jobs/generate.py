@@ -32,6 +32,7 @@ from augment.models.hub import check_hub, job_models
 from augment.models.sampling import make_scheduler
 from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
+from augment.run.storage import converts_storage_errors, out_path
 from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
@@ -85,6 +86,7 @@ def tokens_digest(root: Path, labels: LabelSet) -> str:
     return h.hexdigest()[:16]
 
 
+@converts_storage_errors()
 def generate_set(
     labels: str | Path | LabelSet,
     out: str | Path,
@@ -103,7 +105,7 @@ def generate_set(
     (DATE refinement, `config.generate.refine`, loads the guide anyway). `overwrite` redoes units made with
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
 
-    labels, out, workers, g = as_label_set(labels), Path(out), workers or Workers(), config.generate
+    labels, out, workers, g = as_label_set(labels), out_path(out, "out"), workers or Workers(), config.generate
     g.validate()
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)
@@ -224,6 +226,9 @@ def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrit
 
 def _relative(path: Path, out: Path) -> str:
     """A path as the manifest records it: relative to OUT when inside it ("." for OUT), else its name."""
+    if not isinstance(path, Path) or not isinstance(out, Path):  # a URL: relative when under OUT, else as given
+        text, base = str(path).rstrip("/"), str(out).rstrip("/")
+        return "." if text == base else text[len(base) + 1 :] if text.startswith(base + "/") else text
     try:
         return str(path.resolve().relative_to(out.resolve()))
     except ValueError:

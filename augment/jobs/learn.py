@@ -27,6 +27,7 @@ from augment.models.guide import check_spec, load_guide, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
+from augment.run.storage import converts_storage_errors, out_path
 from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
 
 
@@ -56,6 +57,7 @@ def as_label_set(labels: str | Path | LabelSet) -> LabelSet:
     return labels if isinstance(labels, LabelSet) else read_label_set(labels)
 
 
+@converts_storage_errors()
 def learn_tokens(
     labels: str | Path | LabelSet,
     out: str | Path,
@@ -69,7 +71,7 @@ def learn_tokens(
     set, config, output directory, workers: UserError), then the guide and the generator are loaded.
     `overwrite` discards a learner checkpoint made with another config instead of refusing it."""
 
-    labels, out, workers = as_label_set(labels), Path(out), workers or Workers()
+    labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.learn.validate()
     index, count = workers.slot()
     check_out_dir(out)

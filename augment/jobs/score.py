@@ -25,6 +25,7 @@ from augment.errors import UserError
 from augment.metrics import INCEPTION, InceptionFeatures
 from augment.models.guide import load_guide
 from augment.models.hub import check_hub, job_models
+from augment.run.storage import converts_storage_errors, out_path
 
 
 class ScoreReport(dict):
@@ -34,6 +35,7 @@ class ScoreReport(dict):
         return format_report(self)
 
 
+@converts_storage_errors("shards")
 def score_set(
     shards: str | Path,
     config: RunConfig | None = None,
@@ -49,7 +51,7 @@ def score_set(
     """The report as a dict (ScoreReport, with `.summary()`): per class n/top1/top5 (and precision/recall with a reference), macro and micro
     means, and with a reference `fid`, `kid`, `kid_std`, the features' name and size."""
 
-    shards = Path(shards)
+    shards = out_path(shards, "shards")
     if not shards.is_dir():
         raise UserError(f"shards {shards}: no such directory", "shards")
     if not tar_files(shards):

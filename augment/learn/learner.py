@@ -40,6 +40,7 @@ from augment.models.decode import decode_latents
 from augment.models.guide import Guide
 from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
 from augment.models.sampling import guide_noise, guided_calls, make_scheduler, predicted_x0
+from augment.run.storage import out_path
 
 
 class TokenLearner:
@@ -57,7 +58,7 @@ class TokenLearner:
     ):
         self.pipe, self.guide, self.labels, self.cfg = pipe, guide, labels, cfg
         self.guide_indices = guide_indices
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_path(out_dir)
         self.generator_info = generator_info or {}
         self.device = pipe.unet.device
         self.lr = cfg.lr if cfg.lr is not None else 0.00025 * cfg.batch_size

@@ -23,7 +23,8 @@ import torch
 
 from augment.config import hashed_settings
 from augment.errors import UserError
-from augment.run.atomic import write_json
+from augment.run.atomic import write_bytes, write_json
+from augment.run.storage import out_path
 
 FORMAT = "augment-learner-checkpoint/1"
 
@@ -42,7 +43,7 @@ def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
 
 def checkpoint_path(out_dir: str | Path, worker: tuple[int, int]) -> Path:
     """The JSON of worker (index, count)'s learner checkpoint (it names its tensor file)."""
-    return Path(out_dir) / "checkpoints" / f"learn-w{worker[0]}of{worker[1]}.json"
+    return out_path(out_dir) / "checkpoints" / f"learn-w{worker[0]}of{worker[1]}.json"
 
 
 class LearnerCheckpoint:
@@ -74,9 +75,9 @@ class LearnerCheckpoint:
             state = json.loads(self.path.read_text())
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {FORMAT!r}")
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            tensors = load_file(str(self.dir / state["tensors"]))
+            tensors = load((self.dir / state["tensors"]).read_bytes())
             for entry in state["active"]:
                 for key in ("embedding", "exp_avg", "exp_avg_sq"):
                     if f"{entry['position']}.{key}" not in tensors:
@@ -107,7 +108,7 @@ class LearnerCheckpoint:
     # ------------------------------------------------------------------ writing
     def save(self, active: list, queue: list, scaler, classes_per_step: int) -> None:
         """Write the learner's state after a step (see the module docstring for the order of writes)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._serial += 1
@@ -137,7 +138,7 @@ class LearnerCheckpoint:
                 }
             )
         name = f"{self.stem}-{self._serial}.safetensors"
-        save_file(tensors, str(self.dir / name))
+        write_bytes(self.dir / name, save(tensors))
         state = {
             "format": FORMAT,
             "serial": self._serial,
@@ -161,8 +162,13 @@ class LearnerCheckpoint:
         self.path.unlink(missing_ok=True)
         for old in self.dir.glob(f"{self.stem}-*.safetensors"):
             old.unlink(missing_ok=True)
+        _remove_empty(self.dir)
+
+
+def _remove_empty(d) -> None:
+    if isinstance(d, Path):  # an object store has no folders to remove
         try:
-            self.dir.rmdir()
+            d.rmdir()
         except OSError:
             pass
 
@@ -170,7 +176,7 @@ class LearnerCheckpoint:
 def clear_finished(out_dir: str | Path, learned) -> list[str]:
     """Remove every worker's checkpoint whose classes are all learned by now (claim mode: a dead worker's
     classes were taken over and finished by others). `learned(position) -> bool`. Returns the files' names."""
-    d = Path(out_dir) / "checkpoints"
+    d = out_path(out_dir) / "checkpoints"
     removed = []
     for path in sorted(d.glob("learn-w*of*.json")) if d.is_dir() else []:
         try:
@@ -183,8 +189,5 @@ def clear_finished(out_dir: str | Path, learned) -> list[str]:
             for t in d.glob(f"{path.stem}-*.safetensors"):
                 t.unlink(missing_ok=True)
             removed.append(path.name)
-    try:
-        d.rmdir()
-    except OSError:
-        pass
+    _remove_empty(d)
     return removed

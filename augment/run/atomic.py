@@ -1,8 +1,10 @@
-"""Atomic file writes: readers (and other workers sharing OUT) see the old file or the new one, never half.
+"""Atomic writes to OUT: readers (and other workers sharing OUT) see the old object or the new one, never half.
 
-The content goes to `<name>.<pid>.tmp` beside the target (unique per process: workers write the same manifest,
-card or info file at once), then replaces the target with one rename. On any failure (a full disk) the
-temporary file is removed before the error goes on."""
+On a local path the content goes to `<name>.<pid>.tmp` beside the target (unique per process: workers write the
+same manifest, card or info file at once), then replaces the target with one rename; on any failure (a full
+disk) the temporary file is removed before the error goes on. On an object store (augment.run.storage) there
+is no rename and no need of one: the finished bytes go up in one PUT (a multipart upload for large objects),
+which the store makes visible only once whole; a failed or killed upload leaves no object."""
 
 from __future__ import annotations
 
@@ -11,9 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from augment.run.storage import StorageError, out_path, storage_error
 
-def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> Path:
-    path = Path(path)
+
+def write_bytes(path, data: bytes, fsync: bool = False):
+    path = out_path(path)
+    if not isinstance(path, Path):  # an object store: one whole PUT
+        try:
+            path.write_bytes(data)
+        except Exception as e:  # noqa: BLE001  (botocore's and fsspec's own error types)
+            raise StorageError(f"{path}: cannot write ({storage_error(e)})") from e
+        return path
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -28,9 +38,9 @@ def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> Path:
     return path
 
 
-def write_text(path: str | Path, text: str, fsync: bool = False) -> Path:
+def write_text(path, text: str, fsync: bool = False):
     return write_bytes(path, text.encode("utf-8"), fsync)
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 1, fsync: bool = False) -> Path:
+def write_json(path, obj: Any, indent: int | None = 1, fsync: bool = False):
     return write_text(path, json.dumps(obj, indent=indent) + "\n", fsync)

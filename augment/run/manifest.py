@@ -28,23 +28,31 @@ def versions() -> dict[str, str]:
     }
 
 
-def update_manifest(out: Path, section: str, content: dict[str, Any], worker: dict[str, Any] | None = None) -> Path:
-    """Merge one section into OUT/manifest.json (written atomically, under a lock: workers share it). With
-    `worker` (index, count and what this worker ran on), it is recorded under workers.<section>.<i>of<n>."""
+def update_manifest(out, section: str, content: dict[str, Any], worker: dict[str, Any] | None = None):
+    """Merge one section into OUT/manifest.json (written atomically, under a lock on a local OUT: workers share
+    it). With `worker` (index, count and what this worker ran on), it is recorded under
+    workers.<section>.<i>of<n>. On object storage there is no lock: workers that merge at the same moment
+    may drop each other's `workers` entry (the sections themselves are the same for every worker)."""
+    path = out / "manifest.json"
+    if not isinstance(out, Path):
+        return _merge(path, section, content, worker)
     import fcntl
 
-    path = out / "manifest.json"
     lock = out / ".locks" / "manifest.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if worker is not None:
-            slot = f"{worker['index']}of{worker['count']}"
-            data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
-        data["versions"] = versions()
-        return write_json(path, data)
+        return _merge(path, section, content, worker)
+
+
+def _merge(path, section: str, content: dict[str, Any], worker: dict[str, Any] | None):
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[section] = {**content, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if worker is not None:
+        slot = f"{worker['index']}of{worker['count']}"
+        data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
+    data["versions"] = versions()
+    return write_json(path, data)
 
 
 def manifest_config(config) -> dict[str, Any]:

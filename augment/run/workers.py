@@ -61,15 +61,11 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
     return index, count
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an output path that can't be a writable directory, before anything is written."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{out}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: {existing} is not writable")
+def check_out_dir(out) -> None:
+    """Refuse an output (a path or a URL) that can't be written, before anything is written."""
+    from augment.run.storage import check_out
+
+    check_out(out)
 
 
 _HELD: dict[str, Any] = {}  # worker locks this process holds (released by the OS when it exits)
@@ -81,6 +77,8 @@ def lock_worker_slot(out: Path, index: int, count: int) -> None:
     OUT/.locks/worker-{index}of{count}.lock, released by the OS when its process dies, kill -9 included."""
     import fcntl
 
+    if not isinstance(out, Path):  # an object store has no locks: the launcher or engine gives each slot once
+        return
     path = out / ".locks" / f"worker-{index}of{count}.lock"
     if str(path) in _HELD:
         return
@@ -106,6 +104,12 @@ def claim_board(out: Path, stage: str, workers: Workers):
     if not workers.claim:
         return None
     workers.check()
+    if not isinstance(out, Path):
+        raise UserError(
+            f"{out}: claim mode needs OUT on a shared POSIX filesystem (its leases are files); on object "
+            "storage use the static split (torchrun, srun, a Slurm array, --worker-index/--num-workers)",
+            "claim",
+        )
     from augment.run.claims import ClaimBoard
 
     return ClaimBoard(out, stage, workers.slot()[0], workers.lease)
