@@ -40,7 +40,7 @@ def build(out: str, labels: Path, extra: list[str], env: dict[str, str]) -> dict
     seconds = time.time() - t0
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench_storage: build into {out} failed: {stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"bench_storage.py: build into {out} failed: {stderr.strip().splitlines()[-1:]}")
     rate = re.search(r"\(([\d.]+) img/s\)", stdout)
     return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 1024**2, 2),
             "generate_img_per_s": float(rate.group(1)) if rate else None}  # fmt: skip
@@ -57,7 +57,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args()
     if args.threads < 1:
-        print("bench_storage: --threads must be >= 1", file=sys.stderr)
+        print("bench_storage.py: --threads must be >= 1", file=sys.stderr)
         return 2
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("benchmarks/bench_learner.py", ["--device", "tpu9"], "unknown device 'tpu9'"),
         ("benchmarks/gpu_check.py", ["--device", "tpu9"], "unknown device 'tpu9'"),
         ("benchmarks/bench_storage.py", ["--threads", "0"], "--threads must be >= 1"),
+        ("benchmarks/bench_cpu_dtypes.py", ["--seconds", "0"], "--seconds must be > 0"),
     ],
 )
 def test_benchmark_bad_option_is_one_line_and_exit_2(script, option, message):

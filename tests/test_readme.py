@@ -22,6 +22,7 @@ FEWSHOT = ["--shots", "0,2", "--trials", "1", "--model", "resnet18", "--model-kw
            '{"channels": [8, 8, 16, 16], "stem_width": 8}', "--image-size", "16", "--steps", "2", "--no-progress"]  # fmt: skip
 # every command line of the README's bash blocks → how the test runs it: ("run", flags appended), ("dry-run", []),
 # or ("skip", why)
+BUCKET = "augment-test"  # tests/conftest.py's s3 endpoint
 COMMANDS = {
     "bash .ci/setup && .venv/bin/augment build --preset toy --labels manifests/fashion-mnist.txt --out runs/toy": ("run", SMALL_BUILD),
     ".venv/bin/python -m pytest -q -p no:cacheprovider": ("skip", "the test suite itself"),
@@ -40,6 +41,9 @@ COMMANDS = {
     "augment generate --preset toy --labels manifests/fashion-mnist.txt --tokens runs/toy --refine date --refine-step-size 1 --out runs/toy-date": ("run", SMALL_GENERATE),
     "downstream fewshot --dataset fashion-mnist --labels manifests/fashion-mnist.txt --synthetic plain=runs/toy-plain --synthetic tokens=runs/toy --synthetic kshot=learn:toy --shots 0,3,9,15 --trials 3 --steps 300 --out runs/fewshot": ("run", FEWSHOT),
     "downstream fewshot --dataset cub:/data/CUB_200_2011 --labels manifests/cub200.txt --synthetic tokens=runs/cub --shots 0,3,9,15 --trials 3 --out runs/fewshot-cub": ("skip", "CUB-200 is not on this machine"),
+    "pip install 'augment[s3]'": ("skip", "the test environment has the extra (augment[test] includes it)"),
+    "augment build --preset toy --labels manifests/fashion-mnist.txt --out s3://bucket/toy": ("run", SMALL_BUILD),
+    "augment verify s3://bucket/toy": ("run", []),
 }  # fmt: skip
 
 
@@ -86,10 +90,15 @@ def world(tmp_path_factory, labels3):
 
 
 def substitute(argv: list[str], world, labels3) -> list[str]:
-    """README paths → the test's: runs/ and my_photos in the world; the paper's label sets → 3 toy classes."""
+    """README paths → the test's: runs/ and my_photos in the world; the paper's label sets → 3 toy classes;
+    s3://bucket/ → the test endpoint's bucket (tests/conftest.py's s3)."""
     out = []
     for a in argv:
-        a = a.replace("runs/", f"{world}/runs/").replace("my_photos", str(world / "my_photos"))
+        a = (
+            a.replace("s3://bucket/", f"s3://{BUCKET}/readme-")
+            .replace("runs/", f"{world}/runs/")
+            .replace("my_photos", str(world / "my_photos"))
+        )
         a = a.replace("my_classes.txt", str(world / "my_classes.txt")).replace(
             "learn:toy", f"learn:toy+{world}/small.yaml"
         )
@@ -120,7 +129,7 @@ def run_command(line: str, world, labels3) -> None:
     assert main([*args, *extra]) == 0, line
 
 
-def test_the_readme_commands_run_in_order(world, labels3):
+def test_the_readme_commands_run_in_order(world, labels3, s3):
     """In the README's order: the toy build, the SD presets' dry runs, a guide from a folder of images and a
     build with it, scoring, the plain baseline, the few-shot grid with a k-shot row."""
     lines = command_lines()
@@ -130,6 +139,7 @@ def test_the_readme_commands_run_in_order(world, labels3):
     assert (world / "runs" / "toy" / "_info.json").is_file() and (world / "runs" / "mine" / "_info.json").is_file()
     assert (world / "runs" / "my-guide" / "config.json").is_file() and (world / "runs" / "eval-toy.json").is_file()
     assert "| kshot |" in (world / "runs" / "fewshot" / "results.md").read_text()
+    assert "readme-toy/_info.json" in s3.objects("")  # the object-storage build, then its verify
     date = json.loads((world / "runs" / "toy-date" / "manifest.json").read_text())
     assert date["generate"]["config"]["generate"]["refine"] == "date"
 
