@@ -1,7 +1,51 @@
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+RESTORED: list[str] = []  # "test: what it left changed", shown at the end of the run
+
+
+@pytest.fixture(autouse=True)
+def isolated_globals(request):
+    """What a test changes in the process's global state is put back after it, so that no test depends on
+    which tests ran before it in the same process: the environment (check_hub switches a process offline for
+    good; a job run in-process may set variables), torch's thread count and default dtype, huggingface_hub's
+    offline switch. What was put back is listed at the end of the run."""
+    import huggingface_hub.constants as hub_constants
+
+    env, threads, dtype = _environ(), torch.get_num_threads(), torch.get_default_dtype()
+    offline = hub_constants.HF_HUB_OFFLINE
+    yield
+    changed = []
+    if _environ() != env:
+        changed += sorted(k for k in set(env) | set(_environ()) if env.get(k) != os.environ.get(k))
+        for k in set(_environ()) - set(env):
+            del os.environ[k]
+        os.environ.update(env)
+    if torch.get_num_threads() != threads:
+        changed.append(f"torch threads {torch.get_num_threads()}")
+        torch.set_num_threads(threads)
+    if torch.get_default_dtype() != dtype:
+        changed.append(f"default dtype {torch.get_default_dtype()}")
+        torch.set_default_dtype(dtype)
+    if hub_constants.HF_HUB_OFFLINE != offline:
+        changed.append("huggingface_hub offline switch")
+        hub_constants.HF_HUB_OFFLINE = offline
+    if changed:
+        RESTORED.append(f"{request.node.nodeid}: {', '.join(changed)}")
+
+
+def _environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own, set per phase
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RESTORED:
+        terminalreporter.write_line(f"global state put back after {len(RESTORED)} test(s):")
+        for line in RESTORED:
+            terminalreporter.write_line(f"  {line}")
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +104,6 @@ def one_process_build(labels3, tmp_path_factory):
 def s3():
     """A real S3 endpoint on 127.0.0.1 (augment.testing.s3) with one bucket; this process reaches it through the
     standard AWS variables, set for the session and restored afterwards."""
-    import os
-
     from augment.testing.s3 import moto_server
 
     with moto_server() as endpoint:
