@@ -107,7 +107,7 @@ def describe_device(dev: torch.device) -> dict[str, object]:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' → bf16 on GPUs that have it, else fp16 on cuda; fp32 on cpu, which is fast on every CPU: one
     without native bf16 (AVX2 only: no AVX-512-BF16, no AMX) runs a bf16 matrix product about 80× slower than
-    fp32, one with it about 2.4× faster (docs/full-scale.md; `cpu_slowdown` measures it)."""
+    fp32, one with it two to three times faster (docs/full-scale.md; `cpu_slowdown` measures it)."""
     if dtype == "auto":
         if device.type != "cuda":
             return torch.float32
