@@ -26,6 +26,7 @@ from augment.devices import describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
 from augment.run.atomic import write_json
+from augment.run.storage import is_url
 from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
 from downstream.grid import GridConfig, check_grid, run_grid
 from downstream.learned import LearnedSpec, parse_learned
@@ -140,6 +141,11 @@ def fewshot(
     """The grid {real, + each synthetic set} × shots × trials into OUT (resumable: finished cells are kept;
     `workers` (index, count) splits the pending cells over processes). Returns the cells and the table."""
 
+    if is_url(out):
+        raise UserError(
+            f"out {out}: the few-shot grid's own OUT must be a local directory for now (synthetic sets may be URLs)",
+            "out",
+        )
     out = Path(out)
     grid = GridConfig(shots=list(shots), trials=trials, seed=seed, overwrite=overwrite, progress=progress,
                       worker_index=workers[0], num_workers=workers[1])  # fmt: skip

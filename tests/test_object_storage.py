@@ -167,3 +167,13 @@ def test_a_store_that_stops_answering_mid_run_is_one_line_exit_1(labels3, local_
     assert len(lines) == 1 and lines[0].startswith(f"augment: error: {url}"), err
     assert "rerun the same command" in lines[0]
     assert private.url not in err and "127.0.0.1" not in err  # no endpoint in what is shown
+
+
+def test_the_fewshot_grids_own_out_on_a_url_is_refused_before_any_work(labels3, bucket_build, capsys):
+    from downstream.cli import main as downstream_main
+
+    argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels3), "--synthetic", f"t={bucket_build}",
+            "--out", "s3://augment-test/grid", "--no-progress"]  # fmt: skip
+    assert downstream_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must be a local directory for now" in err, err
