@@ -47,7 +47,9 @@ def test_a_slow_half_precision_on_this_cpu_is_said_once_before_loading(tokenizer
     """--dtype bf16 on a CPU without native bf16 (AVX2: a matrix product ~80x slower than fp32) gets one line
     saying so; a CPU where it is fast, fp32, auto and CUDA get none."""
     from augment import devices
+    from augment.models import generator
 
+    monkeypatch.setattr(generator, "_NOTED", set())  # an earlier bf16 load in this process may have shown one
     tiny_pipeline(tokenizer_dir).save_pretrained(tmp_path / "gen")
     cpu = torch.device("cpu")
     monkeypatch.setattr(devices, "cpu_slowdown", lambda dtype: 84.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 from augment.data.shards import marker_path, plan_units, read_marker, read_tar, sample_key, shards_dir
 from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
-from augment.run.storage import converts_storage_errors, out_path
+from augment.run.storage import converts_storage_errors, from_remote, out_path
 
 
 @dataclass
@@ -56,6 +56,8 @@ def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
             meta = json.loads(meta_path.read_text())
             tensors = load(weights.read_bytes())
         except Exception as e:  # noqa: BLE001  (missing file, bad JSON, safetensors' own error type)
+            if from_remote(e):  # the store did not answer: not a problem of the token
+                raise
             report.problems.append(
                 f"{d}: token unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             )

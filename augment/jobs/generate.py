@@ -226,7 +226,9 @@ def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrit
 
 def _relative(path: Path, out: Path) -> str:
     """A path as the manifest records it: relative to OUT when inside it ("." for OUT), else its name."""
-    if not isinstance(path, Path) or not isinstance(out, Path):  # a URL: relative when under OUT, else as given
+    if isinstance(path, Path) != isinstance(out, Path):  # one local, one a URL: never under each other
+        return path.name
+    if not isinstance(path, Path):  # both URLs: relative when under OUT, else as given
         text, base = str(path).rstrip("/"), str(out).rstrip("/")
         return "." if text == base else text[len(base) + 1 :] if text.startswith(base + "/") else text
     try:

@@ -24,7 +24,7 @@ import torch
 from augment.config import hashed_settings
 from augment.errors import UserError
 from augment.run.atomic import write_bytes, write_json
-from augment.run.storage import out_path
+from augment.run.storage import from_remote, out_path
 
 FORMAT = "augment-learner-checkpoint/1"
 
@@ -83,6 +83,8 @@ class LearnerCheckpoint:
                     if f"{entry['position']}.{key}" not in tensors:
                         raise ValueError(f"no tensor {entry['position']}.{key}")
         except Exception as e:  # noqa: BLE001  (JSON, missing keys, safetensors' own SafetensorError ...)
+            if from_remote(e):  # the store did not answer: the checkpoint may be fine (storage_errors says so)
+                raise
             detail = str(e).splitlines()[0] if str(e) else ""
             raise UserError(
                 f"{self.path}: unreadable learner checkpoint ({type(e).__name__}: {detail}); delete "

@@ -13,15 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from augment.run.storage import StorageError, out_path, storage_error
+from augment.run.storage import StorageError, from_remote, out_path, storage_error
 
 
 def write_bytes(path, data: bytes, fsync: bool = False):
     path = out_path(path)
-    if not isinstance(path, Path):  # an object store: one whole PUT
+    if not isinstance(path, Path):  # an object store: one PUT, or a multipart upload aborted on failure
         try:
-            path.write_bytes(data)
-        except Exception as e:  # noqa: BLE001  (botocore's and fsspec's own error types)
+            path.fs.pipe_file(path.path, data)
+        except Exception as e:
+            if not from_remote(e):
+                raise
             raise StorageError(f"{path}: cannot write ({storage_error(e)})") from e
         return path
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

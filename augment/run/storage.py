@@ -121,11 +121,12 @@ def storage_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _from_remote(e: BaseException) -> bool:
+def from_remote(e: BaseException) -> bool:
+    """Whether `e` (or what caused it) comes from a remote filesystem's client (botocore, aiohttp, s3fs, ...);
+    a local error (a PermissionError on a cache file, a bug) is not."""
     seen = 0
     while e is not None and seen < 10:
-        module = type(e).__module__ or ""
-        if module.split(".")[0] in REMOTE_MODULES or isinstance(e, (ConnectionError, TimeoutError, PermissionError)):
+        if (type(e).__module__ or "").split(".")[0] in REMOTE_MODULES:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
@@ -143,7 +144,7 @@ def storage_errors(out) -> Iterator[None]:
     except (UserError, StorageError):
         raise
     except Exception as e:
-        if not _from_remote(e):
+        if not from_remote(e):
             raise
         raise StorageError(f"{out}: storage failed ({storage_error(e)})") from e
 
