@@ -32,8 +32,8 @@ from augment.models.hub import check_hub, job_models
 from augment.models.sampling import make_scheduler
 from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
-from augment.run.storage import converts_storage_errors, out_path
-from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
+from augment.run.storage import check_out, converts_storage_errors, out_path
+from augment.run.workers import Workers, claim_board, lock_worker_slot, waiting_note
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
 MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
@@ -110,7 +110,7 @@ def generate_set(
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)
     index, count = workers.slot()
-    check_out_dir(out)
+    check_out(out)
     shards.check_layout(out)
     content = {
         "layout": shards.LAYOUT,

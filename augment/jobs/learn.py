@@ -27,8 +27,8 @@ from augment.models.guide import check_spec, load_guide, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
-from augment.run.storage import converts_storage_errors, out_path
-from augment.run.workers import Workers, check_out_dir, claim_board, lock_worker_slot, waiting_note
+from augment.run.storage import check_out, converts_storage_errors, out_path
+from augment.run.workers import Workers, claim_board, lock_worker_slot, waiting_note
 
 
 @dataclass
@@ -74,7 +74,7 @@ def learn_tokens(
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.learn.validate()
     index, count = workers.slot()
-    check_out_dir(out)
+    check_out(out)
     board = claim_board(out, "learn", workers)  # claim mode: every class is anyone's
     mine = list(labels.classes) if board else list(labels.classes)[index::count]
     pending = [c for c in mine if not is_learned(out, c)]

@@ -76,11 +76,6 @@ def out_path(out: str | os.PathLike, argument: str | None = None):
     return UPath(text, **NO_LISTINGS_CACHE.get(proto, {}))
 
 
-def url_of(path) -> str:
-    """The string a user gave for `path` (a local path or the URL)."""
-    return str(path)
-
-
 def check_out(out, argument: str = "out") -> None:
     """Refuse an OUT that cannot be written, before anything is written: a local path whose nearest existing
     parent is not a writable directory; a URL whose bucket is missing or denies listing or writing (one small

@@ -61,13 +61,6 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
     return index, count
 
 
-def check_out_dir(out) -> None:
-    """Refuse an output (a path or a URL) that can't be written, before anything is written."""
-    from augment.run.storage import check_out
-
-    check_out(out)
-
-
 _HELD: dict[str, Any] = {}  # worker locks this process holds (released by the OS when it exits)
 
 
