@@ -8,8 +8,8 @@
     augment.generate_set("manifests/fashion-mnist.txt", "runs/toy", cfg, tokens="runs/toy")
     report = augment.score_set("runs/toy", cfg, reference="fashion-mnist")
 
-`augment.build` does learn + generate; `augment.Workers` shares OUT between processes (static split or claim
-mode). Mistakes in the input raise `augment.UserError` (one line) before any model is loaded.
+`augment.build` does learn + generate; `augment.Workers` says how the units reach workers (this process's
+share under torchrun/Slurm, or every unit on a Ray cluster: `Workers(engine="ray")`). Mistakes in the input raise `augment.UserError` (one line) before any model is loaded.
 """
 
 from augment.version import __version__  # noqa: F401

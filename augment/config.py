@@ -130,6 +130,15 @@ class LearnConfig:
     decode_batch: int = 4  # images per VAE decode + guide + backward in the gradient path:
     # bounds that part's memory whatever the UNet batch
     checkpoint_every: int = 1  # save the learner's state every N steps (augment.learn.resume); 0: never
+    group_size: int = field(
+        default=32,
+        metadata=flag(
+            "--group-size",
+            "classes per unit of learning work (default 32): a worker or Ray task learns a group's classes "
+            "together; tokens depend on it, never on how many workers run",
+            int,
+        ),
+    )  # the label set is cut into groups of this many classes, in order (augment.jobs.learn.plan_groups)
 
     def validate(self) -> None:
         """Every value a run could trip on later, checked before any model is loaded (UserError)."""
@@ -137,7 +146,7 @@ class LearnConfig:
         mcs = self.max_classes_per_step
         if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
             raise UserError(f"learn.max_classes_per_step must be a whole number or auto, got {mcs!r}")
-        whole = ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch")
+        whole = ("batch_size", "max_steps", "num_inference_steps", "grad_steps", "decode_batch", "group_size")
         for key in whole + (("max_classes_per_step",) if mcs != "auto" else ()):
             if getattr(self, key) < 1:
                 raise UserError(f"learn.{key} must be ≥ 1, got {getattr(self, key)}")

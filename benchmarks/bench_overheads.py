@@ -2,7 +2,7 @@
 
 No model runs: each class gets a stand-in token vector and a one-image shard (a 512-px JPEG), and the real
 functions do the rest, in the order a build does them: the label set, the learner's token files and its
-pending scan, claim mode's claims, per-unit shard writing with the manifest refreshed as `augment generate`
+pending scan, per-unit shard writing with the manifest refreshed as `augment generate`
 does it (every MANIFEST_EVERY seconds; `--manifest-every-unit`: after every unit, as before), `_info.json`, the
 dataset card with its class grids, `augment verify`.
 
@@ -42,7 +42,6 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
     from augment.data.tokens_io import is_learned, save_token
     from augment.data.verify import verify_run
     from augment.labels import read_label_set
-    from augment.run.claims import ClaimBoard, ClaimQueue
     from augment.run.manifest import update_manifest
 
     times: dict[str, float] = {}
@@ -64,13 +63,6 @@ def measure(n: int, root: Path, size: int, every: float | None) -> dict[str, flo
             out, c, labels.token(c), torch.randn(768), {"class": c.name, "token": labels.token(c), "history": [{}] * 20}
         )
     t = phase("learn: token files", t)
-    with ClaimBoard(out, "learn-bench", 0) as board:
-        queue = ClaimQueue(board, labels.classes, key=lambda c: c.slug, done=lambda c: False)
-        while batch := queue.take(4):
-            for c in batch:
-                board.release(c.slug)
-            queue._finished.update(c.position for c in batch)
-    t = phase("claim mode: claim + release", t)
     units = shards.plan_units(range(n), 1, 1)
     chash = "bench"
     image = jpeg(size, 0)

@@ -101,6 +101,17 @@ def one_process_build(labels3, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ray_cluster(s3):
+    """A real local Ray cluster bound to 127.0.0.1 (augment.testing.ray_cluster), 2 CPUs; its workers reach the
+    session's S3 endpoint through the standard AWS variables, as a cluster's nodes reach a bucket."""
+    pytest.importorskip("ray")
+    from augment.testing.ray_cluster import local_ray_cluster
+
+    with local_ray_cluster(num_cpus=2, env={**s3.env, "OMP_NUM_THREADS": "1"}) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def s3():
     """A real S3 endpoint on 127.0.0.1 (augment.testing.s3) with one bucket; this process reaches it through the
     standard AWS variables, set for the session and restored afterwards."""

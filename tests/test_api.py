@@ -50,8 +50,12 @@ def test_bad_config_is_a_user_error_before_any_model_loads(tmp_path, monkeypatch
     cfg.generate.image_format = "gif"
     with pytest.raises(augment.UserError, match="jpg or png"):
         augment.build(labels, tmp_path / "out", cfg)
-    with pytest.raises(augment.UserError, match="lease must be > 0"):
-        augment.generate_set(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(claim=True, lease=0))
+    with pytest.raises(augment.UserError, match="claim mode .* was retired.*--engine ray"):
+        augment.generate_set(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(claim=True))
+    with pytest.raises(augment.UserError, match="--ray-workers needs --engine ray"):
+        augment.learn_tokens(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(ray_workers=2))
+    with pytest.raises(augment.UserError, match="drop --worker-index"):
+        augment.build(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(0, 2, engine="ray"))
 
 
 def test_import_augment_is_cheap():

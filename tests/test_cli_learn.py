@@ -64,12 +64,23 @@ def test_learn_writes_every_token_and_a_manifest_then_skips_on_rerun(world, tmp_
     assert "already learned" in capsys.readouterr().out
 
 
-def test_workers_split_the_classes(world, tmp_path):
-    out = tmp_path / "run"
-    assert main(learn_argv(world, out, "--num-workers", "2", "--worker-index", "1")) == 0
-    assert sorted(p.name for p in (out / "tokens").iterdir()) == ["001-green"]
-    assert main(learn_argv(world, out, "--num-workers", "2", "--worker-index", "0")) == 0
+def test_workers_split_the_groups_and_the_tokens_do_not_depend_on_the_worker_count(world, tmp_path, capsys):
+    one, out = tmp_path / "one", tmp_path / "run"
+    assert main(learn_argv(world, one, "--group-size", "2", "--classes-per-step", "2")) == 0
+    # groups [red, green] [blue]: worker 1 of 2 takes the second group, worker 0 the first
+    assert main(learn_argv(world, out, "--group-size", "2", "--classes-per-step", "2", "--num-workers", "2",
+                           "--worker-index", "1")) == 0  # fmt: skip
+    assert sorted(p.name for p in (out / "tokens").iterdir()) == ["002-blue"]
+    assert main(learn_argv(world, out, "--group-size", "2", "--classes-per-step", "2", "--num-workers", "2",
+                           "--worker-index", "0")) == 0  # fmt: skip
     assert sorted(p.name for p in (out / "tokens").iterdir()) == ["000-red", "001-green", "002-blue"]
+    for slug in ("000-red", "001-green", "002-blue"):
+        a, b = (d / "tokens" / slug / "learned_embeds.safetensors" for d in (one, out))
+        assert a.read_bytes() == b.read_bytes(), slug
+    capsys.readouterr()
+    # with the default group size all three classes are one group: a second worker has nothing to learn
+    assert main(learn_argv(world, tmp_path / "two", "--num-workers", "2", "--worker-index", "1")) == 0
+    assert "already learned" in capsys.readouterr().out and not (tmp_path / "two" / "tokens").exists()
 
 
 def test_worker_index_out_of_range_is_a_user_error(world, tmp_path, capsys):

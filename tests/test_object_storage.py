@@ -48,10 +48,8 @@ def test_a_build_into_a_bucket_gives_the_local_builds_bytes_and_nothing_else(s3,
     assert any(k.startswith("shards/") and k.endswith(".tar") for k in objects)
     assert same_outputs(objects, local) == []
     assert {"manifest.json", "README.md", "_info.json"} <= set(objects)
-    # every object whole and final: no temporary names, locks, claims or leftover learner checkpoints
-    assert [
-        k for k in objects if ".tmp" in k or k.startswith((".locks/", ".claims/", "checkpoints/", ".augment"))
-    ] == []
+    # every object whole and final: no temporary names, locks or leftover learner checkpoints
+    assert [k for k in objects if ".tmp" in k or k.startswith((".locks/", "checkpoints/", ".augment"))] == []
     for name, data in objects.items():  # credentials and the endpoint never reach what is written
         assert s3.env["AWS_SECRET_ACCESS_KEY"].encode() not in data and s3.url.encode() not in data, name
     manifest = json.loads(objects["manifest.json"])
@@ -135,7 +133,6 @@ def test_the_readme_loaders_read_the_bucket(s3, bucket_build, local_build, tmp_p
     [
         ("gs://a-bucket/run", [], "gs:// needs the 'gcs' extra (pip install 'augment[gcs]'"),
         ("s3://no-such-bucket/run", [], "s3://no-such-bucket/run: cannot write there"),
-        ("BUCKET/claimed", ["--claim"], "claim mode needs OUT on a shared POSIX filesystem"),
     ],
 )
 def test_bad_storage_is_one_line_exit_2_and_nothing_written(s3, labels3, out, extra, expected, capsys):

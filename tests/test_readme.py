@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import CLI, ENV, REPO
 
 README = (REPO / "README.md").read_text()
 SMALL_BUILD = ["--max-steps", "1", "--learn-batch-size", "2", "--images-per-class", "4", "--shard-size", "6",
@@ -31,7 +32,7 @@ COMMANDS = {
     "augment build --preset sd21-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/mine": ("run-toy", SMALL_BUILD),
     "torchrun --standalone --nproc-per-node 8 -m augment.cli build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "8 GPUs; torchrun is tested in test_resume and test_devices"),
     "srun --ntasks-per-node 8 --gpus-per-node 8 augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "Slurm; its variables are tested in test_devices"),
-    'sbatch --array=0-7 --gpus 1 --wrap "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub --claim"': ("skip", "Slurm; claim mode is tested in test_claims"),
+    'sbatch --array=0-7 --gpus 1 --wrap "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub"': ("skip", "Slurm; a Slurm array's variables are tested in test_devices"),
     "ls my_photos": ("skip", "a listing"),
     "ls my_photos > my_classes.txt": ("ls", []),
     "downstream train --dataset imagefolder:my_photos --labels my_classes.txt --save-classifier runs/my-guide": ("run", ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}', "--no-pretrained", "--image-size", "32", "--steps", "2", "--no-progress"]),
@@ -41,7 +42,10 @@ COMMANDS = {
     "augment generate --preset toy --labels manifests/fashion-mnist.txt --tokens runs/toy --refine date --refine-step-size 1 --out runs/toy-date": ("run", SMALL_GENERATE),
     "downstream fewshot --dataset fashion-mnist --labels manifests/fashion-mnist.txt --synthetic plain=runs/toy-plain --synthetic tokens=runs/toy --synthetic kshot=learn:toy --shots 0,3,9,15 --trials 3 --steps 300 --out runs/fewshot": ("run", FEWSHOT),
     "downstream fewshot --dataset cub:/data/CUB_200_2011 --labels manifests/cub200.txt --synthetic tokens=runs/cub --shots 0,3,9,15 --trials 3 --out runs/fewshot-cub": ("skip", "CUB-200 is not on this machine"),
-    "pip install 'augment[s3]'": ("skip", "the test environment has the extra (augment[test] includes it)"),
+    "pip install 'augment[cluster]'": ("skip", "the test environment has the extras (augment[test] includes them)"),
+    "augment build --preset toy --labels manifests/fashion-mnist.txt --out runs/toy-ray --engine ray": ("ray-local", SMALL_BUILD),
+    "ray start --head --port 6379": ("skip", "a cluster's head node; the tests start one on 127.0.0.1 (augment.testing.ray_cluster)"),
+    "augment build --preset sd14-cub --labels manifests/cub200.txt --out s3://bucket/cub --engine ray --ray-address HEAD:6379": ("skip", "GPUs; --engine ray with an address is tested in test_ray on a local cluster"),
     "augment build --preset toy --labels manifests/fashion-mnist.txt --out s3://bucket/toy": ("run", SMALL_BUILD),
     "augment verify s3://bucket/toy": ("run", []),
 }  # fmt: skip
@@ -121,6 +125,14 @@ def run_command(line: str, world, labels3) -> None:
     argv = shlex.split(line.split("&&")[-1].strip())
     argv = substitute(argv, world, labels3)
     program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
+    if action == "ray-local":  # as its own process: Ray starts a local cluster from it (HOME: where it puts its token)
+        home = world / "home"
+        home.mkdir(exist_ok=True)
+        env = {k: v for k, v in ENV.items() if not k.startswith("RAY_")}
+        r = subprocess.run([*CLI, *args, *extra], cwd=REPO, env={**env, "HOME": str(home)}, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        return
     if action == "dry-run":
         args = [*args, "--dry-run", "--no-progress"]
     if action == "run-toy":  # the SD preset's command on the toy world's generator, at the toy's sizes
@@ -140,6 +152,8 @@ def test_the_readme_commands_run_in_order(world, labels3, s3):
     assert (world / "runs" / "my-guide" / "config.json").is_file() and (world / "runs" / "eval-toy.json").is_file()
     assert "| kshot |" in (world / "runs" / "fewshot" / "results.md").read_text()
     assert "readme-toy/_info.json" in s3.objects("")  # the object-storage build, then its verify
+    ray = json.loads((world / "runs" / "toy-ray" / "manifest.json").read_text())
+    assert ray["generate"]["engine"] == "ray" and (world / "runs" / "toy-ray" / "_info.json").is_file()
     date = json.loads((world / "runs" / "toy-date" / "manifest.json").read_text())
     assert date["generate"]["config"]["generate"]["refine"] == "date"
 

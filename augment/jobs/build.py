@@ -1,9 +1,9 @@
 """`build`: learn a token per class, then generate the set with them, into one OUT directory.
 
 Equivalent to `learn_tokens` followed by `generate_set(tokens=OUT)`; both skip finished work, so rerunning
-an interrupted build continues it. With several workers every worker learns its share of classes, waits
-until every class's token is in OUT (polling the shared directory: no process group needed), then generates
-its share of shards. In claim mode the learner itself waits for, or takes over, the classes others hold.
+an interrupted build continues it. With several workers every worker learns its share of groups, waits
+until every class's token is in OUT (polling OUT: no process group needed), then generates its share of
+shards. Under Ray (`Workers(engine="ray")`) the driver runs both stages on the cluster, one after the other.
 """
 
 from __future__ import annotations
@@ -58,11 +58,20 @@ def build(
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.learn.validate()
     config.generate.validate()  # a bad generate option fails before learning
+    workers.check()
     if dry_run:
         pending = sum(not is_learned(out, c) for c in labels.classes)
         if pending:
             return BuildResult(LearnResult(pending=pending), GenerateResult(dry_run=True), pending, len(labels))
         learned = LearnResult()
+    elif workers.engine == "ray":  # one Ray session for both stages (a local cluster starts once)
+        from augment.run.engine import ray_session
+
+        with ray_session(workers):
+            learned = learn_tokens(labels, out, config, workers=workers, overwrite=overwrite, progress=progress)
+            made = generate_set(labels, out, config, tokens=out, workers=workers, overwrite=overwrite, score=score,
+                                progress=progress, made_by="augment build")  # fmt: skip
+        return BuildResult(learned, made, total_classes=len(labels))
     else:
         learned = learn_tokens(labels, out, config, workers=workers, overwrite=overwrite, progress=progress)
         wait_for_tokens(out, labels, wait_tokens)

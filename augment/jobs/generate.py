@@ -2,12 +2,11 @@
 
 Writes OUT/shards/<set>-{number:06d}.{tar,json} (mixed shards: augment.data.shards), OUT/manifest.json and, once every unit exists,
 OUT/_info.json and the dataset card. Finished units are skipped, so an interrupted run continues where it
-stopped; workers take every N-th unit, or claim units as they go (augment.run.claims).
+stopped; workers take every N-th unit, or a pool of Ray actors takes them all (augment.run.engine).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import time
@@ -30,10 +29,9 @@ from augment.models.generator import generator_source, load_generator, speed_up,
 from augment.models.guide import load_guide, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.sampling import make_scheduler
-from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path
-from augment.run.workers import Workers, claim_board, lock_worker_slot, waiting_note
+from augment.run.workers import Workers, lock_worker_slot
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
 MANIFEST_EVERY = 10.0  # seconds between manifest refreshes while generating (it lists every finished shard)
@@ -49,8 +47,8 @@ class GenerateResult:
     complete: bool = False  # every unit of the set exists (_info.json and the card are written)
     total_units: int = 0
     done_units: int = 0  # units finished before this call (all workers)
-    mine_units: int = 0  # units this worker takes (static split) or may take (claim mode: all)
-    pending: list[Any] | None = None  # this worker's pending units (static split; None in claim mode)
+    mine_units: int = 0  # units this worker takes (static split; every unit under Ray)
+    pending: list[Any] | None = None  # this worker's pending units
     dry_run: bool = False
     worker: tuple[int, int] = (0, 1)
     note: str | None = None  # e.g. sampling otherwise than the tokens were learned
@@ -58,11 +56,10 @@ class GenerateResult:
     def summary(self, out: str | Path = "OUT") -> str:
         if self.dry_run:
             index, count = self.worker
+            pending = self.pending or []
             mine = (
-                "claim mode: workers take pending units as they go"
-                if self.pending is None
-                else f"this worker ({index}/{count}): {self.mine_units} units, "
-                f"{len(self.pending)} pending, {sum(u.count for u in self.pending)} images"
+                f"this worker ({index}/{count}): {self.mine_units} units, "
+                f"{len(pending)} pending, {sum(u.count for u in pending)} images"
             )
             return (
                 f"units: total {self.total_units}, done {self.done_units}, "
@@ -107,6 +104,7 @@ def generate_set(
 
     labels, out, workers, g = as_label_set(labels), out_path(out, "out"), workers or Workers(), config.generate
     g.validate()
+    workers.check()
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)
     index, count = workers.slot()
@@ -122,11 +120,9 @@ def generate_set(
     if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
         content["guide"] = {"spec": source_identity(config.guide_spec()), "label_match": config.label_match}
     chash = shards.config_hash(content)
-    board = claim_board(out, "generate", workers)  # claim mode: every unit is anyone's
-    mine = units if board else units[index::count]
+    mine = units[index::count]
     pending = [u for u in mine if not shards.unit_done(out, labels.name, u, chash, overwrite)]
-    base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count),
-            "pending": None if board else pending,
+    base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count), "pending": pending,
             "note": None if root is None else sampling_note(root, labels, g)}  # fmt: skip
     if dry_run:
         done = sum(shards.unit_done(out, labels.name, u, chash, True) for u in units)
@@ -137,43 +133,61 @@ def generate_set(
         complete = shards.write_info(out, labels.name, units) is not None
         return GenerateResult(complete=complete, **base)
 
-    device = resolve_device(config.device)
-    bind_device(device)
-    hub_note = check_hub(job_models(config.generator, config.guide_spec() if score or g.refine is not None else None))
-    if hub_note:
-        print(f"augment: note: {hub_note}", file=sys.stderr)
-    guide = guide_indices = None
-    if score or g.refine is not None:  # DATE's reward is the guide's
-        guide = load_guide(config.guide_spec(), device, labels.names())
-        guide_indices = match_labels(labels, guide, config.label_match).indices
-    pipe = load_generator(config.generator, device, config.dtype)
-    pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
-
-    speed = speed_up(pipe, g.channels_last, g.compile)
-    token_map = None
-    if root is not None:
-        token_map = load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
-    info = {"generator": generator_source(pipe), "tokens": None if root is None else _relative(root, out),
-            "worker": [index, count], "claim": board is not None, "speed": speed}  # fmt: skip
     manifest = {"labels": labels.names(), "label_file": labels.path, "set": labels.name, "config": manifest_config(config),
-                "config_hash": chash, "seeds": shards.SEEDS_RULE, "made_by": made_by, **info}  # fmt: skip
+                "config_hash": chash, "seeds": shards.SEEDS_RULE, "made_by": made_by,
+                "tokens": None if root is None else _relative(root, out), "worker": [index, count],
+                "engine": workers.engine}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    if workers.engine == "ray":
+        result = _run_on_ray(out, labels, config, units, pending, chash, root, score, manifest, workers, progress)
+        return GenerateResult(**result, **base)
+    models = GenerationModels.load(labels, config, root, score)
+    manifest.update(models.info)
     lock_worker_slot(out, index, count)
-    worker = {"index": index, "count": count, **describe_device(device)}
-    result = _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices, manifest,
-                        board, overwrite, progress, worker)  # fmt: skip
+    worker = {"index": index, "count": count, **describe_device(models.device)}
+    result = _run_units(out, labels, config, units, pending, chash, models, manifest, progress, worker)
     return GenerateResult(**result, **base)
 
 
-def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guide, guide_indices,
-               manifest: dict[str, Any], board, overwrite: bool, progress: bool,
-               worker: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class GenerationModels:
+    """What generating a unit needs, loaded once per process (or per Ray actor)."""
 
-    work = pending
-    if board is None:
-        shards.remove_stale_tmp(out, labels.name, pending)
-    else:  # claim mode: other workers write their units' .tmp files right now; clean a unit's when claimed
-        work = _claimed(board, labels.name, pending, out, chash, overwrite)
+    device: Any
+    pipe: Any
+    token_map: dict[int, str] | None
+    guide: Any
+    guide_indices: list[int] | None
+    info: dict[str, Any]  # for the manifest: the generator's identity, the speed-ups applied
+
+    @classmethod
+    def load(cls, labels: LabelSet, config: RunConfig, root: Path | None, score: bool) -> GenerationModels:
+        g = config.generate
+        device = resolve_device(config.device)
+        bind_device(device)
+        wants_guide = score or g.refine is not None  # DATE's reward is the guide's
+        hub_note = check_hub(job_models(config.generator, config.guide_spec() if wants_guide else None))
+        if hub_note:
+            print(f"augment: note: {hub_note}", file=sys.stderr)
+        guide = guide_indices = None
+        if wants_guide:
+            guide = load_guide(config.guide_spec(), device, labels.names())
+            guide_indices = match_labels(labels, guide, config.label_match).indices
+        pipe = load_generator(config.generator, device, config.dtype)
+        pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
+        speed = speed_up(pipe, g.channels_last, g.compile)
+        token_map = None if root is None else load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
+        return cls(device, pipe, token_map, guide, guide_indices, {"generator": generator_source(pipe), "speed": speed})
+
+    def generate(self, out, labels: LabelSet, config: RunConfig, units: list, chash: str, **kw) -> list[dict]:
+        return generate_units(self.pipe, labels, self.token_map, config.generate, units, out, chash, self.guide,
+                              self.guide_indices, **kw)  # fmt: skip
+
+
+def _run_units(out, labels, config, units, pending, chash, models: GenerationModels, manifest: dict[str, Any],
+               progress: bool, worker: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+
+    shards.remove_stale_tmp(out, labels.name, pending)
     done: dict[str, dict] = {}
     last = [0.0]
 
@@ -182,46 +196,97 @@ def _run_units(out, labels, config, units, pending, chash, pipe, token_map, guid
             return  # the markers are the record; the manifest's copy is refreshed at most every few seconds
         last[0] = time.time()
         if final:  # rescan: other workers' units too
-            for u in units:
-                m = shards.read_marker(out, labels.name, u)
-                if m is not None and m.get("config_hash") == chash:
-                    done[m["unit"]] = m
+            _rescan(out, labels, units, chash, done)
         listed = {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}
         update_manifest(out, "generate", {**manifest, "shards": listed}, worker)
 
     record(final=True)
     t0 = time.time()
     n_units = 0
-    bar = tqdm(total=sum(u.count for u in pending), unit="img", desc="generating", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
-    with bar, board or contextlib.nullcontext():
+    with _bar(pending, progress) as bar:
 
         def on_unit(unit, marker) -> None:
             nonlocal n_units
             n_units += 1
             done[marker["unit"]] = marker
-            if board is not None:
-                board.release(marker["unit"])
             record()
 
-        markers = generate_units(pipe, labels, token_map, config.generate, work, out, chash, guide, guide_indices,
-                                 on_images=bar.update, on_unit=on_unit)  # fmt: skip
+        markers = models.generate(out, labels, config, pending, chash, on_images=bar.update, on_unit=on_unit)
     record(final=True)
+    complete = _finish(out, labels, units, manifest)
+    return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
+            "complete": complete}  # fmt: skip
+
+
+def _bar(pending: list, progress: bool) -> tqdm:
+    return tqdm(total=sum(u.count for u in pending), unit="img", desc="generating", disable=not progress,
+                dynamic_ncols=True)  # fmt: skip
+
+
+def _rescan(out, labels: LabelSet, units: list, chash: str, done: dict[str, dict]) -> None:
+    """Every unit's marker of this config (other workers' units too) into `done`."""
+    for u in units:
+        m = shards.read_marker(out, labels.name, u)
+        if m is not None and m.get("config_hash") == chash:
+            done[m["unit"]] = m
+
+
+def _finish(out, labels: LabelSet, units: list, manifest: dict[str, Any]) -> bool:
+    """_info.json and the dataset card once every unit of the set exists; True then."""
     info_path = shards.write_info(out, labels.name, units)
     if info_path is not None:
         write_card(out, labels, manifest, command=manifest.get("made_by", "augment generate"))
-    return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
-            "complete": info_path is not None}  # fmt: skip
+    return info_path is not None
 
 
-def _claimed(board, setname: str, pending: list, out: Path, chash: str, overwrite: bool):
-    """The pending units this worker claims, one at a time, each with what a dead owner left removed."""
+class UnitActor:
+    """A Ray actor (augment.run.engine.run_actor_pool): loads the models once, then generates the units it is
+    handed, each exactly as one process would. A unit whose marker exists already (its actor died after
+    finishing it) is not written again; a dead actor's temporary files are removed first."""
 
-    queue = ClaimQueue(board, pending, key=lambda u: u.name(setname), on_wait=waiting_note(),
-                       done=lambda u: shards.unit_done(out, setname, u, chash, overwrite))  # fmt: skip
-    for unit in queue:
-        shards.remove_stale_tmp(out, setname, [unit])
-        yield unit
+    def __init__(self, labels: LabelSet, out: str, config: RunConfig, tokens: str | None, score: bool):
+        self.labels, self.out, self.config = labels, out_path(out, "out"), config
+        root = None if tokens is None else out_path(tokens, "tokens")
+        self.models = GenerationModels.load(labels, config, root, score)
+
+    def run(self, job: tuple[Any, str]) -> tuple[dict, dict]:
+        """job = (unit, config hash) → (its marker, the models' info for the manifest)."""
+        unit, chash = job
+        marker = shards.read_marker(self.out, self.labels.name, unit)
+        if marker is None or marker.get("config_hash") != chash:
+            shards.remove_stale_tmp(self.out, self.labels.name, [unit])
+            marker = self.models.generate(self.out, self.labels, self.config, [unit], chash)[0]
+        return marker, self.models.info
+
+
+def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifest, workers, progress) -> dict:
+    """Every pending unit on a pool of Ray actors; the driver keeps the manifest, _info.json and the card."""
+    from augment.run.engine import ray_session, run_actor_pool
+
+    done: dict[str, dict] = {}
+    _rescan(out, labels, units, chash, done)
+    slot = {"index": 0, "count": 1, "engine": "ray"}
+    update_manifest(out, "generate", {**manifest, "shards": {}}, slot)
+    t0 = time.time()
+    init = {"labels": labels, "out": str(out), "config": config, "tokens": None if root is None else str(root),
+            "score": score}  # fmt: skip
+    markers: list[dict] = []
+    with _bar(pending, progress) as bar, ray_session(workers):
+
+        def on_done(result: tuple[dict, dict]) -> None:
+            marker, info = result
+            done[marker["unit"]] = marker
+            manifest.update(info)
+            markers.append(marker)
+            bar.update(marker["count"])
+
+        run_actor_pool(UnitActor, init, [(u, chash) for u in pending], workers, on_done)
+    _rescan(out, labels, units, chash, done)
+    listed = {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}
+    update_manifest(out, "generate", {**manifest, "shards": listed}, slot)
+    complete = _finish(out, labels, units, manifest)
+    return {"units": len(markers), "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
+            "complete": complete}  # fmt: skip
 
 
 def _relative(path: Path, out: Path) -> str:

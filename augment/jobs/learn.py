@@ -1,13 +1,14 @@
 """`learn_tokens`: one discriminative token per class of a label set, into OUT/tokens/.
 
-Writes OUT/tokens/<slug>/{learned_embeds.safetensors,meta.json} and OUT/manifest.json. Classes already
-learned in OUT are skipped and the learner checkpoints every step, so an interrupted run continues where it
-stopped, mid-class.
+Writes OUT/tokens/<slug>/{learned_embeds.safetensors,meta.json} and OUT/manifest.json. The unit of work is a
+group of classes planned from the label set and the config alone (`plan_groups`): a worker, a launcher's rank
+or a Ray task learns a group's classes together, so the tokens are the same bytes whoever learns which group.
+Classes already learned in OUT are skipped and the learner checkpoints every step per group, so an
+interrupted run continues where it stopped, mid-class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,21 +20,20 @@ from augment.config import RunConfig
 from augment.data.tokens_io import is_learned
 from augment.devices import bind_device, describe_device, resolve_device
 from augment.fingerprint import source_identity
-from augment.labels import LabelSet, read_label_set
+from augment.labels import LabelClass, LabelSet, read_label_set
 from augment.learn.learner import TokenLearner
-from augment.learn.resume import LearnerCheckpoint, checkpoint_path, clear_finished, learn_fingerprint
+from augment.learn.resume import LearnerCheckpoint, checkpoint_path, learn_fingerprint
 from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
 from augment.models.guide import check_spec, load_guide, match_labels
 from augment.models.hub import check_hub, job_models
-from augment.run.claims import ClaimQueue
 from augment.run.manifest import manifest_config, update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path
-from augment.run.workers import Workers, claim_board, lock_worker_slot, waiting_note
+from augment.run.workers import Workers, lock_worker_slot
 
 
 @dataclass
 class LearnResult:
-    """What one `learn_tokens` call did (this worker's share)."""
+    """What one `learn_tokens` call did (this worker's share, or every group under Ray)."""
 
     learned: dict[int, dict] = field(default_factory=dict)  # position → the token's meta.json
     pending: int = 0  # this worker's classes without a token when the call began
@@ -57,6 +57,13 @@ def as_label_set(labels: str | Path | LabelSet) -> LabelSet:
     return labels if isinstance(labels, LabelSet) else read_label_set(labels)
 
 
+def plan_groups(labels: LabelSet, group_size: int) -> list[list[LabelClass]]:
+    """The label set's classes cut into groups of `group_size`, in order: the units of learning work. They depend
+    on the label set and the config only, never on how many workers there are."""
+    classes = list(labels.classes)
+    return [classes[i : i + group_size] for i in range(0, len(classes), group_size)]
+
+
 @converts_storage_errors()
 def learn_tokens(
     labels: str | Path | LabelSet,
@@ -67,24 +74,49 @@ def learn_tokens(
     overwrite: bool = False,
     progress: bool = True,
 ) -> LearnResult:
-    """Learn the tokens of this worker's pending classes into OUT. Everything cheap is checked first (label
-    set, config, output directory, workers: UserError), then the guide and the generator are loaded.
-    `overwrite` discards a learner checkpoint made with another config instead of refusing it."""
+    """Learn the tokens of this worker's pending groups (every group with `Workers(engine="ray")`) into OUT.
+    Everything cheap is checked first (label set, config, output directory, workers: UserError), then the
+    guide and the generator are loaded. `overwrite` discards a learner checkpoint made with another config
+    instead of refusing it."""
 
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.learn.validate()
+    workers.check()
     index, count = workers.slot()
     check_out(out)
-    board = claim_board(out, "learn", workers)  # claim mode: every class is anyone's
-    mine = list(labels.classes) if board else list(labels.classes)[index::count]
-    pending = [c for c in mine if not is_learned(out, c)]
-    if not pending and not checkpoint_path(out, (index, count)).is_file():
+    check_spec(config.guide_spec())
+    groups = plan_groups(labels, config.learn.group_size)
+    mine = list(range(len(groups)))[index::count]
+    todo = [g for g in mine if checkpoint_path(out, g).is_file() or any(not is_learned(out, c) for c in groups[g])]
+    pending = sum(not is_learned(out, c) for g in todo for c in groups[g])
+    if not todo:
         return LearnResult()
+    if workers.engine == "ray":
+        return _learn_on_ray(labels, out, config, workers, todo, pending, overwrite, progress)
+    t0 = time.time()
+    with progress_bar(pending, not progress) as bar:
+        learned, notes, _ = learn_groups(labels, out, config, todo, overwrite, bar, (index, count))
+    return LearnResult(learned, pending, time.time() - t0, "; ".join(notes) or None)
 
+
+def learn_groups(
+    labels: LabelSet,
+    out: Path,
+    config: RunConfig,
+    groups: list[int],
+    overwrite: bool = False,
+    bar: tqdm | None = None,
+    worker: tuple[int, int] | None = (0, 1),
+) -> tuple[dict[int, dict], list[str], dict]:
+    """Load the guide and the generator once, then learn each planned group in `groups` (indices into
+    `plan_groups`) from its checkpoint, if any. Returns (position → meta of the tokens learned, notes, the
+    manifest's learn entry). `worker`: this process's slot (its lock and manifest line); None under Ray,
+    where the driver keeps the manifest."""
+    out = out_path(out, "out")
+    planned = plan_groups(labels, config.learn.group_size)
     device = resolve_device(config.device)
     bind_device(device)
     guide_spec = config.guide_spec()
-    check_spec(guide_spec)
     hub_note = check_hub(job_models(config.generator, guide_spec))  # one line now, not retries later
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)
@@ -92,37 +124,64 @@ def learn_tokens(
     matched = match_labels(labels, guide, config.label_match)
     if matched.note:
         print(f"augment: note: {matched.note}", file=sys.stderr)
-    guide_indices = matched.indices
     pipe = load_generator(config.generator, device, config.dtype)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     out.mkdir(parents=True, exist_ok=True)
-    lock_worker_slot(out, index, count)
     manifest = {"labels": labels.names(), "label_file": labels.path, "config": manifest_config(config), **info,
-                "worker": [index, count], "claim": board is not None}  # fmt: skip
-    worker = {"index": index, "count": count, **describe_device(device)}
-    update_manifest(out, "learn", manifest, worker)
-    learner = TokenLearner(pipe, guide, labels, guide_indices, config.learn, out, info)
+                "worker": list(worker or (0, 1)), "engine": "local" if worker else "ray"}  # fmt: skip
+    if worker is not None:
+        lock_worker_slot(out, *worker)
+        update_manifest(out, "learn", manifest, {"index": worker[0], "count": worker[1], **describe_device(device)})
+    learner = TokenLearner(pipe, guide, labels, matched.indices, config.learn, out, info)
     fingerprint = learn_fingerprint(config.learn, labels, source_identity(guide_spec), info["text_encoder"])
-    checkpoint = LearnerCheckpoint(out, (index, count), fingerprint, device, pipe.unet.dtype)
+    learned: dict[int, dict] = {}
+    notes: list[str] = []
+    for g in groups:
+        checkpoint = LearnerCheckpoint(out, g, fingerprint, device, pipe.unet.dtype)
+        before = len(learned)
+
+        def report(p: dict, before=before, g=g) -> None:
+            if bar is not None:
+                bar.n = before + p["done"]
+                acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
+                bar.set_postfix_str(f"group {g} active {p['active']} step {p['step']} batch acc {acc}")
+
+        learned.update(learner.run(planned[g], report, checkpoint, overwrite))
+        if checkpoint.note and checkpoint.note not in notes:
+            notes.append(checkpoint.note)
+    if notes and worker is not None:
+        update_manifest(out, "learn", {**manifest, "resume": "; ".join(notes)})
+    return learned, notes, manifest
+
+
+def _learn_group_task(labels: LabelSet, out: str, config: RunConfig, group: int, overwrite: bool):
+    """One Ray task: one planned group, in a worker process of the cluster (augment.run.engine)."""
+    return learn_groups(labels, out_path(out, "out"), config, [group], overwrite, None, None)
+
+
+def _learn_on_ray(labels, out, config, workers, todo, pending, overwrite, progress) -> LearnResult:
+    from augment.run.engine import ray_session, run_tasks
+
     t0 = time.time()
-    with progress_bar(len(pending), not progress) as bar, board or contextlib.nullcontext():
+    learned: dict[int, dict] = {}
+    notes: list[str] = []
+    manifest: dict = {}
+    with progress_bar(pending, not progress) as bar, ray_session(workers):
 
-        def report(p: dict) -> None:
-            bar.n = p["done"]
-            acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
-            bar.set_postfix_str(f"active {p['active']} step {p['step']} batch acc {acc}")
+        def done(result) -> None:
+            got, got_notes, entry = result
+            learned.update(got)
+            notes.extend(n for n in got_notes if n not in notes)
+            manifest.update(entry)
+            bar.update(len(got))
 
-        feed = None
-        if board is not None:
-            feed = ClaimQueue(board, mine, key=lambda c: c.slug, done=lambda c: is_learned(out, c),
-                              on_wait=waiting_note())  # fmt: skip
-        learned = learner.run(mine, report, checkpoint, overwrite, feed=feed)
-    if board is not None:  # a dead worker's checkpoint, its classes finished by others
-        by_pos = {c.position: c for c in labels.classes}
-        clear_finished(out, lambda p: p in by_pos and is_learned(out, by_pos[p]))
-    if checkpoint.note:
-        update_manifest(out, "learn", {**manifest, "resume": checkpoint.note})
-    return LearnResult(learned, len(pending), time.time() - t0, checkpoint.note)
+        run_tasks(_learn_group_task, [(labels, str(out), config, g, overwrite) for g in todo], workers, done)
+    if manifest:
+        resume = {"resume": "; ".join(notes)} if notes else {}
+        update_manifest(
+            out, "learn", {**manifest, **resume}, {"index": 0, "count": 1, "engine": "ray", "groups": len(todo)}
+        )
+    return LearnResult(learned, pending, time.time() - t0, "; ".join(notes) or None)
 
 
 def progress_bar(total: int, disable: bool):

@@ -71,6 +71,7 @@ class TokenLearner:
             from augment.learn.memory import auto_classes_per_step
 
             self.classes_per_step = auto_classes_per_step(pipe, cfg)
+        self.planned_classes_per_step = self.classes_per_step  # each run() (one group) starts from it
 
     # ---------------------------------------------------------------- one optimisation step
     def step(self, active: list[ClassState]) -> None:
@@ -223,26 +224,26 @@ class TokenLearner:
         progress: Callable[[dict], None] | None = None,
         checkpoint=None,
         overwrite: bool = False,
-        feed=None,
     ) -> dict[int, dict]:
-        """Learn every class not learned yet in out_dir; returns {position: meta} of the classes learned now.
+        """Learn every class of `classes` (one planned group: augment.jobs.learn.plan_groups) not learned yet
+        in out_dir; returns {position: meta} of the classes learned now. Each call starts afresh (loss scale,
+        classes per step), so a group's tokens do not depend on the groups this learner ran before.
 
         With an `augment.learn.resume.LearnerCheckpoint` the state is saved every `checkpoint_every` steps and a
-        usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted.
-        With a `feed` (claim mode: an `augment.run.claims.ClaimQueue` over `classes`) the classes learned are the
-        ones the feed hands out, taken whenever a place in the batch is free; each is released once saved."""
+        usable checkpoint is restored first: the run then continues with the same batches as if uninterrupted."""
         classes = list(self.labels.classes if classes is None else classes)
+        self.classes_per_step, self.scaler = self.planned_classes_per_step, LossScaler(self.scaler.enabled)
         pending = [c for c in classes if not is_learned(self.out_dir, c)]
         restored = checkpoint.load(overwrite) if checkpoint is not None else None
-        if restored is not None and not self._compatible(restored[0], classes, pending, feed):
-            checkpoint.note, restored = "learner checkpoint does not match this worker's classes: not used", None
+        if restored is not None and not self._compatible(restored[0], classes, pending):
+            checkpoint.note, restored = "learner checkpoint does not match this group's classes: not used", None
         if not pending and restored is None:
             if checkpoint is not None:
                 checkpoint.clear()
             return {}
         active: list[ClassState] = []
         if restored is None:
-            queue = self.prepare(pending if feed is None else feed.take(self.classes_per_step, block=True))
+            queue = self.prepare(pending)
         else:
             state, tensors = restored
             by_pos = {c.position: c for c in classes}
@@ -259,10 +260,6 @@ class TokenLearner:
             while queue or active:
                 while queue and len(active) < self.classes_per_step:
                     active.append(self.new_state(*queue.pop(0)))
-                if feed is not None and len(active) < self.classes_per_step:
-                    queue = self.prepare(feed.take(self.classes_per_step - len(active)))
-                    while queue:
-                        active.append(self.new_state(*queue.pop(0)))
                 self.step(active)
                 steps += 1
                 for s in [s for s in active if s.stop_reason]:
@@ -274,10 +271,6 @@ class TokenLearner:
                             self.pipe.text_encoder.dtype
                         )
                     results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, kept, self._meta(s))
-                    if feed is not None:
-                        feed.board.release(feed.key(s.cls))
-                if feed is not None and not active and not queue:  # only others' classes left: wait for them
-                    queue = self.prepare(feed.take(self.classes_per_step, block=True))
                 if checkpoint is not None and every and (queue or active) and steps % every == 0:
                     checkpoint.save(active, queue, self.scaler, self.classes_per_step)
                 if progress:
@@ -301,17 +294,10 @@ class TokenLearner:
         return results
 
     @staticmethod
-    def _compatible(state: dict, classes: list[LabelClass], pending: list[LabelClass], feed=None) -> bool:
-        """A checkpoint fits when it names only this worker's classes and covers every pending one; in claim
-        mode, when every class it names is still pending and this worker can claim them all again."""
+    def _compatible(state: dict, classes: list[LabelClass], pending: list[LabelClass]) -> bool:
+        """A checkpoint fits when it names only this group's classes and covers every pending one."""
         named = [e["position"] for e in state["active"]] + state["queue"]
-        mine = {c.position for c in classes}
-        if not set(named) <= mine:
-            return False
-        if feed is None:
-            return {c.position for c in pending} <= set(named)
-        by_pos = {c.position: c for c in pending}
-        return all(p in by_pos for p in named) and feed.reserve([by_pos[p] for p in named])
+        return set(named) <= {c.position for c in classes} and {c.position for c in pending} <= set(named)
 
     def restore_state(self, entry: tuple, saved: dict, tensors: dict[str, torch.Tensor]) -> ClassState:
         """A class as the checkpoint left it: token row, AdamW moments and the stopping bookkeeping."""
@@ -342,8 +328,6 @@ class TokenLearner:
         tokens = [self.labels.token(c) for c in classes]
         words = [cfg.init_words.get(c.name, cfg.init_word) for c in classes]
         token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
-        if self.injector is not None and not self.injector.removed:  # set up already (claim mode adds classes)
-            return list(zip(classes, tokens, token_ids, words, init_vectors))
         for model in (pipe.unet, pipe.vae, pipe.text_encoder):  # frozen, in eval mode (dropout off); gradient
             model.eval().requires_grad_(False)  # checkpointing does not depend on the mode (diffusers ≥ 0.32)
         if cfg.gradient_checkpointing:

@@ -1,10 +1,13 @@
 """The token learner's checkpoint: a killed `learn` continues mid-class, exactly where it stopped.
 
-OUT/checkpoints/learn-w{index}of{count}.json          what the learner needs besides tensors: per active class
-                                                      its step, best loss, patience counter, recent correctness
-                                                      and history; the queue order; the loss scale; the config
-                                                      fingerprint, device type and dtype
-OUT/checkpoints/learn-w{index}of{count}-{n}.safetensors  per active class its token row and AdamW moments
+OUT/checkpoints/learn-g{group}.json          what the learner needs besides tensors: per active class its step,
+                                             best loss, patience counter, recent correctness and history; the
+                                             queue order; the loss scale; the config fingerprint, device type
+                                             and dtype
+OUT/checkpoints/learn-g{group}-{n}.safetensors  per active class its token row and AdamW moments
+
+One checkpoint per planned group of classes (augment.jobs.learn.plan_groups), not per worker: whichever worker,
+launcher rank or Ray task takes a group up again continues it.
 
 Written every `learn.checkpoint_every` steps: the tensors under a new name first, then the JSON (which names
 them) atomically; the JSON is the commit point, so a kill at any moment leaves the previous checkpoint or the
@@ -41,34 +44,30 @@ def learn_fingerprint(cfg, labels, guide_spec: str, text_encoder: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def checkpoint_path(out_dir: str | Path, worker: tuple[int, int]) -> Path:
-    """The JSON of worker (index, count)'s learner checkpoint (it names its tensor file)."""
-    return out_path(out_dir) / "checkpoints" / f"learn-w{worker[0]}of{worker[1]}.json"
+def checkpoint_path(out_dir: str | Path, group: int) -> Path:
+    """The JSON of a learning group's checkpoint (it names its tensor file)."""
+    return out_path(out_dir) / "checkpoints" / f"learn-g{group}.json"
 
 
 class LearnerCheckpoint:
-    def __init__(
-        self, out_dir: str | Path, worker: tuple[int, int], fingerprint: str, device: torch.device, dtype: torch.dtype
-    ):
-        self.path = checkpoint_path(out_dir, worker)
+    def __init__(self, out_dir: str | Path, group: int, fingerprint: str, device: torch.device, dtype: torch.dtype):
+        self.path = checkpoint_path(out_dir, group)
         self.dir, self.stem = self.path.parent, self.path.stem
-        self.worker, self.fingerprint = worker, fingerprint
+        self.group, self.fingerprint = group, fingerprint
         self.env = {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
         self.note: str | None = None  # why an existing checkpoint was not used, for the manifest
         self._serial = 0
 
     # ------------------------------------------------------------------ reading
     def load(self, overwrite: bool = False) -> tuple[dict, dict[str, torch.Tensor]] | None:
-        """(state, tensors) of this worker's checkpoint, or None (none, or not usable: `note` says why).
+        """(state, tensors) of this group's checkpoint, or None (none, or not usable: `note` says why).
         A changed learn config is a UserError unless `overwrite`; an unreadable checkpoint is a UserError."""
-        others = (
-            sorted(p.name for p in self.dir.glob("learn-w*of*.json") if p != self.path) if self.dir.is_dir() else []
-        )
         if not self.path.is_file():
-            if others:
+            older = sorted(p.name for p in self.dir.glob("learn-w*of*.json")) if self.dir.is_dir() else []
+            if older:  # augment 0.2 checkpointed per worker, not per group
                 self.note = (
-                    f"learner checkpoints of another worker split ({', '.join(others)}) not used: "
-                    "unfinished classes start from their initial vectors"
+                    f"learner checkpoints of an older augment ({', '.join(older)}: one per worker, not per group) "
+                    "not used: unfinished classes start from their initial vectors"
                 )
             return None
         try:
@@ -146,7 +145,7 @@ class LearnerCheckpoint:
             "serial": self._serial,
             "fingerprint": self.fingerprint,
             "env": self.env,
-            "worker": list(self.worker),
+            "group": self.group,
             "tensors": name,
             "classes_per_step": classes_per_step,
             "loss_scale": scaler.scale,
@@ -160,7 +159,7 @@ class LearnerCheckpoint:
                 old.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """This worker is done: remove its checkpoint (and the folder once empty)."""
+        """This group is done: remove its checkpoint (and the folder once empty)."""
         self.path.unlink(missing_ok=True)
         for old in self.dir.glob(f"{self.stem}-*.safetensors"):
             old.unlink(missing_ok=True)
@@ -173,23 +172,3 @@ def _remove_empty(d) -> None:
             d.rmdir()
         except OSError:
             pass
-
-
-def clear_finished(out_dir: str | Path, learned) -> list[str]:
-    """Remove every worker's checkpoint whose classes are all learned by now (claim mode: a dead worker's
-    classes were taken over and finished by others). `learned(position) -> bool`. Returns the files' names."""
-    d = out_path(out_dir) / "checkpoints"
-    removed = []
-    for path in sorted(d.glob("learn-w*of*.json")) if d.is_dir() else []:
-        try:
-            state = json.loads(path.read_text())
-            named = [e["position"] for e in state["active"]] + state["queue"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable: `learn` reports it to its own worker
-        if all(learned(p) for p in named):
-            path.unlink(missing_ok=True)
-            for t in d.glob(f"{path.stem}-*.safetensors"):
-                t.unlink(missing_ok=True)
-            removed.append(path.name)
-    _remove_empty(d)
-    return removed

@@ -1,1 +1,1 @@
-"""Run bookkeeping: the workers sharing OUT (slots, locks, claims), atomic writes and the manifest."""
+"""Run bookkeeping: where OUT lives (storage), how units reach workers (engine, workers), atomic writes, the manifest."""

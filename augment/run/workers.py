@@ -1,8 +1,9 @@
-"""The workers sharing a run directory (OUT): worker slots, output checks, the worker lock, claim mode. Used by
-every job (augment.jobs); no argparse here."""
+"""How units of work reach workers: the engine (this process with its share, or Ray), worker slots under
+torchrun and Slurm, the worker lock. Used by every job (augment.jobs)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from dataclasses import dataclass, field, fields
@@ -10,20 +11,36 @@ from pathlib import Path
 from typing import Any
 
 from augment.errors import UserError
-from augment.run.claims import DEFAULT_LEASE
 
 WAIT_TOKENS = 6 * 3600.0  # seconds a `build` worker waits for the others' tokens before generating
 
 
+RETIRED_CLAIM = (
+    "claim mode (--claim, --lease) was retired in augment 0.3: for workers that take units as they go and a "
+    "dead worker's unit redone, use --engine ray (one machine or a cluster); for a fixed set of processes, "
+    "torchrun, srun, a Slurm array or --worker-index/--num-workers"
+)
+ENGINES = ("local", "ray")
+
+
 @dataclass(frozen=True)
 class Workers:
-    """How this process shares OUT with others. `index`/`count` None: from torchrun's RANK/WORLD_SIZE or a
-    Slurm array, else 0 of 1. `claim`: take units as they come (augment.run.claims) instead of every count-th."""
+    """How the work reaches workers. `engine` "local": this process does its share of OUT's units: `index`/
+    `count` None: from torchrun's RANK/WORLD_SIZE or a Slurm array, else 0 of 1 (the static split). "ray": this
+    process drives a Ray cluster (augment.run.engine) that takes every unit: learning groups as tasks,
+    generation units on a pool of actors; `ray_address` (default $RAY_ADDRESS, else a local cluster),
+    `ray_gpus` per task or actor (default 1 on a cluster with GPUs, else 0), `ray_workers` at once (default:
+    as many as the cluster has GPUs, or 1 without), `retries` of a unit whose worker died."""
 
     index: int | None = field(default=None, metadata={"flag": "--worker-index", "type": int, "help": "this worker's index (default: $RANK, $SLURM_PROCID or $SLURM_ARRAY_TASK_ID)"})  # fmt: skip
     count: int | None = field(default=None, metadata={"flag": "--num-workers", "type": int, "help": "number of workers (default: $WORLD_SIZE, srun's $SLURM_STEP_NUM_TASKS or $SLURM_ARRAY_TASK_COUNT)"})  # fmt: skip
-    claim: bool = field(default=False, metadata={"flag": "--claim", "action": "store_true", "help": "claim mode: workers take classes and shards from OUT one at a time (no static split; a dead worker's unit is taken over once its lease expires)"})  # fmt: skip
-    lease: float = field(default=DEFAULT_LEASE, metadata={"flag": "--lease", "type": float, "help": f"claim mode: seconds without a heartbeat after which a claim is taken over (default {DEFAULT_LEASE:.0f})"})  # fmt: skip
+    engine: str = field(default="local", metadata={"flag": "--engine", "type": str, "choices": ENGINES, "help": "local: this process does its share (alone, or one of torchrun's/Slurm's workers); ray: run every unit on a Ray cluster (needs augment[ray])"})  # fmt: skip
+    ray_address: str | None = field(default=None, metadata={"flag": "--ray-address", "type": str, "help": "with --engine ray: the cluster to join (default $RAY_ADDRESS; none: a local cluster on 127.0.0.1)"})  # fmt: skip
+    ray_gpus: float | None = field(default=None, metadata={"flag": "--ray-gpus", "type": float, "help": "with --engine ray: GPUs per learning task and generation actor (default 1 when the cluster has GPUs, else 0)"})  # fmt: skip
+    ray_workers: int | None = field(default=None, metadata={"flag": "--ray-workers", "type": int, "help": "with --engine ray: learning tasks and generation actors at once (default: the cluster's GPUs / --ray-gpus, or 1 without GPUs)"})  # fmt: skip
+    retries: int = field(default=3, metadata={"flag": "--retries", "type": int, "help": "with --engine ray: times a unit is retried when its worker process dies (default 3)"})  # fmt: skip
+    claim: bool = field(default=False, metadata={"flag": "--claim", "action": "store_true", "help": argparse.SUPPRESS})  # fmt: skip
+    lease: float | None = field(default=None, metadata={"flag": "--lease", "type": float, "help": argparse.SUPPRESS})  # fmt: skip
 
     @classmethod
     def from_flags(cls, values: dict) -> Workers:
@@ -31,12 +48,31 @@ class Workers:
         return cls(**{f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None})
 
     def slot(self) -> tuple[int, int]:
-        return worker_slot(self.index, self.count)
+        return (0, 1) if self.engine == "ray" else worker_slot(self.index, self.count)
 
     def check(self) -> None:
+        """Every value checked before any model loads (UserError)."""
+        if self.claim or self.lease is not None:
+            raise UserError(RETIRED_CLAIM, "claim")
+        if self.engine not in ENGINES:
+            raise UserError(f"engine must be {' or '.join(ENGINES)}, got {self.engine!r}", "engine")
+        if self.engine == "ray":
+            if self.index is not None or self.count is not None:
+                raise UserError("--engine ray hands out every unit itself: drop --worker-index/--num-workers", "engine")
+            if self.ray_gpus is not None and not self.ray_gpus >= 0:
+                raise UserError(f"ray_gpus must be ≥ 0, got {self.ray_gpus}", "ray_gpus")
+            if self.ray_workers is not None and self.ray_workers < 1:
+                raise UserError(f"ray_workers must be ≥ 1, got {self.ray_workers}", "ray_workers")
+            if self.retries < 0:
+                raise UserError(f"retries must be ≥ 0, got {self.retries}", "retries")
+            from augment.run.engine import preflight
+
+            preflight(self)  # the extra is installed, the cluster answers: before anything is written
+        else:
+            for name in ("ray_address", "ray_gpus", "ray_workers"):
+                if getattr(self, name) is not None:
+                    raise UserError(f"--{name.replace('_', '-')} needs --engine ray", name)
         self.slot()
-        if self.claim and not self.lease > 0:
-            raise UserError(f"lease must be > 0 seconds, got {self.lease}", "lease")
 
 
 def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
@@ -90,37 +126,3 @@ def lock_worker_slot(out: Path, index: int, count: int) -> None:
     f.write(f"{os.getpid()} {platform.node()}\n")
     f.flush()
     _HELD[str(path)] = f
-
-
-def claim_board(out: Path, stage: str, workers: Workers):
-    """The ClaimBoard of this worker for `stage` (learn, generate) in claim mode, else None."""
-    if not workers.claim:
-        return None
-    workers.check()
-    if not isinstance(out, Path):
-        raise UserError(
-            f"{out}: claim mode needs OUT on a shared POSIX filesystem (its leases are files); on object "
-            "storage use the static split (torchrun, srun, a Slurm array, --worker-index/--num-workers)",
-            "claim",
-        )
-    from augment.run.claims import ClaimBoard
-
-    return ClaimBoard(out, stage, workers.slot()[0], workers.lease)
-
-
-def waiting_note():
-    """on_wait for a ClaimQueue: one line on stderr the first time this worker waits for others' units."""
-    import sys
-
-    shown = []
-
-    def note(n: int) -> None:
-        if not shown:
-            print(
-                f"waiting for {n} unit(s) other workers hold (taken over if their lease expires)",
-                file=sys.stderr,
-                flush=True,
-            )
-            shown.append(n)
-
-    return note
