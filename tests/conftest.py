@@ -107,7 +107,10 @@ def ray_cluster(s3):
     pytest.importorskip("ray")
     from augment.testing.ray_cluster import local_ray_cluster
 
-    with local_ray_cluster(num_cpus=2, env={**s3.env, "OMP_NUM_THREADS": "1"}) as cluster:
+    from tests.helpers import REPO
+
+    env = {**s3.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # its workers import this checkout
+    with local_ray_cluster(num_cpus=2, env=env) as cluster:
         yield cluster
 
 
