@@ -27,6 +27,7 @@ from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
 from augment.run.atomic import write_json
 from augment.run.storage import is_url
+from augment.run.workers import Workers
 from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
 from downstream.grid import GridConfig, check_grid, run_grid
 from downstream.learned import LearnedSpec, parse_learned
@@ -134,12 +135,17 @@ def fewshot(
     seed: int = 0,
     training: TrainConfig | dict[str, Any] | None = None,
     overwrite: bool = False,
-    workers: tuple[int, int] = (0, 1),
+    workers: tuple[int, int] | Workers = (0, 1),
     progress: bool = True,
     command: list[str] | None = None,
 ) -> FewshotResult:
     """The grid {real, + each synthetic set} × shots × trials into OUT (resumable: finished cells are kept;
-    `workers` (index, count) splits the pending cells over processes). Returns the cells and the table."""
+    `workers` (index, count) splits the pending cells over processes; `augment.Workers(engine="ray")` runs
+    every cell as a Ray task, the `learn:` rows' sets made inside their cells). Returns the cells and the
+    table."""
+    engine = workers if isinstance(workers, Workers) else Workers(*workers)
+    engine.check()
+    index, count = (0, 1) if engine.engine == "ray" else (engine.index or 0, engine.count or 1)
 
     if is_url(out):
         raise UserError(
@@ -148,7 +154,7 @@ def fewshot(
         )
     out = Path(out)
     grid = GridConfig(shots=list(shots), trials=trials, seed=seed, overwrite=overwrite, progress=progress,
-                      worker_index=workers[0], num_workers=workers[1])  # fmt: skip
+                      worker_index=index, num_workers=count)  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UserError(f"out {out} exists and is not a directory", "out")
     labels, data, sets = _inputs(dataset, labels, synthetic, learned=True)
@@ -167,7 +173,7 @@ def fewshot(
         "device": describe_device(resolve_device(config.device)),
     }  # fmt: skip
     write_json(out / "manifest.json", manifest, indent=2)
-    cells = run_grid(data, sets, config, grid, out, labels=labels)
+    cells = run_grid(data, sets, config, grid, out, labels=labels, engine=engine)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out / "manifest.json", manifest, indent=2)
     return FewshotResult(out, cells, json.loads((out / "results.json").read_text())["summary"])

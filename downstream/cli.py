@@ -57,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--trials", type=int, default=3)
     f.add_argument("--out", required=True, help="output directory (resumable; a local path)")
     f.add_argument("--overwrite", action="store_true", help="recompute cells made under another configuration")
-    f.add_argument("--num-workers", type=int, default=1,
+    f.add_argument("--num-workers", type=int, dest="count",
                    help="split the pending cells over N processes (e.g. N one-thread processes on N cores) ...")  # fmt: skip
-    f.add_argument("--worker-index", type=int, default=0, help="... this one being 0..N-1; rerun once to collect")
+    f.add_argument("--worker-index", type=int, dest="index", help="... this one being 0..N-1; rerun once to collect")
+    from augment.commands.options import add_fields
+    from augment.run.workers import Workers
+
+    add_fields(f, Workers, only=("engine", "ray_address", "ray_gpus", "ray_workers", "retries"))
     t = sub.add_parser("train", help="train and score one classifier; optionally save it as a ckpt: guide",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_common(t)
@@ -92,6 +96,16 @@ def _synthetic(args: argparse.Namespace) -> dict[str, str]:
     return sets
 
 
+def _workers(args: argparse.Namespace):
+    """The flags as an augment.Workers: a slot of the static split (default 0 of 1), or every cell on Ray."""
+    from augment.run.workers import Workers
+
+    values = vars(args)
+    if values.get("engine") != "ray":
+        values = {**values, "index": args.index or 0, "count": args.count or 1}
+    return Workers.from_flags(values)
+
+
 def _training(args: argparse.Namespace) -> dict:
     prefix = "training."
     return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             result = api.fewshot(args.dataset, args.labels, args.out, synthetic=_synthetic(args),
                                  shots=_shots(args.shots), trials=args.trials, seed=args.seed,
                                  training=_training(args), overwrite=args.overwrite,
-                                 workers=(args.worker_index, args.num_workers), progress=progress,
+                                 workers=_workers(args), progress=progress,
                                  command=["downstream", *argv])  # fmt: skip
             print(result.summary())
         else:

@@ -130,76 +130,31 @@ def run_grid(
     grid: GridConfig,
     out: Path,
     labels=None,
+    engine=None,
 ) -> list[dict]:
     """Run (or resume) every cell and write OUT/cells/*.json and the reports; returns the cell records.
-    A LearnedSpec's set is made per (shots, trial) inside its cell (downstream.learned; needs `labels`)."""
+    A LearnedSpec's set is made per (shots, trial) inside its cell (downstream.learned; needs `labels`).
+    `engine`: an augment.Workers with engine "ray" runs every pending cell as a Ray task (augment.run.engine);
+    else this process runs its share (`grid.worker_index` of `grid.num_workers`)."""
     from tqdm import tqdm
 
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    by_name = {s.name: s for s in synthetic}
     sets = [REAL] + [s.name for s in synthetic]
     hashes = {REAL: cell_hash(dataset, None, train, grid.seed)}
     hashes.update({s.name: cell_hash(dataset, s, train, grid.seed) for s in synthetic})
     cells = plan_cells(sets, grid.shots, grid.trials)
     records = _collect(cells_dir, cells, hashes)
-    mine = set(cells[grid.worker_index :: grid.num_workers])  # by position in the plan: timing-independent
+    ray = engine is not None and engine.engine == "ray"
+    mine = set(cells if ray else cells[grid.worker_index :: grid.num_workers])  # by position: timing-independent
     pending = [c for c in cells if c not in records and c in mine]
-    test = synthetic_data = None
     bar = tqdm(total=len(cells), initial=len(records), desc="cells", disable=not grid.progress)
-    for cell in pending:
+    if ray and pending:
+        _run_on_ray(dataset, synthetic, train, grid, out, labels, pending, hashes, engine, bar)
+    cache: dict[str, Any] = {}
+    for cell in [] if ray else pending:
         bar.set_postfix_str(cell.id)
-        if test is None:  # decode once, and only if there is work to do
-            test = prepare(dataset.test, train)
-            synthetic_data = {s.name: prepare(s.split, train) for s in synthetic if isinstance(s, SyntheticSet)}
-        t0 = time.time()
-        real = dataset.train.subset(
-            sample_kshot(
-                dataset.train.labels,
-                cell.shots,
-                num_classes=len(dataset.classes),
-                seed=grid.seed,
-                trial=cell.trial,
-                class_names=dataset.classes,
-            )
-        )
-        learned = by_name.get(cell.set_name) if isinstance(by_name.get(cell.set_name), LearnedSpec) else None
-        extra: dict[str, Any] = {}
-        if learned is not None and cell.shots > 0:
-            made, extra = learned_set(learned, dataset, labels, train, cell.shots, cell.trial, grid.seed, out,
-                                      progress=grid.progress)  # fmt: skip
-            synthetic_data[cell.set_name] = prepare(made.split, train)
-            n_synthetic = len(made.split)
-        else:
-            n_synthetic = 0 if learned is not None or cell.set_name == REAL else len(by_name[cell.set_name].split)
-        parts = [real] + ([synthetic_data[cell.set_name]] if n_synthetic else [])
-        record = {
-            "set": cell.set_name,
-            "shots": cell.shots,
-            "trial": cell.trial,
-            "train_images": {"real": len(real), "synthetic": n_synthetic},
-            **extra,
-        }
-        if learned is not None and cell.shots == 0:
-            record.update(top1=0.0, top5=0.0, steps=0, trained=False,
-                          note="no shots to train a guide on: not run")  # fmt: skip
-        elif len(real) + n_synthetic == 0:
-            record.update(
-                top1=0.0,
-                top5=0.0,
-                steps=0,
-                trained=False,
-                note="nothing to train on (0 shots, no synthetic images): recorded as 0",
-            )
-        else:
-            model = train_classifier(
-                parts, len(dataset.classes), train, seed=trial_seed(grid.seed, cell.trial), progress=grid.progress
-            )
-            record.update(evaluate(model, test, train), steps=num_steps(train, len(real) + n_synthetic), trained=True)
-        record.update(
-            seconds=round(time.time() - t0, 2), test_images=len(dataset.test), config_hash=hashes[cell.set_name]
-        )
-        write_json(cells_dir / f"{cell.id}.json", record, indent=2)
+        record = run_cell(dataset, synthetic, train, grid, out, labels, cell, hashes[cell.set_name], cache)
         bar.update(1)
         bar.set_postfix_str(f"{cell.id} top1 {record['top1']:.1f}")
         records = _collect(cells_dir, cells, hashes)  # other workers' cells too
@@ -209,6 +164,105 @@ def run_grid(
     ordered = [records[c] for c in cells if c in records]
     write_results(out, ordered, sets, grid.shots, plot=True)
     return ordered
+
+
+def run_cell(
+    dataset: LabelledDataset,
+    synthetic: list[SyntheticSet | LearnedSpec],
+    train: TrainConfig,
+    grid: GridConfig,
+    out: Path,
+    labels,
+    cell: Cell,
+    config_hash: str,
+    cache: dict[str, Any] | None = None,
+) -> dict:
+    """One cell: its real shots (+ its synthetic set, made first for a learned row), a classifier trained and
+    evaluated, the record written atomically to OUT/cells/<id>.json and returned. `cache` keeps the decoded
+    test and synthetic images between the cells of one process."""
+    cache = {} if cache is None else cache
+    by_name = {s.name: s for s in synthetic}
+    if "test" not in cache:  # decode once per process, and only if there is work to do
+        cache["test"] = prepare(dataset.test, train)
+        cache["synthetic"] = {s.name: prepare(s.split, train) for s in synthetic if isinstance(s, SyntheticSet)}
+    test, synthetic_data = cache["test"], cache["synthetic"]
+    t0 = time.time()
+    real = dataset.train.subset(
+        sample_kshot(
+            dataset.train.labels,
+            cell.shots,
+            num_classes=len(dataset.classes),
+            seed=grid.seed,
+            trial=cell.trial,
+            class_names=dataset.classes,
+        )
+    )
+    learned = by_name.get(cell.set_name) if isinstance(by_name.get(cell.set_name), LearnedSpec) else None
+    extra: dict[str, Any] = {}
+    parts = [real]
+    if learned is not None and cell.shots > 0:
+        made, extra = learned_set(learned, dataset, labels, train, cell.shots, cell.trial, grid.seed, out,
+                                  progress=grid.progress)  # fmt: skip
+        parts.append(prepare(made.split, train))
+        n_synthetic = len(made.split)
+    else:
+        n_synthetic = 0 if learned is not None or cell.set_name == REAL else len(by_name[cell.set_name].split)
+        if n_synthetic:
+            parts.append(synthetic_data[cell.set_name])
+    record = {
+        "set": cell.set_name,
+        "shots": cell.shots,
+        "trial": cell.trial,
+        "train_images": {"real": len(real), "synthetic": n_synthetic},
+        **extra,
+    }
+    if learned is not None and cell.shots == 0:
+        record.update(top1=0.0, top5=0.0, steps=0, trained=False,
+                      note="no shots to train a guide on: not run")  # fmt: skip
+    elif len(real) + n_synthetic == 0:
+        record.update(
+            top1=0.0,
+            top5=0.0,
+            steps=0,
+            trained=False,
+            note="nothing to train on (0 shots, no synthetic images): recorded as 0",
+        )
+    else:
+        model = train_classifier(
+            parts, len(dataset.classes), train, seed=trial_seed(grid.seed, cell.trial), progress=grid.progress
+        )
+        record.update(evaluate(model, test, train), steps=num_steps(train, len(real) + n_synthetic), trained=True)
+    record.update(seconds=round(time.time() - t0, 2), test_images=len(dataset.test), config_hash=config_hash)
+    write_json(out / "cells" / f"{cell.id}.json", record, indent=2)
+    return record
+
+
+_CACHE: dict[str, Any] = {}  # a Ray worker process keeps the decoded images between the cells it runs
+
+
+def _cell_task(dataset, synthetic, train, grid, out: str, labels, cell: Cell, config_hash: str) -> dict:
+    """One Ray task: one cell, in a worker process of the cluster (augment.run.engine)."""
+    key = f"{dataset.spec}|{[s.name for s in synthetic]}|{cell_hash(dataset, None, train, grid.seed)}"
+    if _CACHE.get("key") != key:
+        _CACHE.clear()
+        _CACHE["key"] = key
+    quiet = dataclasses.replace(grid, progress=False)
+    return run_cell(dataset, synthetic, train, quiet, Path(out), labels, cell, config_hash, _CACHE)
+
+
+def _run_on_ray(dataset, synthetic, train, grid, out, labels, pending, hashes, engine, bar) -> None:
+    """Every pending cell as a Ray task; the dataset and sets go to the object store once, not once per cell."""
+    from augment.run.engine import ray_session, run_tasks
+
+    with ray_session(engine) as ray:
+        shared = [ray.put(x) for x in (dataset, synthetic, train, grid)]
+        args = [(*shared, str(out), labels, cell, hashes[cell.set_name]) for cell in pending]
+
+        def done(record: dict) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{record['set']} {record['shots']} shots top1 {record['top1']:.1f}")
+
+        run_tasks(_cell_task, args, engine, done)
 
 
 def _collect(cells_dir: Path, cells: list[Cell], hashes: dict[str, str]) -> dict[Cell, dict]:

@@ -106,7 +106,6 @@ def ray_cluster(s3):
     session's S3 endpoint through the standard AWS variables, as a cluster's nodes reach a bucket."""
     pytest.importorskip("ray")
     from augment.testing.ray_cluster import local_ray_cluster
-
     from tests.helpers import REPO
 
     env = {**s3.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # its workers import this checkout

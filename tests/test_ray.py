@@ -109,3 +109,33 @@ def test_engine_input_is_one_line_and_exit_2(labels3, tmp_path, capsys, monkeypa
     assert main([*base, "--out", str(tmp_path / "x"), "--engine", "ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'augment[ray]'" in err[0]
+
+
+def test_the_fewshot_grid_on_ray_gives_the_cells_of_one_process(ray_cluster, tmp_path):
+    """`downstream fewshot --engine ray`: every cell a Ray task on the cluster; each cell's record (accuracy,
+    steps, images) is the one a one-thread process computes."""
+    import json
+
+    from downstream.cli import main as downstream
+    from tests.helpers import TINY_CLASSIFIER as TINY
+    from tests.test_downstream import make_cub, make_synthetic, write_labels
+
+    cub, labels = make_cub(tmp_path / "data"), write_labels(tmp_path / "labels.txt")
+    syn = make_synthetic(tmp_path / "syn", per_class=2)
+    argv = ["fewshot", "--dataset", f"cub:{cub}", "--labels", str(labels), "--synthetic", f"tokens={syn}",
+            "--shots", "0,2", "--trials", "2", *TINY]  # fmt: skip
+    assert downstream([*argv, "--out", str(tmp_path / "one")]) == 0
+    driver = [sys.executable, "-c", "import sys; from downstream.cli import main; sys.exit(main(sys.argv[1:]))"]
+    cmd = [*driver, *argv, "--out", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", ray_cluster.address,
+           "--ray-workers", "2"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env=ray_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def cells(out):
+        keep = ("set", "shots", "trial", "top1", "top5", "steps", "train_images", "trained", "config_hash")
+        return {p.name: {k: json.loads(p.read_text()).get(k) for k in keep} for p in (out / "cells").iterdir()}
+
+    one, ray = cells(tmp_path / "one"), cells(tmp_path / "ray")
+    assert len(one) == 8 and ray == one  # {real, tokens} × {0, 2} shots × 2 trials
+    summary = lambda out: json.loads((out / "results.json").read_text())["summary"]  # noqa: E731
+    assert summary(tmp_path / "ray") == summary(tmp_path / "one")

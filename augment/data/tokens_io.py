@@ -46,7 +46,9 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
         write_bytes(final / WEIGHTS, weights)
         write_bytes(final / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
         return meta
-    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")  # per process: a claim taken over may overlap
+    tmp = final.with_name(
+        f"{final.name}.{os.getpid()}.tmp"
+    )  # per process: a retried Ray task may overlap its dead attempt
     for old in final.parent.glob(f"{final.name}.*tmp") if final.parent.is_dir() else ():
         shutil.rmtree(old, ignore_errors=True)  # what a killed run left
     tmp.mkdir(parents=True)

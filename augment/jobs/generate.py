@@ -121,11 +121,11 @@ def generate_set(
         content["guide"] = {"spec": source_identity(config.guide_spec()), "label_match": config.label_match}
     chash = shards.config_hash(content)
     mine = units[index::count]
-    pending = [u for u in mine if not shards.unit_done(out, labels.name, u, chash, overwrite)]
+    pending = shards.pending_units(out, labels.name, mine, chash, overwrite)
     base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count), "pending": pending,
             "note": None if root is None else sampling_note(root, labels, g)}  # fmt: skip
     if dry_run:
-        done = sum(shards.unit_done(out, labels.name, u, chash, True) for u in units)
+        done = len(units) - len(shards.pending_units(out, labels.name, units, chash, True))
         return GenerateResult(done_units=done, dry_run=True, **base)
     if overwrite:  # another config may have planned more shards: none of its leftovers may stay beside ours
         shards.remove_unplanned(out, labels.name, units)
@@ -137,12 +137,12 @@ def generate_set(
                 "config_hash": chash, "seeds": shards.SEEDS_RULE, "made_by": made_by,
                 "tokens": None if root is None else _relative(root, out), "worker": [index, count],
                 "engine": workers.engine}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     if workers.engine == "ray":
         result = _run_on_ray(out, labels, config, units, pending, chash, root, score, manifest, workers, progress)
         return GenerateResult(**result, **base)
-    models = GenerationModels.load(labels, config, root, score)
+    models = GenerationModels.load(labels, config, root, score)  # a token of another generator: refused here
     manifest.update(models.info)
+    out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, index, count)
     worker = {"index": index, "count": count, **describe_device(models.device)}
     result = _run_units(out, labels, config, units, pending, chash, models, manifest, progress, worker)
@@ -225,9 +225,8 @@ def _bar(pending: list, progress: bool) -> tqdm:
 
 def _rescan(out, labels: LabelSet, units: list, chash: str, done: dict[str, dict]) -> None:
     """Every unit's marker of this config (other workers' units too) into `done`."""
-    for u in units:
-        m = shards.read_marker(out, labels.name, u)
-        if m is not None and m.get("config_hash") == chash:
+    for m in shards.read_markers(out, labels.name, units).values():
+        if m.get("config_hash") == chash:
             done[m["unit"]] = m
 
 
@@ -264,10 +263,8 @@ def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifes
     from augment.run.engine import ray_session, run_actor_pool
 
     done: dict[str, dict] = {}
-    _rescan(out, labels, units, chash, done)
     slot = {"index": 0, "count": 1, "engine": "ray"}
-    update_manifest(out, "generate", {**manifest, "shards": {}}, slot)
-    t0 = time.time()
+    t0 = time.time()  # the actors load the models (a bad token is refused there) and write the shards
     init = {"labels": labels, "out": str(out), "config": config, "tokens": None if root is None else str(root),
             "score": score}  # fmt: skip
     markers: list[dict] = []

@@ -59,26 +59,42 @@ def ray_session(workers) -> Iterator[Any]:
         yield ray
         return
     address = workers.ray_address or os.environ.get("RAY_ADDRESS") or None
-    saved = {k: os.environ.get(k) for k in LOOPBACK}
     kwargs: dict[str, Any] = {"logging_level": "warning"}
+    with contextlib.ExitStack() as stack:
+        try:
+            if address:
+                _reachable(address)
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(address=address, **kwargs)
+            else:
+                stack.enter_context(loopback_only())
+                ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise UserError(f"could not start or join {where}: {detail}", "ray_address") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While Ray starts a cluster here, its node stays on 127.0.0.1: Ray's switch is read from the environment
+    when ray is imported (ray/_private/ray_constants.py ENABLE_RAY_CLUSTER), so the module's value is set too
+    when ray is imported already; both are put back afterwards."""
+    import ray._private.ray_constants as constants
+
+    saved = {k: os.environ.get(k) for k in LOOPBACK}
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ.update(LOOPBACK)
+    constants.ENABLE_RAY_CLUSTER = False
     try:
-        if address:
-            _reachable(address)
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=address, **kwargs)
-        else:
-            os.environ.update(LOOPBACK)
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        _restore(saved)
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise UserError(f"could not start or join {where}: {detail}", "ray_address") from None
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
         _restore(saved)
+        constants.ENABLE_RAY_CLUSTER = before
 
 
 def _restore(saved: dict[str, str | None]) -> None:

@@ -3,11 +3,10 @@ place that turns an OUT (or a tokens or shards directory a user names) into a pa
 works on what `out_path` returns with the pathlib API, whatever the storage:
 
 - a local path or `file://` URL → `pathlib.Path` (atomic writes: a temporary file, fsync, rename; the worker
-  lock and claim mode work on it);
+  lock works on it);
 - any other URL → a `upath.UPath` over fsspec (universal-pathlib). Object stores have no rename, so every
   object is written whole in one PUT of finished bytes (`augment.run.atomic`): a shard, a token or a marker is
-  visible only when complete, and the marker is written after its shard. Claim mode, which needs a shared
-  POSIX directory, is refused there.
+  visible only when complete, and the marker is written after its shard.
 
 Credentials and endpoints come the standard way (for S3: the AWS credential chain, `AWS_ENDPOINT_URL` for
 S3-compatible stores such as MinIO); they never reach a manifest, a card or a log line. Needs the extra of
