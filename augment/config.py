@@ -8,6 +8,7 @@ The string `{toy}` in any value expands to the directory of the toy world's comm
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from augment.errors import UserError
 from augment.settings import (  # noqa: F401  (re-exported: augment.config is where users look)
     CLAMPS,
     CUTOFF_HELP,
+    DTYPE_NAMES,
     KEEP,
+    LABEL_MATCH,
     REFINE_METHODS,
     SAMPLERS,
     DateOptions,
@@ -298,7 +301,7 @@ class RunConfig:
         metadata=flag(
             "--label-match",
             "how classes find the guide's class index: check (default) refuses a file whose index<TAB>name lines do not match the guide's label names; by-index trusts the indices; by-name looks each name up",
-            choices=("check", "by-index", "by-name"),
+            choices=LABEL_MATCH,
         ),
     )
     # (augment.labels.match_to_guide)
@@ -307,6 +310,24 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> None:
+        """The whole run config at once, before any model loads (UserError naming the key): the run-level keys
+        here (a typo in YAML fails now, not after the guide has loaded), then each stage's own checks."""
+        for key in ("generator", "guide", "clip_templates", "device", "dtype", "label_match"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{key} must be a non-empty string, got {value!r}", key)
+        if self.eval_classifier is not None and (not isinstance(self.eval_classifier, str) or not self.eval_classifier):
+            raise UserError(f"eval_classifier must be a classifier spec, got {self.eval_classifier!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}", "dtype")
+        if self.label_match not in LABEL_MATCH:
+            raise UserError(f"label_match must be one of {', '.join(LABEL_MATCH)}, got {self.label_match!r}", "label_match")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UserError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}", "device")
+        self.learn.validate()
+        self.generate.validate()
 
     def guide_spec(self) -> str:
         """The guide's spec as it loads (`with_clip_templates`)."""

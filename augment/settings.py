@@ -14,6 +14,8 @@ SAMPLERS = ("pipeline", "ddim", "pndm", "dpmsolver++", "unipc", "euler")  # augm
 REFINE_METHODS = ("date",)
 KEEP = ("best", "after-best", "last")  # which token a class keeps: augment.learn.state
 CLAMPS = ("straight-through", "hard")  # how decoded pixels are clamped for the guide: augment.models.decode
+DTYPE_NAMES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # augment.devices.DTYPES + auto
+LABEL_MATCH = ("check", "by-index", "by-name")  # how classes find the guide's index: augment.labels.match_to_guide
 
 
 def check_templates(templates: list[str], need_token: bool = False) -> None:

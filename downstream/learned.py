@@ -69,8 +69,7 @@ def parse_learned(name: str, value: str) -> LearnedSpec | None:
     preset, _, config_file = value[len(PREFIX) :].partition("+")
     spec = LearnedSpec(name, preset, config_file or None)
     cfg = spec.config()  # unknown preset: one line
-    cfg.learn.validate()
-    cfg.generate.validate()
+    cfg.validate()
     return spec
 
 

@@ -50,6 +50,16 @@ def test_bad_config_is_a_user_error_before_any_model_loads(tmp_path, monkeypatch
     cfg.generate.image_format = "gif"
     with pytest.raises(augment.UserError, match="jpg or png"):
         augment.build(labels, tmp_path / "out", cfg)
+    for key, value, message in [("dtype", "bf61", "dtype must be one of auto, fp32"),
+                                ("label_match", "by_name", "label_match must be one of check, by-index, by-name"),
+                                ("device", "gpu", "device must be auto, cpu, mps, cuda or cuda:N"),
+                                ("guide", "", "guide must be a non-empty string")]:  # fmt: skip
+        cfg = small_toy_config()
+        setattr(cfg, key, value)  # a typo in a YAML file: refused before the guide or the generator loads
+        for job in (augment.learn_tokens, augment.generate_set, augment.build):
+            with pytest.raises(augment.UserError, match=message):
+                job(labels, tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(augment.UserError, match="claim mode .* was retired.*--engine ray"):
         augment.generate_set(labels, tmp_path / "out", small_toy_config(), workers=augment.Workers(claim=True))
     with pytest.raises(augment.UserError, match="--ray-workers needs --engine ray"):

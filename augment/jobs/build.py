@@ -56,8 +56,7 @@ def build(
     """Learn this worker's tokens, wait (up to `wait_tokens` seconds) for the other workers' tokens, then
     generate this worker's shards. `overwrite` applies to both stages."""
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
-    config.learn.validate()
-    config.generate.validate()  # a bad generate option fails before learning
+    config.validate()  # a bad generate option fails before learning
     workers.check()
     if dry_run:
         pending = sum(not is_learned(out, c) for c in labels.classes)

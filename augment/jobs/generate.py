@@ -103,7 +103,7 @@ def generate_set(
     another config instead of refusing. Everything cheap is checked before any model is loaded (UserError)."""
 
     labels, out, workers, g = as_label_set(labels), out_path(out, "out"), workers or Workers(), config.generate
-    g.validate()
+    config.validate()
     workers.check()
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)

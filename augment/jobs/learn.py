@@ -80,7 +80,7 @@ def learn_tokens(
     instead of refusing it."""
 
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
-    config.learn.validate()
+    config.validate()
     workers.check()
     index, count = workers.slot()
     check_out(out)
