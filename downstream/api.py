@@ -26,7 +26,7 @@ from augment.devices import describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
 from augment.run.atomic import write_json
-from augment.run.storage import is_url
+from augment.run.storage import check_out, converts_storage_errors, out_path
 from augment.run.workers import Workers
 from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
 from downstream.grid import GridConfig, check_grid, run_grid
@@ -124,6 +124,7 @@ def _describe(s) -> dict:
             "manifest_sha256": s.manifest_sha256}  # fmt: skip
 
 
+@converts_storage_errors()
 def fewshot(
     dataset: str,
     labels: str | Path | LabelSet,
@@ -147,12 +148,7 @@ def fewshot(
     engine.check()
     index, count = (0, 1) if engine.engine == "ray" else (engine.index or 0, engine.count or 1)
 
-    if is_url(out):
-        raise UserError(
-            f"out {out}: the few-shot grid's own OUT must be a local directory for now (synthetic sets may be URLs)",
-            "out",
-        )
-    out = Path(out)
+    out = out_path(out, "out")  # a directory or a bucket: cells, results, manifest and the learned rows' caches
     grid = GridConfig(shots=list(shots), trials=trials, seed=seed, overwrite=overwrite, progress=progress,
                       worker_index=index, num_workers=count)  # fmt: skip
     if out.exists() and not out.is_dir():
@@ -161,6 +157,7 @@ def fewshot(
     config = train_config(data.kind, training)
     check_grid(data, grid, sets, config, out)
     _check_pretrained(config, len(labels))
+    check_out(out)  # a bucket that refuses writes: one line before any training
     out.mkdir(parents=True, exist_ok=True)  # validation is over: from here on, writing
     label_bytes = Path(labels.path).read_bytes() if Path(labels.path).is_file() else b""
     manifest = {

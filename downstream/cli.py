@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(f)
     f.add_argument("--shots", default="0,3,9,15", help="comma-separated real images per class")
     f.add_argument("--trials", type=int, default=3)
-    f.add_argument("--out", required=True, help="output directory (resumable; a local path)")
+    f.add_argument("--out", required=True, help="output directory (resumable): a path, or a URL (s3://bucket/grid)")
     f.add_argument("--overwrite", action="store_true", help="recompute cells made under another configuration")
     f.add_argument("--num-workers", type=int, dest="count",
                    help="split the pending cells over N processes (e.g. N one-thread processes on N cores) ...")  # fmt: skip

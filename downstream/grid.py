@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,8 @@ import numpy as np
 
 from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
-from augment.run.atomic import write_json, write_text
+from augment.run.atomic import write_bytes, write_json, write_text
+from augment.run.storage import out_path
 from downstream.classifier import TrainConfig, evaluate, num_steps, prepare, train_classifier
 from downstream.learned import LearnedSpec, check_shots, learned_set
 from downstream.synthetic import SyntheticSet
@@ -247,7 +248,7 @@ def _cell_task(dataset, synthetic, train, grid, out: str, labels, cell: Cell, co
         _CACHE.clear()
         _CACHE["key"] = key
     quiet = dataclasses.replace(grid, progress=False)
-    return run_cell(dataset, synthetic, train, quiet, Path(out), labels, cell, config_hash, _CACHE)
+    return run_cell(dataset, synthetic, train, quiet, out_path(out, "out"), labels, cell, config_hash, _CACHE)
 
 
 def _run_on_ray(dataset, synthetic, train, grid, out, labels, pending, hashes, engine, bar) -> None:
@@ -350,7 +351,7 @@ def _plot(path: Path, summary: dict, sets: list[str], shots: list[int]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes(path, buffer.getvalue())  # atomic on a disk, one whole PUT in a bucket

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from augment.jobs.generate import generate_set
 from augment.jobs.learn import learn_tokens
 from augment.jobs.score import score_set
 from augment.labels import LabelSet
-from augment.run.atomic import write_json
+from augment.run.atomic import write_bytes, write_json
 from augment.run.manifest import manifest_config
 from augment.run.workers import Workers
 from downstream.classifier import evaluate, prepare, save, train_classifier
@@ -110,11 +111,7 @@ def learned_set(
         trained = {"tool": "downstream fewshot (learn:)", "shots": shots, "trial": trial, "seed": seed,
                    "test_top1": info["guide_top1"], "config": dataclasses.asdict(train)}  # fmt: skip
         _write(info_path, info)
-        tmp = root / f"guide.{os.getpid()}.tmp"  # the guide appears whole or not at all (a kill mid-save)
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(model, tmp, train, labels.names(), trained)
-        shutil.rmtree(guide_dir, ignore_errors=True)
-        tmp.rename(guide_dir)
+        _save_guide(model, guide_dir, train, labels.names(), trained)
     cfg = spec.config()
     cfg.guide = f"ckpt:{guide_dir}"
     cfg.label_match = "by-name"  # the guide was trained on this label set: its outputs are the classes, in order
@@ -126,6 +123,22 @@ def learned_set(
         info["synthetic_heldout_top1"] = round(report["macro"]["top1"], 3)
         _write(info_path, info)
     return load_synthetic(spec.name, run, labels), info
+
+
+def _save_guide(model, guide_dir, train, classes: list[str], trained: dict) -> None:
+    """The guide appears whole or not at all (a kill mid-save): saved under a temporary name and renamed on a
+    disk; in a bucket saved locally, then uploaded file by file with config.json last (what marks it whole)."""
+    if isinstance(guide_dir, Path):
+        tmp = guide_dir.parent / f"guide.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(model, tmp, train, classes, trained)
+        shutil.rmtree(guide_dir, ignore_errors=True)
+        tmp.rename(guide_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="augment-guide-") as local:
+        save(model, Path(local), train, classes, trained)
+        for name in ("model.safetensors", "config.json"):
+            write_bytes(guide_dir / name, (Path(local) / name).read_bytes())
 
 
 def _write(path: Path, info: dict) -> None:

@@ -166,11 +166,35 @@ def test_a_store_that_stops_answering_mid_run_is_one_line_exit_1(labels3, local_
     assert private.url not in err and "127.0.0.1" not in err  # no endpoint in what is shown
 
 
-def test_the_fewshot_grids_own_out_on_a_url_is_refused_before_any_work(labels3, bucket_build, capsys):
+def test_the_fewshot_grid_into_a_bucket_gives_the_local_grids_cells(s3, labels3, bucket_build, tmp_path):
+    """`downstream fewshot --out s3://...` with a synthetic set in the bucket and a `learn:` row whose k-shot guide,
+    tokens and set are made and cached in the bucket too: the cells of the same grid run into a directory."""
+    import json
+
     from downstream.cli import main as downstream_main
 
+    (tmp_path / "small.yaml").write_text(
+        "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
+        "generate:\n  images_per_class: 2\n  shard_size: 6\n  num_inference_steps: 2\n  batch_size: 6\n"
+    )
     argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels3), "--synthetic", f"t={bucket_build}",
-            "--out", "s3://augment-test/grid", "--no-progress"]  # fmt: skip
-    assert downstream_main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "must be a local directory for now" in err, err
+            "--synthetic", f"k=learn:toy+{tmp_path / 'small.yaml'}", "--shots", "0,2", "--trials", "1",
+            "--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}',
+            "--image-size", "16", "--steps", "2", "--no-progress"]  # fmt: skip
+    assert downstream_main([*argv, "--out", str(tmp_path / "grid")]) == 0
+    assert downstream_main([*argv, "--out", f"s3://{s3.bucket}/grid"]) == 0
+    objects = s3.objects("grid")
+    keep = ("set", "shots", "trial", "top1", "top5", "steps", "train_images", "trained", "config_hash", "guide_top1")
+    remote = {k: {f: json.loads(v).get(f) for f in keep} for k, v in objects.items() if k.startswith("cells/")}
+    local = {f"cells/{p.name}": {f: json.loads(p.read_text()).get(f) for f in keep}
+             for p in (tmp_path / "grid" / "cells").iterdir()}  # fmt: skip
+    assert len(remote) == 6 and remote == local
+    assert {"results.json", "results.md", "results.png", "manifest.json"} <= set(objects)
+    learned = [k for k in objects if k.startswith("learned/k/")]
+    assert any(k.endswith("guide/config.json") for k in learned) and any(k.endswith(".tar") for k in learned)
+    assert not [k for k in objects if ".tmp" in k]
+    # a rerun finds every cell (and the learned row's cache) in the bucket: nothing is trained again
+    assert downstream_main([*argv, "--out", f"s3://{s3.bucket}/grid"]) == 0
+    assert {k: v for k, v in s3.objects("grid").items() if k.startswith("cells/")} == {
+        k: v for k, v in objects.items() if k.startswith("cells/")
+    }

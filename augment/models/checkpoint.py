@@ -68,9 +68,11 @@ def save_classifier(
 
 def load_classifier(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (eval mode, fp32) and its config from a `ckpt:` directory."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    d = Path(path)
+    from augment.run.storage import out_path
+
+    d = out_path(path)  # a local directory, or one in a bucket (read whole, nothing downloaded to disk)
     cfg_path, weights = d / "config.json", d / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise UserError(f"{d}: not a classifier checkpoint (needs config.json and model.safetensors)")
@@ -81,5 +83,5 @@ def load_classifier(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if config.get("format") != FORMAT:
         raise UserError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
     model = build_model(config["architecture"], len(config["labels"]), config.get("model_kwargs"))
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(load(weights.read_bytes()))
     return model.eval(), config

@@ -8,7 +8,6 @@ This is the only module that knows about classifier backends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -135,8 +134,9 @@ def _hf(name: str, spec: str) -> Guide:
 
 def _ckpt(path: str, spec: str) -> Guide:
     from augment.models.checkpoint import load_classifier
+    from augment.run.storage import out_path
 
-    if not Path(path).is_dir():
+    if not out_path(path).is_dir():
         raise UserError(f"guide {spec!r}: no such directory")
     model, cfg = load_classifier(path)
     pre = Preprocess.from_data_config(cfg)
