@@ -9,7 +9,7 @@ import importlib
 import signal
 import sys
 
-from augment.errors import UserError
+from augment.errors import EngineError, UserError
 
 # subcommand → module with `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"augment: error: {as_flags(e, parser, argv)}", file=sys.stderr)
         return 2
+    except EngineError as e:
+        print(f"augment: error: {e}; finished work is kept: rerun the same command to continue", file=sys.stderr)
+        return 1
     except OSError as e:
         from augment.run.storage import StorageError
 

@@ -323,9 +323,11 @@ class RunConfig:
         if self.dtype not in DTYPE_NAMES:
             raise UserError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}", "dtype")
         if self.label_match not in LABEL_MATCH:
-            raise UserError(f"label_match must be one of {', '.join(LABEL_MATCH)}, got {self.label_match!r}", "label_match")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise UserError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}", "device")
+            raise UserError(
+                f"label_match must be one of {', '.join(LABEL_MATCH)}, got {self.label_match!r}", "label_match"
+            )
+        if not re.fullmatch(r"auto|(cpu|cuda|mps|xpu)(:\d+)?", self.device):
+            raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
         self.learn.validate()
         self.generate.validate()
 

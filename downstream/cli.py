@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.errors import UserError
+from augment.errors import EngineError, UserError
 
 EXAMPLES = """examples:
   downstream fewshot --dataset fashion-mnist --labels manifests/fashion-mnist.txt \\
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(as_flags(e, parser, argv).split()) or "bad input"
         print(f"downstream: error: {message}", file=sys.stderr)
         return 2
+    except EngineError as e:
+        print(f"downstream: error: {e}; finished cells are kept: rerun the same command to continue", file=sys.stderr)
+        return 1
     return 0
 
 

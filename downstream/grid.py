@@ -24,7 +24,7 @@ import numpy as np
 from augment.data.datasets import LabelledDataset, class_counts, sample_kshot, trial_seed
 from augment.errors import UserError
 from augment.run.atomic import write_bytes, write_json, write_text
-from augment.run.storage import out_path
+from augment.run.storage import out_path, storage_errors
 from downstream.classifier import TrainConfig, evaluate, num_steps, prepare, train_classifier
 from downstream.learned import LearnedSpec, check_shots, learned_set
 from downstream.synthetic import SyntheticSet
@@ -241,14 +241,17 @@ def run_cell(
 _CACHE: dict[str, Any] = {}  # a Ray worker process keeps the decoded images between the cells it runs
 
 
-def _cell_task(dataset, synthetic, train, grid, out: str, labels, cell: Cell, config_hash: str) -> dict:
-    """One Ray task: one cell, in a worker process of the cluster (augment.run.engine)."""
-    key = f"{dataset.spec}|{[s.name for s in synthetic]}|{cell_hash(dataset, None, train, grid.seed)}"
+def _cell_task(dataset, synthetic, train, grid, out: str, labels, cell: Cell, hashes: dict[str, str]) -> dict:
+    """One Ray task: one cell, in a worker process of the cluster (augment.run.engine). The decoded images are
+    kept for the next cell of the same grid (the same sets under the same hashes)."""
+    key = json.dumps(hashes, sort_keys=True)
     if _CACHE.get("key") != key:
         _CACHE.clear()
         _CACHE["key"] = key
     quiet = dataclasses.replace(grid, progress=False)
-    return run_cell(dataset, synthetic, train, quiet, out_path(out, "out"), labels, cell, config_hash, _CACHE)
+    with storage_errors(out):
+        return run_cell(dataset, synthetic, train, quiet, out_path(out, "out"), labels, cell,
+                        hashes[cell.set_name], _CACHE)  # fmt: skip
 
 
 def _run_on_ray(dataset, synthetic, train, grid, out, labels, pending, hashes, engine, bar) -> None:
@@ -257,9 +260,11 @@ def _run_on_ray(dataset, synthetic, train, grid, out, labels, pending, hashes, e
 
     with ray_session(engine) as ray:
         shared = [ray.put(x) for x in (dataset, synthetic, train, grid)]
-        args = [(*shared, str(out), labels, cell, hashes[cell.set_name]) for cell in pending]
+        args = [(*shared, str(out), labels, cell, hashes) for cell in pending]
 
-        def done(record: dict) -> None:
+        def done(record: dict) -> None:  # written here too: the driver's OUT has every cell, shared or not
+            cell = Cell(record["set"], record["shots"], record["trial"])
+            write_json(out / "cells" / f"{cell.id}.json", record, indent=2)
             bar.update(1)
             bar.set_postfix_str(f"{record['set']} {record['shots']} shots top1 {record['top1']:.1f}")
 

@@ -91,7 +91,7 @@ def labels3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def one_process_build(labels3, tmp_path_factory):
     """tests.helpers.build_cmd with one class per learner step, run once in-process: the bytes that
-    torchrun and claim-mode builds must reproduce."""
+    torchrun and Ray builds must reproduce."""
     from augment.cli import main
     from tests.helpers import build_cmd
 

@@ -52,7 +52,7 @@ def test_bad_config_is_a_user_error_before_any_model_loads(tmp_path, monkeypatch
         augment.build(labels, tmp_path / "out", cfg)
     for key, value, message in [("dtype", "bf61", "dtype must be one of auto, fp32"),
                                 ("label_match", "by_name", "label_match must be one of check, by-index, by-name"),
-                                ("device", "gpu", "device must be auto, cpu, mps, cuda or cuda:N"),
+                                ("device", "gpu", "device must be auto, cpu, cuda, cuda:N, mps or xpu"),
                                 ("guide", "", "guide must be a non-empty string")]:  # fmt: skip
         cfg = small_toy_config()
         setattr(cfg, key, value)  # a typo in a YAML file: refused before the guide or the generator loads

@@ -92,7 +92,7 @@ def test_engine_input_is_one_line_and_exit_2(labels3, tmp_path, capsys, monkeypa
     base = ["generate", "--preset", "toy", "--labels", str(labels3), "--no-tokens", "--no-progress"]
     cases = [
         (["--engine", "ray", "--ray-address", "127.0.0.1:1"], "the Ray cluster at 127.0.0.1:1 does not answer"),
-        (["--engine", "ray", "--ray-address", "nowhere"], "--ray-address must be host:port"),
+        (["--engine", "ray", "--ray-address", "nowhere"], "the Ray address must be host:port"),
         (["--engine", "ray", "--num-workers", "2"], "drop --worker-index/--num-workers"),
         (["--ray-workers", "2"], "--ray-workers needs --engine ray"),
         (["--engine", "ray", "--ray-gpus", "-1"], "--ray-gpus must be ≥ 0"),
@@ -139,3 +139,48 @@ def test_the_fewshot_grid_on_ray_gives_the_cells_of_one_process(ray_cluster, tmp
     assert len(one) == 8 and ray == one  # {real, tokens} × {0, 2} shots × 2 trials
     summary = lambda out: json.loads((out / "results.json").read_text())["summary"]  # noqa: E731
     assert summary(tmp_path / "ray") == summary(tmp_path / "one")
+
+
+def test_a_unit_whose_worker_dies_past_retries_stops_with_one_line_and_a_rerun_completes(
+    labels3, one_process_build, ray_cluster, tmp_path
+):
+    """--retries 0: the first generation actor killed mid-unit ends the run with one line and exit 1, finished
+    shards kept; the same command then completes with the one-process bytes."""
+    out = tmp_path / "ray"
+    cmd = [*CLI, "generate", "--preset", "toy", "--labels", str(labels3), "--tokens", str(one_process_build),
+           "--out", str(out), "--images-per-class", "4", "--shard-size", "2", "--batch-size", "2", "--no-progress",
+           "--engine", "ray", "--ray-address", ray_cluster.address]  # fmt: skip
+    proc = subprocess.Popen([*cmd, "--retries", "0"], cwd=REPO, env=ray_env(ray_cluster), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: ray_cluster.worker_pids("UnitActor.run"), time.time() + 300, proc)
+        killed = kill_one(ray_cluster, "UnitActor.run")
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert killed and proc.returncode == 1, stderr[-3000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("augment:")]
+    assert len(lines) == 1 and "Ray gave up" in lines[0] and "rerun the same command" in lines[0], stderr[-3000:]
+    assert "Traceback" not in stderr
+    r = subprocess.run(cmd, cwd=REPO, env=ray_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert tar_samples(out) == tar_samples(one_process_build) and not list(out.rglob("*.tmp"))
+
+
+def test_a_token_an_actor_refuses_is_one_line_exit_2(labels3, one_process_build, ray_cluster, tmp_path):
+    """The actors load the models: a token learned on another text encoder is refused there, and the driver
+    shows it as the one-process run does (one line, exit 2), with no shard written."""
+    import json
+    import shutil
+
+    tokens = tmp_path / "tokens"
+    shutil.copytree(one_process_build / "tokens", tokens / "tokens")
+    for meta in tokens.glob("tokens/*/meta.json"):
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "text_encoder": "0123456789abcdef"}))
+    out = tmp_path / "out"
+    cmd = [*CLI, "generate", "--preset", "toy", "--labels", str(labels3), "--tokens", str(tokens), "--out", str(out),
+           "--images-per-class", "2", "--no-progress", "--engine", "ray", "--ray-address", ray_cluster.address]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env=ray_env(ray_cluster), capture_output=True, text=True, timeout=600)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("augment:")]
+    assert r.returncode == 2 and len(lines) == 1 and "augment: error:" in lines[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not list(out.rglob("*.tar"))

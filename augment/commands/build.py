@@ -2,7 +2,7 @@
 
 Equivalent to `augment learn --out OUT` followed by `augment generate --tokens OUT --out OUT`; both steps
 skip finished work, so rerunning an interrupted build continues it. With several workers (torchrun, Slurm,
---worker-index/--num-workers) every worker learns its share of classes, then waits until every class's token
+--worker-index/--num-workers) every worker learns its share of groups of classes, then waits until every class's token
 is in OUT (up to --wait-tokens seconds, polling the shared directory: no process group needed) and generates
 its share of shards. Options both stages have (--steps, --guidance-scale, --guidance-cutoff, --seed) set both.
 """

@@ -1,7 +1,7 @@
 """Command-line flags derived from the config dataclasses: each option is declared once, on its field
 (`augment.config.flag` metadata: name, help, type), as timm derives its parser from its config.
 
-A flag's destination is the field's path ("learn.max_steps", "generate.refine_options.step_size", "lease"), so
+A flag's destination is the field's path ("learn.max_steps", "generate.refine_options.step_size", "engine"), so
 `overrides(args)` is the config overrides as they are; in `build` a field marked `shared` is one flag for the
 learn and the generate field of its name ("*.num_inference_steps"), and `build_flag` renames a field that two
 sections keep apart (`--learn-batch-size`)."""

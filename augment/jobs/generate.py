@@ -30,7 +30,7 @@ from augment.models.guide import load_guide, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.sampling import make_scheduler
 from augment.run.manifest import manifest_config, update_manifest
-from augment.run.storage import check_out, converts_storage_errors, out_path
+from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
 
 NOT_HASHED = ("batch_size", "channels_last", "compile")  # settings that do not change what a unit holds
@@ -245,16 +245,24 @@ class UnitActor:
 
     def __init__(self, labels: LabelSet, out: str, config: RunConfig, tokens: str | None, score: bool):
         self.labels, self.out, self.config = labels, out_path(out, "out"), config
-        root = None if tokens is None else out_path(tokens, "tokens")
-        self.models = GenerationModels.load(labels, config, root, score)
+        self.models, self.error = None, None
+        try:  # an error here (a token of another generator, a bad device) is raised by run(), where Ray keeps it
+            with storage_errors(out):
+                root = None if tokens is None else out_path(tokens, "tokens")
+                self.models = GenerationModels.load(labels, config, root, score)
+        except Exception as e:  # noqa: BLE001
+            self.error = e
 
     def run(self, job: tuple[Any, str]) -> tuple[dict, dict]:
         """job = (unit, config hash) → (its marker, the models' info for the manifest)."""
+        if self.error is not None:
+            raise self.error
         unit, chash = job
-        marker = shards.read_marker(self.out, self.labels.name, unit)
-        if marker is None or marker.get("config_hash") != chash:
-            shards.remove_stale_tmp(self.out, self.labels.name, [unit])
-            marker = self.models.generate(self.out, self.labels, self.config, [unit], chash)[0]
+        with storage_errors(self.out):
+            if not shards.unit_done(self.out, self.labels.name, unit, chash, overwrite=True):
+                shards.remove_stale_tmp(self.out, self.labels.name, [unit])
+                self.models.generate(self.out, self.labels, self.config, [unit], chash)
+            marker = shards.read_marker(self.out, self.labels.name, unit)
         return marker, self.models.info
 
 
@@ -265,6 +273,9 @@ def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifes
     done: dict[str, dict] = {}
     slot = {"index": 0, "count": 1, "engine": "ray"}
     t0 = time.time()  # the actors load the models (a bad token is refused there) and write the shards
+    if isinstance(out, Path):  # one driver per local OUT (a second Ray driver, or a local run, is refused)
+        out.mkdir(parents=True, exist_ok=True)
+        lock_worker_slot(out, 0, 1)
     init = {"labels": labels, "out": str(out), "config": config, "tokens": None if root is None else str(root),
             "score": score}  # fmt: skip
     markers: list[dict] = []

@@ -27,7 +27,7 @@ from augment.models.generator import generator_source, load_generator, text_enco
 from augment.models.guide import check_spec, load_guide, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.run.manifest import manifest_config, update_manifest
-from augment.run.storage import check_out, converts_storage_errors, out_path
+from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
 
 
@@ -87,6 +87,10 @@ def learn_tokens(
     check_spec(config.guide_spec())
     groups = plan_groups(labels, config.learn.group_size)
     mine = list(range(len(groups)))[index::count]
+    if count > len(groups) and index == len(groups):  # said once, by the first worker without a group
+        print(f"augment: note: {count} workers but {len(groups)} learning group(s) of up to "
+              f"{config.learn.group_size} classes: workers {len(groups)}..{count - 1} have none to learn "
+              "(a smaller --group-size gives more)", file=sys.stderr)  # fmt: skip
     todo = [g for g in mine if checkpoint_path(out, g).is_file() or any(not is_learned(out, c) for c in groups[g])]
     pending = sum(not is_learned(out, c) for g in todo for c in groups[g])
     if not todo:
@@ -156,7 +160,8 @@ def learn_groups(
 
 def _learn_group_task(labels: LabelSet, out: str, config: RunConfig, group: int, overwrite: bool):
     """One Ray task: one planned group, in a worker process of the cluster (augment.run.engine)."""
-    return learn_groups(labels, out_path(out, "out"), config, [group], overwrite, None, None)
+    with storage_errors(out):
+        return learn_groups(labels, out_path(out, "out"), config, [group], overwrite, None, None)
 
 
 def _learn_on_ray(labels, out, config, workers, todo, pending, overwrite, progress) -> LearnResult:
@@ -166,6 +171,9 @@ def _learn_on_ray(labels, out, config, workers, todo, pending, overwrite, progre
     learned: dict[int, dict] = {}
     notes: list[str] = []
     manifest: dict = {}
+    if isinstance(out, Path):  # one driver per local OUT (a second Ray driver, or a local run, is refused)
+        out.mkdir(parents=True, exist_ok=True)
+        lock_worker_slot(out, 0, 1)
     with progress_bar(pending, not progress) as bar, ray_session(workers):
 
         def done(result) -> None:

@@ -46,8 +46,14 @@ def step_bytes(
 
 
 def free_bytes(device: torch.device) -> int:
-    """Free memory on `device`: CUDA's free memory, or the host's available memory for the CPU."""
+    """Free memory on `device`: CUDA's free memory (after returning what this process's allocator caches but no
+    longer uses: a Ray worker that ran an earlier task measures as a fresh process does), or the host's
+    available memory for the CPU."""
     if device.type == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
         return torch.cuda.mem_get_info(device)[0]
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -159,9 +159,9 @@ class LearnerCheckpoint:
                 old.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """This group is done: remove its checkpoint (and the folder once empty)."""
+        """This group is done: remove its checkpoint, what a kill mid-write left of it, and the folder once empty."""
         self.path.unlink(missing_ok=True)
-        for old in self.dir.glob(f"{self.stem}-*.safetensors"):
+        for old in [*self.dir.glob(f"{self.stem}-*.safetensors"), *self.dir.glob(f"{self.stem}[.-]*tmp")]:
             old.unlink(missing_ok=True)
         _remove_empty(self.dir)
 

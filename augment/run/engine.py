@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from augment.errors import UserError
+from augment.errors import EngineError, UserError
 
 RAY_EXTRA = "pip install 'augment[ray]'"
 # Ray binds a node to the machine's routable address even when told 127.0.0.1 (ray/_private/services.py
@@ -110,15 +110,22 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
     (Ray itself retries an unreachable address for minutes)."""
     import socket
 
-    if "://" in address:  # ray://host:port (Ray Client) and the like: Ray's own checks
+    if "://" in address or address in ("auto", "local"):  # ray://host:port, auto, local: Ray's own checks
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--ray-address must be host:port, got {address!r}", "ray_address")
+        raise UserError(f"the Ray address must be host:port, got {address!r}", "ray_address")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
         raise UserError(f"the Ray cluster at {address} does not answer ({e.strerror or e})", "ray_address") from None
+
+
+DEFAULT_RETRIES = 3
+
+
+def retries(workers) -> int:
+    return DEFAULT_RETRIES if workers.retries is None else workers.retries
 
 
 def resources(ray, workers) -> tuple[float, int]:
@@ -142,20 +149,24 @@ def run_tasks(
     import ray
 
     gpus, at_once = resources(ray, workers)
-    remote = ray.remote(fn).options(num_gpus=gpus, num_cpus=1, max_retries=workers.retries, retry_exceptions=False)
+    remote = ray.remote(fn).options(num_gpus=gpus, num_cpus=1, max_retries=retries(workers), retry_exceptions=False)
     results: list[Any] = [None] * len(args)
     waiting = list(enumerate(args))
     running: dict[Any, int] = {}
-    while waiting or running:
-        while waiting and len(running) < at_once:
-            i, a = waiting.pop(0)
-            running[remote.remote(*a)] = i
-        ready, _ = ray.wait(list(running), num_returns=1)
-        for ref in ready:
-            i = running.pop(ref)
-            results[i] = _get(ray, ref)
-            if on_done is not None:
-                on_done(results[i])
+    try:
+        while waiting or running:
+            while waiting and len(running) < at_once:
+                i, a = waiting.pop(0)
+                running[remote.remote(*a)] = i
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                i = running.pop(ref)
+                results[i] = _get(ray, ref)
+                if on_done is not None:
+                    on_done(results[i])
+    finally:  # a failure (or SIGTERM) stops the other tasks too: none goes on writing after the driver stopped
+        for ref in running:
+            ray.cancel(ref, force=True)
     return results
 
 
@@ -175,9 +186,9 @@ def run_actor_pool(
     if not calls:
         return []
     gpus, at_once = resources(ray, workers)
-    remote = ray.remote(actor).options(
-        num_gpus=gpus, num_cpus=1, max_restarts=workers.retries, max_task_retries=workers.retries
-    )
+    # an actor may be restarted any number of times over a long run (preemptions); each call, i.e. each unit, is
+    # retried at most `retries` times
+    remote = ray.remote(actor).options(num_gpus=gpus, num_cpus=1, max_restarts=-1, max_task_retries=retries(workers))
     pool = [remote.remote(**init) for _ in range(min(at_once, len(calls)))]
     results: list[Any] = [None] * len(calls)
     waiting, idle = list(enumerate(calls)), list(pool)
@@ -221,5 +232,8 @@ def _unwrap(e: BaseException) -> BaseException:
     for err in chain:
         if isinstance(err, UserError | StorageError) and "RayTaskError" not in type(err).__name__:
             return err
-    text = str(chain[-1]).strip().splitlines() or [type(chain[-1]).__name__]
-    return RuntimeError(f"Ray: {type(chain[-1]).__name__}: {text[-1]}")
+    last = chain[-1]
+    if isinstance(last, UserError | StorageError):  # Ray's wrapper of ours, without a cause: its first line
+        return type(last)(str(last).strip().splitlines()[0])
+    lines = [x for x in str(last).strip().splitlines() if x.strip()] or [type(last).__name__]
+    return EngineError(f"Ray gave up ({type(last).__name__}): {lines[-1].strip()}")

@@ -38,7 +38,7 @@ class Workers:
     ray_address: str | None = field(default=None, metadata={"flag": "--ray-address", "type": str, "help": "with --engine ray: the cluster to join (default $RAY_ADDRESS; none: a local cluster on 127.0.0.1)"})  # fmt: skip
     ray_gpus: float | None = field(default=None, metadata={"flag": "--ray-gpus", "type": float, "help": "with --engine ray: GPUs per learning task and generation actor (default 1 when the cluster has GPUs, else 0)"})  # fmt: skip
     ray_workers: int | None = field(default=None, metadata={"flag": "--ray-workers", "type": int, "help": "with --engine ray: learning tasks and generation actors at once (default: the cluster's GPUs / --ray-gpus, or 1 without GPUs)"})  # fmt: skip
-    retries: int = field(default=3, metadata={"flag": "--retries", "type": int, "help": "with --engine ray: times a unit is retried when its worker process dies (default 3)"})  # fmt: skip
+    retries: int | None = field(default=None, metadata={"flag": "--retries", "type": int, "help": "with --engine ray: times a unit is retried when its worker process dies (default 3)"})  # fmt: skip
     claim: bool = field(default=False, metadata={"flag": "--claim", "action": "store_true", "help": argparse.SUPPRESS})  # fmt: skip
     lease: float | None = field(default=None, metadata={"flag": "--lease", "type": float, "help": argparse.SUPPRESS})  # fmt: skip
 
@@ -63,13 +63,13 @@ class Workers:
                 raise UserError(f"ray_gpus must be ≥ 0, got {self.ray_gpus}", "ray_gpus")
             if self.ray_workers is not None and self.ray_workers < 1:
                 raise UserError(f"ray_workers must be ≥ 1, got {self.ray_workers}", "ray_workers")
-            if self.retries < 0:
+            if self.retries is not None and self.retries < 0:
                 raise UserError(f"retries must be ≥ 0, got {self.retries}", "retries")
             from augment.run.engine import preflight
 
             preflight(self)  # the extra is installed, the cluster answers: before anything is written
         else:
-            for name in ("ray_address", "ray_gpus", "ray_workers"):
+            for name in ("ray_address", "ray_gpus", "ray_workers", "retries"):
                 if getattr(self, name) is not None:
                     raise UserError(f"--{name.replace('_', '-')} needs --engine ray", name)
         self.slot()

@@ -1,7 +1,7 @@
 """A real local Ray cluster for the tests and benchmarks: `ray start --head` as its own processes, its node bound
 to 127.0.0.1, no dashboard, usage stats off, its own temporary directory; reached by address exactly as a
-user's cluster is (`--ray-address` or RAY_ADDRESS). Every wait is bounded; `ray stop` in teardown, with the
-same temporary directory, stops this cluster's processes."""
+user's cluster is (`--ray-address` or RAY_ADDRESS). Every wait is bounded; `ray stop --force` in teardown stops
+every Ray process of this machine (the tests run one cluster at a time, and nothing else runs Ray here)."""
 
 from __future__ import annotations
 
