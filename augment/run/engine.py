@@ -12,8 +12,11 @@ so the bytes do not depend on which worker did which unit, on the cluster's size
 - `run_actor_pool`: a pool of actors that each load the models once and take many units, one at a time, as
   they become idle (generation: Ray Data's batch-inference pattern, written on Ray core: a unit is a whole
   shard, so Data's blocks add nothing, and Data's actor restarts are set only through `ray_remote_args`,
-  deprecated in Ray 2.60 and unbounded by default); a dead actor is restarted and its unit redone, up to
-  `retries` times.
+  deprecated in Ray 2.60 and unbounded by default); a dead actor is restarted (as often as a long run needs)
+  and its unit redone, up to `retries` times.
+
+A unit past its retries raises `augment.errors.EngineError` (the CLI: one line, exit 1) and cancels the rest; an
+error raised on a worker (UserError, StorageError) reaches the driver as itself.
 
 Ray is an optional extra (`pip install 'augment[ray]'`); asking for it without is one line, exit 2.
 """
