@@ -26,7 +26,9 @@ from augment.settings import (  # noqa: F401  (re-exported: augment.config is wh
     SAMPLERS,
     DateOptions,
     check_scheduler,
+    check_size,
     check_templates,
+    check_types,
     classes_per_step,
     flag,
 )
@@ -145,6 +147,7 @@ class LearnConfig:
 
     def validate(self) -> None:
         """Every value a run could trip on later, checked before any model is loaded (UserError)."""
+        check_types(self, "learn")
         check_templates(self.prompts, need_token=True)
         mcs = self.max_classes_per_step
         if mcs != "auto" and (not isinstance(mcs, int) or isinstance(mcs, bool)):
@@ -180,6 +183,11 @@ class LearnConfig:
             if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise UserError(f"learn.{key} must be > 0, got {getattr(self, key)}")
         check_scheduler(self.scheduler, "learn.scheduler")
+        check_size(self, "learn")
+        if not 0 <= self.patience_min_accuracy <= 1:
+            raise UserError(f"learn.patience_min_accuracy must be in [0, 1], got {self.patience_min_accuracy}")
+        if not self.init_word.strip() or any(not k.strip() or not v.strip() for k, v in self.init_words.items()):
+            raise UserError("learn.init_word and learn.init_words' words must be non-empty")
         if self.grad_clip_mode == "original" and self.objective != "final":
             raise UserError("learn.grad_clip_mode original needs learn.objective final (the original's objective)")
 
@@ -245,6 +253,9 @@ class GenerateConfig:
 
     def validate(self) -> None:
         """Every value generation could trip on later, checked before any model is loaded (UserError)."""
+        if not isinstance(self.refine_options, DateOptions):  # a mapping assigned after the config was built
+            self.refine_options = DateOptions.parse(self.refine_options)
+        check_types(self, "generate")
         check_templates(self.prompts)
         for key in ("batch_size", "num_inference_steps", "images_per_class", "shard_size"):
             if getattr(self, key) < 1:
@@ -260,8 +271,9 @@ class GenerateConfig:
             raise UserError(
                 f"generate.refine must be one of {', '.join(REFINE_METHODS)} (or null), got {self.refine!r}"
             )
-        if not isinstance(self.refine_options, DateOptions):  # a mapping assigned after the config was built
-            self.refine_options = DateOptions.parse(self.refine_options)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UserError(f"generate.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        check_size(self, "generate")
 
     def __post_init__(self) -> None:
         if self.refine == "none":  # --refine none: off, whatever the preset says
@@ -288,7 +300,7 @@ class RunConfig:
         ),
     )
     eval_classifier: str | None = None
-    # the prompt templates of a `clip:` guide whose spec names none (augment.models.clip_guide.TEMPLATES or a file);
+    # the prompt templates of a `clip:` guide whose spec names none (augment.models.guides.clip.TEMPLATES or a file);
     # the CUB presets: bird
     clip_templates: str = "imagenet"
     device: str = field(
@@ -314,6 +326,7 @@ class RunConfig:
     def validate(self) -> None:
         """The whole run config at once, before any model loads (UserError naming the key): the run-level keys
         here (a typo in YAML fails now, not after the guide has loaded), then each stage's own checks."""
+        check_types(self, "")
         for key in ("generator", "guide", "clip_templates", "device", "dtype", "label_match"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value.strip():
@@ -331,20 +344,6 @@ class RunConfig:
         self.learn.validate()
         self.generate.validate()
 
-    def guide_spec(self) -> str:
-        """The guide's spec as it loads (`with_clip_templates`)."""
-        return self.with_clip_templates(self.guide)
-
-    def with_clip_templates(self, spec: str) -> str:
-        """A classifier spec as it loads: a `clip:` spec without `?templates=` gets this config's `clip_templates`
-        when they are not the default, so hashes and manifests name the templates used."""
-        if not spec.startswith("clip:") or self.clip_templates == "imagenet":
-            return spec
-        _, sep, query = spec.partition("?")
-        if "templates" in (kv.partition("=")[0] for kv in query.split("&")):
-            return spec
-        return f"{spec}{'&' if sep else '?'}templates={self.clip_templates}"
-
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
@@ -360,16 +359,40 @@ def _expand(value: Any) -> Any:
     return value
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file's size at most (1 MiB; presets are under 4 KiB)
+MAX_CONFIG_NODES = 100_000  # values in it, counting every alias expansion (a YAML "billion laughs" stops here)
+MAX_CONFIG_DEPTH = 16  # mappings and lists inside each other
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: a config file is at most {MAX_CONFIG_BYTES >> 20} MiB")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot read config ({type(e).__name__}: {first})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config must be a YAML mapping")
+    _check_shape(data, path)
     return data
+
+
+def _check_shape(data: Any, path: Path) -> None:
+    """Refuse a config nested deeper than MAX_CONFIG_DEPTH or holding more than MAX_CONFIG_NODES values."""
+    seen, todo = 0, [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise UserError(f"{path}: more than {MAX_CONFIG_NODES} values (YAML aliases counted as expanded)")
+        if isinstance(value, (dict, list)):
+            if depth > MAX_CONFIG_DEPTH:
+                raise UserError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+            items = value.values() if isinstance(value, dict) else value
+            todo.extend((v, depth + 1) for v in items)
 
 
 def _section(cls, values: dict[str, Any] | None, where: str):

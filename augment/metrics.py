@@ -24,7 +24,7 @@ from torch import nn
 from augment.data.shards import iter_images, label_set, sample_count
 from augment.errors import UserError
 from augment.labels import LabelSet, normalise_name
-from augment.models.guide import Guide, match_labels
+from augment.models.guides import Guide, match_labels
 
 TOPK = 5
 PR_K = 5  # neighbours for precision/recall, as in Kynkäänniemi et al. and prdc

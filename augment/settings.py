@@ -5,12 +5,25 @@ imports but errors), so samplers, guides and the learner check values against th
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from augment.errors import UserError
 
-SAMPLERS = ("pipeline", "ddim", "pndm", "dpmsolver++", "unipc", "euler")  # augment.models.sampling builds them
+# Samplers by name, declared once: name → (diffusers scheduler class, the settings it is built with), or None for
+# "pipeline" (the generator's own). augment.models.sampling.make_scheduler builds them.
+SCHEDULERS = {
+    "pipeline": None,
+    "ddim": ("DDIMScheduler", {"clip_sample": False}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+SAMPLERS = tuple(SCHEDULERS)
 REFINE_METHODS = ("date",)
 KEEP = ("best", "after-best", "last")  # which token a class keeps: augment.learn.state
 CLAMPS = ("straight-through", "hard")  # how decoded pixels are clamped for the guide: augment.models.decode
@@ -32,6 +45,63 @@ def check_templates(templates: list[str], need_token: bool = False) -> None:
             raise UserError(f"prompt template {t!r} must contain {{name}}")
         if need_token and "{token}" not in t:
             raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return "a list of strings"
+    if origin is dict:
+        return "a mapping of strings to strings"
+    return {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))  # fmt: skip
+
+
+def _fits(value, hint) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(hint)
+        return isinstance(value, dict) and all(_fits(a, k) and _fits(b, v) for a, b in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str) and "\0" not in value
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def check_types(obj, where: str) -> None:
+    """Each field of config dataclass `obj` holds a value of its declared type (a YAML file or a caller can put
+    anything there): UserError naming `where.key` and the type, before any value is used. Floats must be
+    finite; strings hold no NUL."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue  # a section: checked by its own validate()
+        if not _fits(value, hints[f.name]):
+            key = f"{where}.{f.name}" if where else f.name
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise UserError(f"{key} must be {_describe(hints[f.name])}, got {shown}", key)
+
+
+def check_size(section, where: str) -> None:
+    """height and width, when set: positive multiples of 8 (what diffusers' Stable Diffusion pipelines accept)."""
+    for key in ("height", "width"):
+        value = getattr(section, key)
+        if value is not None and (value < 8 or value % 8):
+            raise UserError(f"{where}.{key} must be a positive multiple of 8 (or null: the generator's), got {value}")
 
 
 def flag(name: str, help: str, type=None, **argparse_kwargs) -> dict[str, Any]:
@@ -99,6 +169,8 @@ class DateOptions:
             )
             if not ok:
                 raise UserError(f"generate.refine_options.{key} must be {kind.__name__}, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise UserError(f"generate.refine_options.{key} must be a finite number, got {value!r}")
             values[key] = kind(value)
         opts = cls(**values)
         if opts.step_size < 0 or opts.prior_weight < 0:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from augment.labels import match_to_guide
     from augment.models.generator import load_generator, resolve_device
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     opts = date_cfg.date
     device = resolve_device(args.device)

@@ -59,7 +59,7 @@ def learn(run_cfg, labels, learn_cfg, out: Path, device) -> tuple[float, dict]:
     from augment.labels import match_to_guide
     from augment.learn.learner import TokenLearner
     from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     guide = load_guide(run_cfg.guide, device)
     pipe = load_generator(run_cfg.generator, device, run_cfg.dtype)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         learn_over.update(patience=max_steps + 1, stop_window=max_steps + 1)
     run_cfg = toy_config(args, learn=learn_over, generate={"num_inference_steps": 2} if q else {})
     from augment.models.generator import resolve_device
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     device = resolve_device(args.device)
     labels = read_labels(args.labels, classes)

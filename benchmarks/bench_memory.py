@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> dict:
     from augment.labels import match_to_guide
     from augment.learn.learner import TokenLearner
     from augment.models.generator import load_generator, resolve_device
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     size = args.worker
     cfg = toy_config(args, learn=learn_overrides(args, size))

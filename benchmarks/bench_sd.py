@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # one learner step of the sd14-cub preset's learner, one class
         from augment.learn.learner import TokenLearner
-        from augment.models.guide import load_guide
+        from augment.models.guides import load_guide
         from augment.testing import save_vit_mae_cub
 
         guide = load_guide(f"hf:{save_vit_mae_cub(root / 'vit-mae-cub', labels.names(), hidden=768, layers=12)}", dev)

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in dtypes:
         dt = resolve_dtype(name, torch.device("cpu"))
         pipe.to(dtype=dt)
-        guide.to(dtype=torch.float32)  # guides run in fp32 (augment.models.guide)
+        guide.to(dtype=torch.float32)  # guides run in fp32 (augment.models.guides)
         PARAMS.clear()
         for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide):
             m.requires_grad_(False)
@@ -203,7 +203,7 @@ def learner_step(args) -> int:
     from augment.learn.learner import TokenLearner
     from augment.learn.memory import step_bytes
     from augment.models.generator import load_generator, resolve_device, resolve_dtype
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
     from augment.testing import save_random_pipeline, save_vit_mae_cub
 
     size = 128 if args.quick else args.size

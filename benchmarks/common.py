@@ -125,7 +125,7 @@ def heldout_probe_setup(args: argparse.Namespace):
     environment, and returns (environment, config, generator spec: --generator or the preset's, the pipeline
     in fp32, the held-out classifier)."""
     from augment.models.generator import load_generator
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     env = setup(args)
     print_environment(env)
@@ -140,7 +140,7 @@ def probe_setup(cfg, args: argparse.Namespace):
     --quick), the preset's generator in fp32, its guide, and every class's guide index."""
     from augment.labels import match_to_guide, read_label_set
     from augment.models.generator import load_generator
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
 
     labels = read_label_set(args.labels)
     wanted = [n.strip() for n in args.classes.split(",")]

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from augment.learn.learner import TokenLearner
     from augment.learn.memory import step_bytes
     from augment.models.generator import load_generator, resolve_device, resolve_dtype, speed_up
-    from augment.models.guide import load_guide
+    from augment.models.guides import load_guide
     from augment.models.sampling import guided_calls, make_scheduler
     from augment.testing import save_random_pipeline, save_vit_mae_cub
 

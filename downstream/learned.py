@@ -33,8 +33,8 @@ from augment.jobs.generate import generate_set
 from augment.jobs.learn import learn_tokens
 from augment.jobs.score import score_set
 from augment.labels import LabelSet
+from augment.models.fingerprint import manifest_config
 from augment.run.atomic import write_bytes, write_json
-from augment.run.manifest import manifest_config
 from augment.run.workers import Workers
 from downstream.classifier import evaluate, prepare, save, train_classifier
 from downstream.synthetic import load_synthetic

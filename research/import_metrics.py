@@ -1,6 +1,6 @@
 """Module-structure metrics of augment and downstream (stdlib only): modules, imports between project modules
-(top level or inside functions), imports that point up a layer and imports between two stage folders, by the
-layering of docs/architecture.md (LAYERS below).
+(top level or inside functions), import cycles, imports that point up a layer and imports between two stage
+folders, by the layering of docs/architecture.md (LAYERS below). tests/test_structure.py holds the house to 0 of each.
 
     python research/import_metrics.py . [--json OUT]
 """
@@ -18,7 +18,6 @@ EXCLUDE_DIRS = ("augment/toy/weights",)
 # a prefix matches a module equal to it or beneath it (dot boundary).
 LAYERS = {
     "augment.errors": 0,
-    "augment.fingerprint": 0,
     "augment.devices": 0,
     "augment.version": 0,
     "augment.run": 0,
@@ -131,6 +130,40 @@ def targets(node, importer, mods):
     return out
 
 
+def cycles(edges):
+    """The import cycles: strongly connected components of more than one module (Tarjan), each sorted."""
+    graph = defaultdict(list)
+    for a, b in edges:
+        graph[a].append(b)
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(list(graph)):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
 def analyse(root):
     mods = discover(root)
     edges = defaultdict(lambda: {"top": 0, "func": 0})
@@ -173,6 +206,7 @@ def analyse(root):
         "in_function_import_statements": func_stmts,
         "in_function_only_edge_list": [f"{a} -> {b}" for a, b in func_only],
         "up_layer_edges": up,
+        "import_cycles": cycles(edges),
         "cross_stage_edges": cross,
         "unmapped_modules": sorted(unmapped),
         "largest_modules": [{"module": m, "path": i["path"], "lines": i["lines"]} for m, i in largest],
@@ -192,6 +226,9 @@ def report(r):
     for e in r["up_layer_edges"]:
         tag = "  (in-function)" if e["in_function_only"] else ""
         p(f"    {e['importer']} -> {e['imported']}  L{e['layers'][0]} -> L{e['layers'][1]}{tag}")
+    p(f"import cycles (any import, top level or in a function): {len(r['import_cycles'])}")
+    for c in r["import_cycles"]:
+        p(f"    {' <-> '.join(c)}")
     p(f"cross-stage edges: {len(r['cross_stage_edges'])}")
     for e in r["cross_stage_edges"]:
         tag = "  (in-function)" if e["in_function_only"] else ""

@@ -11,8 +11,8 @@ import torch
 from augment.cli import main
 from augment.errors import UserError
 from augment.labels import read_label_set
-from augment.models.clip_guide import TEMPLATES
-from augment.models.guide import load_guide, match_labels
+from augment.models.guides import load_guide, loaded_spec, match_labels
+from augment.models.guides.clip import TEMPLATES
 from tests.tiny import COLOURS, tiny_pipeline
 
 SIZE = 32
@@ -106,11 +106,12 @@ def test_a_clip_guide_takes_the_presets_templates_unless_its_spec_names_some():
     from augment.config import load_config
 
     cub = load_config("sd14-cub", overrides={"guide": "clip:openai/clip-vit-large-patch14"})
-    assert cub.guide_spec() == "clip:openai/clip-vit-large-patch14?templates=bird"
-    assert cub.with_clip_templates("clip:x?templates=animal") == "clip:x?templates=animal"
-    assert load_config("sd14-cub-original").with_clip_templates("clip:x") == "clip:x?templates=bird"
-    assert load_config("sd14-cub").guide_spec() == "hf:vesteinn/vit-mae-cub"  # only clip: specs take templates
-    assert load_config("sd21-base").with_clip_templates("clip:x") == "clip:x"  # imagenet, the default, named by nothing
+    assert loaded_spec(cub) == "clip:openai/clip-vit-large-patch14?templates=bird"
+    assert loaded_spec(cub, "clip:x?templates=animal") == "clip:x?templates=animal"
+    assert loaded_spec(load_config("sd14-cub-original"), "clip:x") == "clip:x?templates=bird"
+    assert loaded_spec(cub, "clip:x?pool=1") == "clip:x?pool=1&templates=bird"
+    assert loaded_spec(load_config("sd14-cub")) == "hf:vesteinn/vit-mae-cub"  # only clip: specs take templates
+    assert loaded_spec(load_config("sd21-base"), "clip:x") == "clip:x"  # imagenet, the default, named by nothing
 
 
 def test_learn_records_the_templates_its_clip_guide_used(clip_dir, tmp_path):

@@ -21,7 +21,7 @@ from augment.metrics import (
     reference_images,
     score_shards,
 )
-from augment.models.guide import load_guide
+from augment.models.guides import load_guide
 
 CLASSIFIER_LABELS = [f"kind {i}" for i in range(8)]
 SET_LABELS = ["kind 5", "kind 2", "kind 7", "kind 0"]  # label-set order ≠ classifier order

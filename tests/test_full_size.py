@@ -12,8 +12,8 @@ from augment.config import LearnConfig, load_config
 from augment.labels import match_to_guide, read_label_set
 from augment.learn.learner import TokenLearner
 from augment.models.generator import attention_backends, load_generator
-from augment.models.guide import load_guide
-from augment.models.hf_guide import known_recipe
+from augment.models.guides import load_guide
+from augment.models.guides.hf import known_recipe
 from tests.full_size import native_bf16
 
 SMALL = """

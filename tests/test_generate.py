@@ -442,7 +442,7 @@ def test_a_run_and_its_generator_can_move_and_continue(world, reference, tmp_pat
     its generator copied elsewhere too is complete there; another generator of the same architecture is not."""
     import shutil
 
-    from augment.fingerprint import source_identity
+    from augment.models.fingerprint import source_identity
 
     moved_gen, moved_out = tmp_path / "elsewhere" / "pipe", tmp_path / "moved"
     shutil.copytree(world["pipe"], moved_gen)
@@ -458,7 +458,7 @@ def test_a_run_and_its_generator_can_move_and_continue(world, reference, tmp_pat
 
 
 def test_the_generator_identity_tells_same_architecture_models_apart(tokenizer_dir, tmp_path):
-    from augment.fingerprint import source_identity
+    from augment.models.fingerprint import source_identity
 
     tiny_pipeline(tokenizer_dir, seed=0).save_pretrained(tmp_path / "a")
     tiny_pipeline(tokenizer_dir, seed=1).save_pretrained(tmp_path / "b")

@@ -6,7 +6,7 @@ import torch
 from augment.config import list_presets, load_config
 from augment.errors import UserError
 from augment.models.checkpoint import build_model, save_classifier
-from augment.models.guide import load_guide
+from augment.models.guides import load_guide
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import UserError
-from augment.models.guide import load_guide
+from augment.models.guides import load_guide
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5,) * 3, (0.5,) * 3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.models.guide import load_guide
+from augment.models.guides import load_guide
 from augment.toy import FINE_NAMES, GENERATOR_DIR, GUIDE_DIR, HELDOUT_DIR
 from augment.toy.data import load, to_rgb32
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from augment.models.generator import assemble_pipeline
-from augment.models.guide import Guide, Preprocess
+from augment.models.guides import Guide, Preprocess
 from augment.toy.clip_tokenizer import clip_tokenizer
 
 COLOURS = ["red", "green", "blue"]

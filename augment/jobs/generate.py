@@ -21,15 +21,15 @@ from augment.data import shards
 from augment.data.card import write_card
 from augment.data.tokens_io import WEIGHTS, find_tokens_root, load_tokens, sampling_note, token_dir
 from augment.devices import bind_device, describe_device, resolve_device
-from augment.fingerprint import source_identity
 from augment.generate.loop import generate_units
 from augment.jobs.learn import as_label_set
 from augment.labels import LabelSet
+from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
-from augment.models.guide import load_guide, match_labels
+from augment.models.guides import load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.sampling import make_scheduler
-from augment.run.manifest import manifest_config, update_manifest
+from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
 
@@ -118,7 +118,7 @@ def generate_set(
         "tokens": None if root is None else tokens_digest(root, labels),
     }
     if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
-        content["guide"] = {"spec": source_identity(config.guide_spec()), "label_match": config.label_match}
+        content["guide"] = {"spec": source_identity(loaded_spec(config)), "label_match": config.label_match}
     chash = shards.config_hash(content)
     mine = units[index::count]
     pending = shards.pending_units(out, labels.name, mine, chash, overwrite)
@@ -166,12 +166,12 @@ class GenerationModels:
         device = resolve_device(config.device)
         bind_device(device)
         wants_guide = score or g.refine is not None  # DATE's reward is the guide's
-        hub_note = check_hub(job_models(config.generator, config.guide_spec() if wants_guide else None))
+        hub_note = check_hub(job_models(config.generator, loaded_spec(config) if wants_guide else None))
         if hub_note:
             print(f"augment: note: {hub_note}", file=sys.stderr)
         guide = guide_indices = None
         if wants_guide:
-            guide = load_guide(config.guide_spec(), device, labels.names())
+            guide = load_guide(loaded_spec(config), device, labels.names())
             guide_indices = match_labels(labels, guide, config.label_match).indices
         pipe = load_generator(config.generator, device, config.dtype)
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)

@@ -19,14 +19,14 @@ from tqdm import tqdm
 from augment.config import RunConfig
 from augment.data.tokens_io import is_learned
 from augment.devices import bind_device, describe_device, resolve_device
-from augment.fingerprint import source_identity
 from augment.labels import LabelClass, LabelSet, read_label_set
 from augment.learn.learner import TokenLearner
 from augment.learn.resume import LearnerCheckpoint, checkpoint_path, learn_fingerprint
+from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
-from augment.models.guide import check_spec, load_guide, match_labels
+from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
-from augment.run.manifest import manifest_config, update_manifest
+from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
 
@@ -84,7 +84,7 @@ def learn_tokens(
     workers.check()
     index, count = workers.slot()
     check_out(out)
-    check_spec(config.guide_spec())
+    check_spec(loaded_spec(config))
     groups = plan_groups(labels, config.learn.group_size)
     mine = list(range(len(groups)))[index::count]
     if count > len(groups) and index == len(groups):  # said once, by the first worker without a group
@@ -120,7 +120,7 @@ def learn_groups(
     planned = plan_groups(labels, config.learn.group_size)
     device = resolve_device(config.device)
     bind_device(device)
-    guide_spec = config.guide_spec()
+    guide_spec = loaded_spec(config)
     hub_note = check_hub(job_models(config.generator, guide_spec))  # one line now, not retries later
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)

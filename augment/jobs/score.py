@@ -23,7 +23,7 @@ from augment.data.shards import label_set, sample_count, tar_files
 from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
 from augment.metrics import INCEPTION, InceptionFeatures
-from augment.models.guide import load_guide
+from augment.models.guides import load_guide, loaded_spec
 from augment.models.hub import check_hub, job_models
 from augment.run.storage import converts_storage_errors, out_path
 
@@ -67,9 +67,9 @@ def score_set(
     spec = classifier or config.eval_classifier
     if not spec:
         raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")
-    spec = config.with_clip_templates(spec)
+    spec = loaded_spec(config, spec)
 
-    features = features if features in (None, INCEPTION) else config.with_clip_templates(features)
+    features = features if features in (None, INCEPTION) else loaded_spec(config, features)
     dev = resolve_device(device or config.device)
     bind_device(dev)
     other = features if features not in (None, INCEPTION, spec) else None

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 
 from augment.config import LearnConfig
 from augment.data.tokens_io import is_learned, save_token
-from augment.fingerprint import source_name
 from augment.labels import LabelClass, LabelSet
 from augment.learn.original import original_accumulation
 from augment.learn.precision import LossScaler
 from augment.learn.state import ClassState, class_noise_seed, improves, prompt_order, record
 from augment.models.decode import decode_latents
-from augment.models.guide import Guide
+from augment.models.fingerprint import source_name
+from augment.models.guides import Guide
 from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
 from augment.models.sampling import guide_noise, guided_calls, make_scheduler, predicted_x0
 from augment.run.storage import out_path

@@ -121,7 +121,7 @@ def text_encoder_fingerprint(pipe) -> str:
 
 def generator_source(pipe) -> str:
     """What the pipeline was loaded from, for manifests: its hub id, or a local directory's name and content
-    identity (augment.fingerprint.source_name; never an absolute path)."""
-    from augment.fingerprint import source_name
+    identity (augment.models.fingerprint.source_name; never an absolute path)."""
+    from augment.models.fingerprint import source_name
 
     return source_name(str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "unknown")))

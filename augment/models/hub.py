@@ -10,41 +10,8 @@ unreachable: this process goes offline (HF_HUB_OFFLINE), so the libraries load f
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from augment.errors import UserError
-
-
-def _local(path: str) -> bool:
-    """A local path (existing, or shaped like a path: no hub id has a leading '/', '.' or '~', or two '/')."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(path).expanduser().exists():
-        return True
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        return True
-    return False
-
-
-def guide_repo(spec: str | None) -> tuple[str, str] | None:
-    """(hub repo id, a file every copy of it has) for a guide spec that loads from the hub, else None."""
-    if not spec:
-        return None
-    backend, _, name = spec.partition(":")
-    if backend in ("hf", "clip"):
-        path = name.partition("?")[0]
-        return None if _local(path) else (path, "config.json")
-    if backend == "timm":
-        try:
-            import timm.models
-
-            repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
-        except (RuntimeError, ValueError, KeyError, AttributeError):
-            return None  # an unknown name: timm's own error says so when the guide loads
-        return (repo, "config.json") if repo else None
-    return None  # ckpt: is a directory; torchvision: loads from download.pytorch.org
 
 
 def job_models(
@@ -52,10 +19,13 @@ def job_models(
 ) -> list[tuple[str, str, str]]:
     """(what, repo id, file to look for) of each hub model among a job's generator and classifiers."""
     items = []
-    if generator and not _local(generator):
+    from augment.models.guides import hub_repo
+    from augment.models.guides.base import hub_id
+
+    if generator and hub_id(generator):
         items.append(("generator", generator, "model_index.json"))
     for what, spec in (("guide", guide), ("classifier", classifier)):
-        repo = guide_repo(spec)
+        repo = hub_repo(spec)
         if repo is not None and repo[0] not in {i[1] for i in items}:
             items.append((what, *repo))
     return items

@@ -15,16 +15,7 @@ import math
 import torch
 
 from augment.errors import UserError
-from augment.settings import check_scheduler
-
-SCHEDULERS = {
-    "pipeline": None,
-    "ddim": ("DDIMScheduler", {"clip_sample": False}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-}
+from augment.settings import SCHEDULERS, check_scheduler
 
 
 def guide_noise(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -53,14 +53,3 @@ def _merge(path, section: str, content: dict[str, Any], worker: dict[str, Any] |
         data.setdefault("workers", {}).setdefault(section, {})[slot] = {**worker, "host": platform.node()}
     data["versions"] = versions()
     return write_json(path, data)
-
-
-def manifest_config(config) -> dict[str, Any]:
-    """A RunConfig as manifests record it: local models named by directory and content, not absolute path."""
-    from augment.fingerprint import source_name
-
-    data = config.to_dict()
-    for key in ("generator", "guide", "eval_classifier"):
-        if data.get(key):
-            data[key] = source_name(data[key])
-    return data

@@ -60,7 +60,7 @@ def save_random_pipeline(name: str, out_dir: str | Path, seed: int = 0, dtype: t
 def save_vit_mae_cub(out_dir: str | Path, labels: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """A random ViTForImageClassification at 224 px, as transformers loads vesteinn/vit-mae-cub (a ViT-MAE
     whose head reads the mean of the patch tokens), with `labels`, saved with an fp16 checkpoint dtype.
-    Name the directory `vit-mae-cub` for augment.models.guide to apply that pooling. Narrow by default (fast on
+    Name the directory `vit-mae-cub` for augment.models.guides.hf to apply that pooling. Narrow by default (fast on
     CPU); hidden=768, layers=12 is ViT-B's size."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 

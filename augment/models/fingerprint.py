@@ -15,8 +15,9 @@ def source_identity(spec: str) -> str:
     an identity: for a local directory a hash of its JSON configs and of each weights file's size and first
     and last MiB (cheap at any model size, and different for models of the same architecture); for anything
     else the spec itself."""
-    backend, sep, rest = spec.partition(":")
-    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf", "clip") else ("", spec)
+    from augment.models.guides import spec_location
+
+    prefix, target = spec_location(spec)
     path_part, q, query = target.partition("?")
     path = Path(path_part).expanduser()
     if not path.is_dir():
@@ -39,9 +40,19 @@ def source_identity(spec: str) -> str:
 def source_name(spec: str) -> str:
     """How manifests and token metadata name a model: a hub id or guide spec as it is; a local directory by
     its name and content identity ("stable-diffusion-v1-4 (content:1f2e...)"), never by its absolute path."""
-    backend, sep, rest = spec.partition(":")
-    prefix, target = (f"{backend}:", rest) if sep and backend in ("ckpt", "hf", "clip") else ("", spec)
+    from augment.models.guides import spec_location
+
+    prefix, target = spec_location(spec)
     path = Path(target.partition("?")[0]).expanduser()
     if not path.is_dir():
         return spec
     return f"{prefix}{path.name} ({source_identity(spec).removeprefix(prefix)})"
+
+
+def manifest_config(config) -> dict:
+    """A RunConfig as manifests record it: local models named by directory and content, not absolute path."""
+    data = config.to_dict()
+    for key in ("generator", "guide", "eval_classifier"):
+        if data.get(key):
+            data[key] = source_name(data[key])
+    return data

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from augment.errors import UserError
+from augment.models.guides.base import Backend, Guide, Preprocess, hub_id, register, split_options
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm.data.constants (utils.py:17-18)
 HALF = (0.5, 0.5, 0.5)
@@ -50,8 +51,7 @@ KNOWN = {
 
 def parse_hf_spec(name: str, spec: str) -> tuple[str, dict[str, str]]:
     """'ID_OR_DIR[?pool=cls|mean][&crop_pct=F][&recipe=ID]' → (ID_OR_DIR, options); unknown options refused."""
-    path, _, query = name.partition("?")
-    options = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
+    path, options = split_options(name)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UserError(f"guide {spec!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
@@ -74,9 +74,9 @@ def known_recipe(path: str, options: dict[str, str]) -> tuple[str, Recipe] | Non
     --local-dir .../vit-mae-cub`), or `recipe=ID`; None for any other guide."""
     if "recipe" in options:
         return options["recipe"], KNOWN[options["recipe"]]
-    for hub_id, recipe in KNOWN.items():  # by name only a local copy: another user's hub model is another model
-        if path.rstrip("/") == hub_id or (Path(path).is_dir() and Path(path).name == hub_id.split("/")[1]):
-            return hub_id, recipe
+    for known_id, recipe in KNOWN.items():  # by name only a local copy: another user's hub model is another model
+        if path.rstrip("/") == known_id or (Path(path).is_dir() and Path(path).name == known_id.split("/")[1]):
+            return known_id, recipe
     return None
 
 
@@ -114,8 +114,6 @@ def _model_type(name: str) -> str | None:
 def load_hf(name: str, spec: str):
     """(model, labels, Preprocess, info) for an `hf:` spec; the caller wraps them into a Guide."""
     from transformers import ViTForImageClassification
-
-    from augment.models.guide import Preprocess
 
     path, options = parse_hf_spec(name, spec)
     known = known_recipe(path, options)
@@ -172,8 +170,6 @@ def _from_processor(path: str, spec: str, options: dict[str, str]):
 def processor_preprocess(proc, crop_override: float | None = None):
     """A transformers image processor's resize, centre crop, mean/std and interpolation as a Preprocess
     (`crop_override`: the crop ratio to use instead of the processor's)."""
-    from augment.models.guide import Preprocess
-
     size = proc.size
     hw = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
     crop = getattr(proc, "crop_size", None)
@@ -188,3 +184,16 @@ def processor_preprocess(proc, crop_override: float | None = None):
     resample = getattr(proc, "resample", None)
     interpolation = {2: "bilinear", 3: "bicubic"}.get(int(resample) if resample is not None else 3, "bilinear")
     return Preprocess(tuple(hw), tuple(proc.image_mean), tuple(proc.image_std), crop_pct, interpolation)
+
+
+def load(name: str, spec: str, class_names: list[str] | None = None) -> Guide:
+    model, labels, pre, info = load_hf(name, spec)
+    return Guide(model, labels, pre, spec, logits_of=lambda out: out.logits, info=info)
+
+
+def hub_repo(name: str) -> tuple[str, str] | None:
+    repo = hub_id(split_options(name)[0])
+    return (repo, "config.json") if repo else None
+
+
+BACKEND = register(Backend("hf", "hf:ID_OR_DIR", load, parse=parse_hf_spec, hub_repo=hub_repo, local=True))

@@ -10,7 +10,7 @@ the class weights are computed once, from the label set's names, in its order.
 Templates: `imagenet` (the seven the CLIP authors' ImageNet notebook ensembles; the default), `bird` (the
 CLIP paper's Birdsnap/CUB template), `animal`, or a text file with one template per line ("{}" where the name
 goes). A spec without `?templates=` takes the config's `clip_templates` (RunConfig.guide_spec): `imagenet` by
-default, `bird` in the CUB presets.
+default, `bird` in the CUB presets (`with_templates`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import UserError
+from augment.models.guides.base import Backend, Guide, hub_id, register, split_options
+from augment.models.guides.hf import processor_preprocess
 
 TEMPLATES = {
     "imagenet": [
@@ -39,8 +41,7 @@ TEMPLATES = {
 
 def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:
     """'ID_OR_DIR[?templates=NAME|FILE]' → (ID_OR_DIR, templates, their name)."""
-    path, _, query = name.partition("?")
-    options = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
+    path, options = split_options(name)
     unknown = sorted(set(options) - {"templates"})
     if unknown:
         raise UserError(f"guide {spec!r}: unknown option(s) {', '.join(unknown)}; known: templates")
@@ -87,8 +88,6 @@ def load_clip(name: str, spec: str, class_names: list[str] | None):
     """(model, labels, Preprocess, info) for a `clip:` spec; the caller wraps them into a Guide."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from augment.models.hf_guide import processor_preprocess
-
     if not class_names:
         raise UserError(f"guide {spec!r}: a zero-shot guide needs the label set's class names")
     path, templates, which = parse_clip_spec(name, spec)
@@ -104,3 +103,29 @@ def load_clip(name: str, spec: str, class_names: list[str] | None):
     weights = class_weights(model, processor.tokenizer, class_names, templates)
     info = {"model_class": "CLIPModel", "zero_shot": True, "templates": which, "template_count": len(templates)}
     return ZeroShotCLIP(model, weights), list(class_names), pre, info
+
+
+def load(name: str, spec: str, class_names: list[str] | None = None) -> Guide:
+    model, labels, pre, info = load_clip(name, spec, class_names)
+    return Guide(model, labels, pre, spec, info=info)
+
+
+def hub_repo(name: str) -> tuple[str, str] | None:
+    repo = hub_id(split_options(name)[0])
+    return (repo, "config.json") if repo else None
+
+
+def with_templates(spec: str, config) -> str:
+    """A `clip:` spec as it loads under a RunConfig: a spec without `?templates=` gets the config's
+    `clip_templates` when they are not the default, so hashes and manifests name the templates used."""
+    templates = config.clip_templates
+    if templates == "imagenet" or "templates" in split_options(spec.partition(":")[2])[1]:
+        return spec
+    return f"{spec}{'&' if '?' in spec else '?'}templates={templates}"
+
+
+BACKEND = register(
+    Backend(
+        "clip", "clip:ID_OR_DIR", load, parse=parse_clip_spec, hub_repo=hub_repo, local=True, resolve=with_templates
+    )
+)
