@@ -1,8 +1,9 @@
 """`downstream fewshot` (the Table-2 grid) and `downstream train` (one classifier, optionally saved as `ckpt:`):
 the flags of downstream.api's library calls, parsed; the training flags derived from TrainConfig's fields.
 
-Exit 0 ok; 2 for bad input, with one line `downstream: error: ...` on stderr and nothing written (everything is
-validated before OUT is created); anything else is a bug and surfaces with its traceback (exit 1).
+Exit statuses and errors as `augment`'s (augment.commands.shell): 0 ok; 2 for bad input, with one line
+`downstream: error: ...` on stderr and nothing written (everything is validated before OUT is created); 1 a full
+disk or a refused write (one line; finished cells are kept); 130/143 interrupted; a bug: its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.errors import EngineError, UserError
+from augment.commands.shell import Parser, run_command
+from augment.errors import UserError
 
 EXAMPLES = """examples:
   downstream fewshot --dataset fashion-mnist --labels manifests/fashion-mnist.txt \\
@@ -19,13 +21,6 @@ EXAMPLES = """examples:
   downstream train --dataset cub:/data/CUB_200_2011 --labels manifests/cub200.txt --shots all \\
       --epochs 30 --save-classifier runs/cub-guide
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors become UserError: one line, exit 2, like every other input mistake."""
-
-    def error(self, message: str):
-        raise UserError(message)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,9 +42,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="downstream", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+    parser = Parser(prog="downstream", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fewshot,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fewshot,train}", parser_class=Parser)
     f = sub.add_parser("fewshot", help="the grid {real, +synthetic sets} × shots × trials → OUT/results.*",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_common(f)
@@ -112,48 +107,44 @@ def _training(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `downstream` console script; returns the exit status."""
-    from augment.cli import as_flags
-
+    """Entry point of the `downstream` console script; returns the exit status (augment.commands.shell: one line
+    and 2 for bad input, 1 for a full disk or a refused write, 143 on SIGTERM, as `augment`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = None
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.threads is not None:
-            import torch
+    return run_command("downstream", build_parser, lambda args: _run(args, argv), argv)
 
-            torch.set_num_threads(max(1, args.threads))
-        progress = not args.no_progress and sys.stderr.isatty()
-        from downstream import api
 
-        if args.command == "fewshot":
-            result = api.fewshot(args.dataset, args.labels, args.out, synthetic=_synthetic(args),
-                                 shots=_shots(args.shots), trials=args.trials, seed=args.seed,
-                                 training=_training(args), overwrite=args.overwrite,
-                                 workers=_workers(args), progress=progress,
-                                 command=["downstream", *argv])  # fmt: skip
-            print(result.summary())
-        else:
-            if args.json is not None and args.json.is_dir():
-                raise UserError(f"--json {args.json}: exists and is a directory")
-            shots = None if args.shots == "all" else _shots(args.shots)
-            if shots is not None and len(shots) != 1:
-                raise UserError("--shots for `train` is one number or 'all'")
-            result = api.train(args.dataset, args.labels, shots=None if shots is None else shots[0],
-                               trial=args.trial, seed=args.seed, synthetic=_synthetic(args),
-                               training=_training(args), save_classifier=args.save_classifier, progress=progress,
-                               command=["downstream", *argv])  # fmt: skip
-            if args.json is not None:
-                args.json.write_text(result.summary() + "\n")
-            print(result.summary())
-    except UserError as e:
-        message = " ".join(as_flags(e, parser, argv).split()) or "bad input"
-        print(f"downstream: error: {message}", file=sys.stderr)
-        return 2
-    except EngineError as e:
-        print(f"downstream: error: {e}; finished cells are kept: rerun the same command to continue", file=sys.stderr)
-        return 1
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be ≥ 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress and sys.stderr.isatty()
+    from downstream import api
+
+    if args.command == "fewshot":
+        result = api.fewshot(args.dataset, args.labels, args.out, synthetic=_synthetic(args),
+                             shots=_shots(args.shots), trials=args.trials, seed=args.seed,
+                             training=_training(args), overwrite=args.overwrite,
+                             workers=_workers(args), progress=progress,
+                             command=["downstream", *argv])  # fmt: skip
+        print(result.summary())
+        return 0
+    if args.json is not None and args.json.is_dir():
+        raise UserError(f"--json {args.json}: exists and is a directory")
+    shots = None if args.shots == "all" else _shots(args.shots)
+    if shots is not None and len(shots) != 1:
+        raise UserError("--shots for `train` is one number or 'all'")
+    result = api.train(args.dataset, args.labels, shots=None if shots is None else shots[0],
+                       trial=args.trial, seed=args.seed, synthetic=_synthetic(args),
+                       training=_training(args), save_classifier=args.save_classifier, progress=progress,
+                       command=["downstream", *argv])  # fmt: skip
+    if args.json is not None:
+        from augment.run.atomic import write_text
+
+        write_text(args.json, result.summary() + "\n")
+    print(result.summary())
     return 0
 
 
