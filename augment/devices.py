@@ -18,6 +18,7 @@ import time
 import torch
 
 from augment.errors import UserError
+from augment.run.launcher import env_int
 
 DTYPES = {
     "fp32": torch.float32,
@@ -33,11 +34,14 @@ def local_rank() -> tuple[int, int | None, str | None]:
     """(local rank, processes on this node or None, the variable it came from or None)."""
     env = os.environ
     if "LOCAL_RANK" in env:
-        size = env.get("LOCAL_WORLD_SIZE")
-        return int(env["LOCAL_RANK"]), int(size) if size else None, "LOCAL_RANK"
+        size = env_int("LOCAL_WORLD_SIZE", minimum=1)
+        rank = env_int("LOCAL_RANK", 0)
+        if size is not None and rank >= size:
+            raise UserError(f"$LOCAL_RANK={rank} is not in 0..{size - 1} ($LOCAL_WORLD_SIZE={size})")
+        return rank, size, "LOCAL_RANK"
     if "SLURM_LOCALID" in env:  # srun: "2(x4)" or "2,1" tasks per node
         size = re.match(r"\d*", env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "")[0]
-        return int(env["SLURM_LOCALID"]), int(size) if size else None, "SLURM_LOCALID"
+        return env_int("SLURM_LOCALID", 0), int(size) if size else None, "SLURM_LOCALID"
     return 0, None, None
 
 

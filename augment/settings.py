@@ -60,6 +60,10 @@ def _describe(hint) -> str:
 
 
 def _fits(value, hint) -> bool:
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (tuple, list)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_fits(value, h) for h in typing.get_args(hint))
     origin = typing.get_origin(hint)

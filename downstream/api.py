@@ -88,16 +88,20 @@ def load_sets(synthetic: dict[str, str | Path] | None, labels: LabelSet, *, lear
     return sets
 
 
-def _inputs(dataset: str, labels, synthetic, *, learned: bool):
-
-    parse_spec(dataset)  # cheap checks first
+def _inputs(dataset: str, labels, synthetic, training, *, learned: bool):
+    """Every input checked, the cheap checks first (the options, the names), then the files, then the data."""
+    kind, _ = parse_spec(dataset, check_location=False)
+    config = train_config(kind, training)
+    for name, value in (synthetic or {}).items():
+        check_name(name)
+        parse_learned(name, str(value))  # a learn:PRESET's form and preset
+    parse_spec(dataset)
     labels = labels if isinstance(labels, LabelSet) else read_label_set(labels)
     for name, value in (synthetic or {}).items():  # the cheap part of each set before the dataset loads
-        check_name(name)
         if parse_learned(name, str(value)) is None:
             check_directory(name, value)
     data = load_dataset(dataset, labels)
-    return labels, data, load_sets(synthetic, labels, learned=learned)
+    return labels, data, load_sets(synthetic, labels, learned=learned), config
 
 
 def _check_pretrained(config: TrainConfig, num_classes: int) -> None:
@@ -153,8 +157,7 @@ def fewshot(
                       worker_index=index, num_workers=count)  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UserError(f"out {out} exists and is not a directory", "out")
-    labels, data, sets = _inputs(dataset, labels, synthetic, learned=True)
-    config = train_config(data.kind, training)
+    labels, data, sets, config = _inputs(dataset, labels, synthetic, training, learned=True)
     check_grid(data, grid, sets, config, out)
     _check_pretrained(config, len(labels))
     check_out(out)  # a bucket that refuses writes: one line before any training
@@ -192,12 +195,13 @@ def train(
     """One classifier on `shots` real images per class (None: all) of the trial's picks plus the synthetic sets,
     scored on the test split; with `save_classifier` saved in augment's `ckpt:` format (a guide)."""
 
+    if save_classifier is not None and not str(save_classifier).strip():
+        raise UserError("save_classifier: an empty path", "save_classifier")
     if save_classifier is not None and Path(save_classifier).is_file():
         raise UserError(f"save_classifier {save_classifier}: exists and is a file", "save_classifier")
     if shots is not None and shots < 0:
         raise UserError(f"shots must be ≥ 0 or None (all), got {shots}", "shots")
-    labels, data, sets = _inputs(dataset, labels, synthetic, learned=False)
-    config = train_config(data.kind, training)
+    labels, data, sets, config = _inputs(dataset, labels, synthetic, training, learned=False)
     real = data.train
     if shots is not None:
         picks = sample_kshot(real.labels, shots, num_classes=len(labels), seed=seed, trial=trial,

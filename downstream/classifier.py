@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from augment.data.images import Split, concat
 from augment.data.mixing import index_batches, mixed_batches
 from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
+from augment.settings import check_types
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
@@ -74,7 +76,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Values that cannot train, refused before anything loads (UserError naming the argument)."""
-        for name in ("image_size", "steps", "batch_size"):
+        check_types(self, "")
+        if isinstance(self.real_fraction, str) and self.real_fraction != UNIFORM:
+            raise UserError(f"real_fraction must be a number in [0, 1] or {UNIFORM}, got {self.real_fraction!r}")
+        if not self.model.strip():
+            raise UserError("model must name a timm model, got ''", "model")
+        if not re.fullmatch(r"auto|(cpu|cuda|mps|xpu)(:\d+)?", self.device):
+            raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
+        for name in ("lr", "weight_decay", "warmup", "label_smoothing", "crop_pct"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be ≥ 0, got {getattr(self, name)}", name)
+        if self.workers < 0:
+            raise UserError(f"workers must be ≥ 0, got {self.workers}", "workers")
+        for name in ("image_size", "steps", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}", name)
         if self.epochs is not None and self.epochs <= 0:

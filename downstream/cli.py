@@ -64,18 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.add_argument("--shots", default="all", help="real images per class, or 'all' (default)")
     t.add_argument("--trial", type=int, default=0, help="which trial's shot picks")
-    t.add_argument("--save-classifier", type=Path, metavar="DIR", help="write the model in the ckpt: format")
-    t.add_argument("--json", type=Path, metavar="FILE", help="also write the result here")
+    t.add_argument("--save-classifier", metavar="DIR", help="write the model in the ckpt: format")
+    t.add_argument("--json", metavar="FILE", help="also write the result here")
     return parser
 
 
 def _shots(text: str) -> list[int]:
+    items = text.split(",")
     try:
-        shots = [int(s) for s in text.split(",") if s.strip()]
+        shots = [int(s, 10) for s in items]
     except ValueError:
         raise UserError(f"--shots {text!r}: expected comma-separated integers like 0,3,9,15") from None
-    if not shots:
-        raise UserError("--shots is empty")
+    if any(s < 0 for s in shots):
+        raise UserError(f"--shots {text!r}: a shot count is ≥ 0")
     return shots
 
 
@@ -131,6 +132,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                              command=["downstream", *argv])  # fmt: skip
         print(result.summary())
         return 0
+    if args.json is not None and not args.json.strip():
+        raise UserError("--json: an empty path")
+    args.json = None if args.json is None else Path(args.json)
     if args.json is not None and args.json.is_dir():
         raise UserError(f"--json {args.json}: exists and is a directory")
     shots = None if args.shots == "all" else _shots(args.shots)

@@ -55,6 +55,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     from augment.config import load_config
     from augment.jobs.score import score_set
 
+    if args.out is not None and not str(args.out).strip():
+        raise UserError("--out: an empty path")
     if args.out is not None:
         parent = args.out.parent if str(args.out.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

@@ -219,8 +219,9 @@ def _check_first_file(paths: list[str], root: Path) -> None:
 
 
 # ---------------------------------------------------------------- spec, class matching, loading
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """('cub', '/data/CUB_200_2011') from 'cub:/data/CUB_200_2011'; checks the kind and that a local dir exists."""
+def parse_spec(spec: str, check_location: bool = True) -> tuple[str, str | None]:
+    """('cub', '/data/CUB_200_2011') from 'cub:/data/CUB_200_2011'; checks the kind and (`check_location`) that a
+    local dir exists."""
     kind, sep, location = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
@@ -232,7 +233,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         if kind != "fashion-mnist":
             raise UserError(f"dataset spec {spec!r} needs a location: {kind}:PATH")
         return kind, None
-    if kind != "hf" and not Path(location).is_dir():
+    if check_location and kind != "hf" and not Path(location).is_dir():
         raise UserError(f"dataset {spec!r}: directory {location} not found")
     return kind, location
 

@@ -8,6 +8,7 @@ shards. Under Ray (`Workers(engine="ray")`) the driver runs both stages on the c
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ def build(
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.validate()  # a bad generate option fails before learning
     workers.check()
+    if not (isinstance(wait_tokens, (int, float)) and math.isfinite(wait_tokens) and wait_tokens >= 0):
+        raise UserError(f"wait_tokens must be a finite number of seconds ≥ 0, got {wait_tokens!r}", "wait_tokens")
     if dry_run:
         pending = sum(not is_learned(out, c) for c in labels.classes)
         if pending:

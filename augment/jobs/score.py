@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from augment.data.shards import label_set, sample_count, tar_files
 from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
 from augment.metrics import INCEPTION, InceptionFeatures
-from augment.models.guides import load_guide, loaded_spec
+from augment.models.guides import check_spec, load_guide, loaded_spec
 from augment.models.hub import check_hub, job_models
 from augment.run.storage import converts_storage_errors, out_path
 
@@ -51,19 +52,30 @@ def score_set(
     """The report as a dict (ScoreReport, with `.summary()`): per class n/top1/top5 (and precision/recall with a reference), macro and micro
     means, and with a reference `fid`, `kid`, `kid_std`, the features' name and size."""
 
-    shards = out_path(shards, "shards")
-    if not shards.is_dir():
-        raise UserError(f"shards {shards}: no such directory", "shards")
-    if not tar_files(shards):
-        raise UserError(f"shards {shards}: no .tar shards in it or in its shards/ folder", "shards")
+    for name, value in (("classifier", classifier), ("reference", reference), ("features", features),
+                        ("device", device)):  # fmt: skip
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise UserError(f"{name}: {value!r} names nothing", name)
+    config = config or RunConfig()
+    if device is not None:
+        replace(config, device=device).validate()  # the device's form, with the rest of the config
+    else:
+        config.validate()
+    for spec in (classifier, features if features != INCEPTION else None):
+        if spec is not None:
+            check_spec(spec)
     if batch_size < 1:
         raise UserError(f"batch_size must be ≥ 1, got {batch_size}", "batch_size")
     if reference_limit is not None and reference_limit < 2:
         raise UserError(f"reference_limit must be ≥ 2, got {reference_limit}", "reference_limit")
     if (features or reference_limit) and not reference:
         raise UserError("reference is needed for FID/KID (features, reference_limit)", "reference")
+    shards = out_path(shards, "shards")
+    if not shards.is_dir():
+        raise UserError(f"shards {shards}: no such directory", "shards")
+    if not tar_files(shards):
+        raise UserError(f"shards {shards}: no .tar shards in it or in its shards/ folder", "shards")
     labels = label_set(shards)
-    config = config or RunConfig()
     spec = classifier or config.eval_classifier
     if not spec:
         raise UserError("classifier: none given, and no eval_classifier in the config", "classifier")

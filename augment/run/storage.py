@@ -55,6 +55,8 @@ def out_path(out: str | os.PathLike, argument: str | None = None):
     if isinstance(out, Path):
         return out
     text = str(out)
+    if not text.strip() or "\0" in text:
+        raise UserError(f"{argument or 'path'}: {text!r} is not a path or URL", argument)
     proto = scheme(text)
     if proto is None:
         return Path(text.split("://", 1)[1] if "://" in text else text).expanduser()

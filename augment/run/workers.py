@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.errors import UserError
+from augment.run.launcher import env_int
 
 WAIT_TOKENS = 6 * 3600.0  # seconds a `build` worker waits for the others' tokens before generating
 
@@ -73,6 +74,9 @@ class Workers:
                 if getattr(self, name) is not None:
                     raise UserError(f"--{name.replace('_', '-')} needs --engine ray", name)
         self.slot()
+        from augment.devices import local_rank
+
+        local_rank()  # the launcher's variables are whole numbers in range (a UserError naming one, now)
 
 
 def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
@@ -82,15 +86,16 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
     env = os.environ
     if index is None and count is None:
         if "RANK" in env and "WORLD_SIZE" in env:
-            index, count = int(env["RANK"]), int(env["WORLD_SIZE"])
+            index, count = env_int("RANK"), env_int("WORLD_SIZE", minimum=1)
         else:
             index, count = 0, 1
             if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-                first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-                index, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
-            tasks = int(env.get("SLURM_STEP_NUM_TASKS", 1) or 1)  # srun sets it for a step, sbatch does not
+                first = env_int("SLURM_ARRAY_TASK_MIN", 0)
+                index = env_int("SLURM_ARRAY_TASK_ID", minimum=first) - first
+                count = env_int("SLURM_ARRAY_TASK_COUNT", minimum=1)
+            tasks = env_int("SLURM_STEP_NUM_TASKS", 1, minimum=1)  # srun sets it for a step, sbatch does not
             if tasks > 1 and "SLURM_PROCID" in env:
-                index, count = index * tasks + int(env["SLURM_PROCID"]), count * tasks
+                index, count = index * tasks + env_int("SLURM_PROCID", 0), count * tasks
     index, count = (index or 0), (count or 1)
     if count < 1 or not 0 <= index < count:
         raise UserError(f"worker index {index} is not in 0..{count - 1}")
