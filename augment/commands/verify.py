@@ -17,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from augment.data.verify import verify_run
 
     report = verify_run(args.out)
+    if report.older:
+        print(f"older format: {report.older}")
     for line in report.problems:
         print(f"problem: {line}")
     for line in report.redo:

@@ -124,11 +124,20 @@ def config_hash(content: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
+OLD_LAYOUT = "class-pure shards of augment < 0.2 (one class per shard, no sample list in the markers)"
+
+
+def old_layout(out: str | Path) -> Path | None:
+    """A marker of the class-pure layout of augment < 0.2 in OUT's shards/, or None."""
+    d = shards_dir(out)
+    return next((p for p in d.glob("*.json") if _OLD_UNIT.search(p.name)), None) if d.is_dir() else None
+
+
 def check_layout(out: str | Path) -> None:
     """Refuse a directory holding shards of the class-pure layout of augment < 0.2: new units beside them
     would give every image twice."""
     d = shards_dir(out)
-    old = next((p for p in d.glob("*.json") if _OLD_UNIT.search(p.name)), None) if d.is_dir() else None
+    old = old_layout(out)
     if old is not None:
         raise UserError(
             f"{d} holds class-pure shards of an earlier augment ({old.name}); generate into another --out, "

@@ -11,7 +11,16 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from augment.data.shards import marker_path, plan_units, read_marker, read_tar, sample_key, shards_dir
+from augment.data.shards import (
+    OLD_LAYOUT,
+    marker_path,
+    old_layout,
+    plan_units,
+    read_marker,
+    read_tar,
+    sample_key,
+    shards_dir,
+)
 from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
 from augment.run.storage import converts_storage_errors, from_remote, out_path
@@ -22,6 +31,7 @@ class Report:
     problems: list[str] = field(default_factory=list)  # "file: what is wrong"
     redo: list[str] = field(default_factory=list)  # what a rerun would (re)make
     checked: dict[str, int] = field(default_factory=dict)
+    older: str | None = None  # the older format OUT was written in, and what to do, when it is one
 
     @property
     def ok(self) -> bool:
@@ -40,8 +50,40 @@ def verify_run(out: str | Path) -> Report:
         raise UserError(f"{manifest_path}: invalid JSON ({e})") from None
     report = Report()
     _verify_tokens(out, manifest.get("learn", {}), report)
-    _verify_shards(out, manifest.get("generate", {}), report)
+    if old_layout(out) is not None:  # checked as that version wrote it: whole shards, not this version's plan
+        report.older = (f"{OLD_LAYOUT}: each shard is checked against its marker; the readers read it as it is; "
+                        "to make the set in the current format, generate into another --out")  # fmt: skip
+        _verify_old_shards(out, report)
+    else:
+        _verify_shards(out, manifest.get("generate", {}), report)
     return report
+
+
+def _verify_old_shards(out: Path, report: Report) -> None:
+    """Shards of augment < 0.2: each tar whole (sha256 and sample count of its marker), one class per shard."""
+    markers = sorted(shards_dir(out).glob("*.json"))
+    report.checked["shards"] = len(markers)
+    for m in markers:
+        try:
+            marker = json.loads(m.read_text())
+        except json.JSONDecodeError:
+            report.problems.append(f"{m}: marker is not JSON")
+            continue
+        tar = m.with_suffix(".tar")
+        if not tar.is_file():
+            report.problems.append(f"{tar}: missing (its marker exists)")
+        elif hashlib.sha256(tar.read_bytes()).hexdigest() != marker.get("sha256"):
+            report.problems.append(f"{tar}: sha256 differs from its marker (truncated or changed)")
+        else:
+            try:
+                samples = [key for key, _ in read_tar(tar)]
+            except (tarfile.TarError, EOFError) as e:
+                report.problems.append(f"{tar}: not a readable tar ({e})")
+                continue
+            if len(samples) != marker.get("count"):
+                report.problems.append(f"{tar}: {len(samples)} samples, marker says {marker.get('count')}")
+            elif len({k.split("_")[0] for k in samples}) > 1:
+                report.problems.append(f"{tar}: more than one class in a class-pure shard")
 
 
 def _verify_tokens(out: Path, learn: dict, report: Report) -> None:

@@ -28,6 +28,7 @@ from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
 from augment.models.guides import load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
+from augment.models.prompting import cuts_note, prompt_cuts
 from augment.models.sampling import make_scheduler
 from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
@@ -177,7 +178,13 @@ class GenerationModels:
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
         speed = speed_up(pipe, g.channels_last, g.compile)
         token_map = None if root is None else load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
-        return cls(device, pipe, token_map, guide, guide_indices, {"generator": generator_source(pipe), "speed": speed})
+        info = {"generator": generator_source(pipe), "speed": speed}
+        pairs = [((token_map or {}).get(c.position, ""), c.name) for c in labels.classes]
+        cut = prompt_cuts(pipe.tokenizer, g.prompts, pairs)
+        if cut:
+            print(f"augment: note: {cuts_note(cut, pipe.tokenizer.model_max_length)}", file=sys.stderr)
+            info["prompts_cut"] = cut
+        return cls(device, pipe, token_map, guide, guide_indices, info)
 
     def generate(self, out, labels: LabelSet, config: RunConfig, units: list, chash: str, **kw) -> list[dict]:
         return generate_units(self.pipe, labels, self.token_map, config.generate, units, out, chash, self.guide,

@@ -26,6 +26,7 @@ from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
 from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
+from augment.models.prompting import cuts_note, prompt_cuts
 from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
@@ -130,8 +131,13 @@ def learn_groups(
         print(f"augment: note: {matched.note}", file=sys.stderr)
     pipe = load_generator(config.generator, device, config.dtype)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
+    mine = [c for g in groups for c in planned[g]]
+    cut = prompt_cuts(pipe.tokenizer, config.learn.prompts, [(labels.token(c), c.name) for c in mine])
+    if cut:
+        print(f"augment: note: {cuts_note(cut, pipe.tokenizer.model_max_length)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"labels": labels.names(), "label_file": labels.path, "config": manifest_config(config), **info,
+                **({"prompts_cut": cut} if cut else {}),
                 "worker": list(worker or (0, 1)), "engine": "local" if worker else "ray"}  # fmt: skip
     if worker is not None:
         lock_worker_slot(out, *worker)

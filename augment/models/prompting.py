@@ -14,6 +14,46 @@ def format_prompt(template: str, token: str, name: str) -> str:
     return re.sub(r"\s+", " ", template.format(token=token, name=name)).strip()
 
 
+def prompt_cuts(tokenizer, templates: list[str], classes: list[tuple[str, str]]) -> dict[str, int]:
+    """What the text encoder does not read: {class name: its longest prompt in tokens} for each class one of
+    whose prompts is longer than `tokenizer.model_max_length` (77 for CLIP, BOS and EOS included), which the
+    tokenizer cuts. `classes`: (token or "", name) pairs. A class token that a cut would drop is a UserError:
+    it would be learned, or used, for nothing."""
+    limit = tokenizer.model_max_length
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    cut: dict[str, int] = {}
+    for token, name in classes:
+        for template in templates:
+            prompt = format_prompt(template, token, name)
+            if token and token in prompt:  # the token counted as the one id it is once added
+                before, _, after = prompt.partition(token)
+                n_before = count(before)
+                n = n_before + 1 + count(after)
+                if n_before + 1 >= limit - 1:  # BOS, the words before it; EOS takes the last place
+                    raise UserError(
+                        f"class {name!r}: in {prompt[:80]!r}... the class token comes after {n_before} tokens, past "
+                        f"the {limit} the text encoder reads; shorten the name or put {{token}} before {{name}}"
+                    )
+            else:
+                n = count(prompt)
+            if n + 2 > limit:
+                cut[name] = max(cut.get(name, 0), n + 2)
+    return cut
+
+
+def cuts_note(cut: dict[str, int], limit: int) -> str | None:
+    """One line for the user naming the classes whose prompts are cut (None when none is)."""
+    if not cut:
+        return None
+    shown = ", ".join(f"{name[:40]!r} ({n} tokens)" for name, n in list(cut.items())[:3])
+    more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+    return (f"{len(cut)} class(es) have prompts longer than the text encoder's {limit} tokens, cut there (the rest "
+            f"is not read): {shown}{more}; recorded in the manifest as prompts_cut")  # fmt: skip
+
+
 def add_placeholder_tokens(pipe, tokens: list[str], init_words: list[str]) -> tuple[list[int], list[torch.Tensor]]:
     """Add new tokens to the tokenizer and embedding table, each row initialised from its word's embedding
     (the mean of the word's sub-tokens when it has several). Returns the token ids and initial vectors."""
