@@ -260,3 +260,54 @@ def test_learned_set_needs_a_shot_count_and_a_known_preset(tmp_path, capsys):
     assert main([*base, "--synthetic", "k=learn:toy", "--shots", "0"]) == 2
     assert "needs a shot count ≥ 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _folder(root, classes, per_class=3, size=16):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+
+
+def test_an_image_folder_with_a_non_image_or_an_empty_class_is_refused_naming_them(tmp_path, capsys):
+    """Decided: refused, not skipped (README "Datasets"): the user asked for these classes and these files."""
+    _folder(tmp_path / "d", ["t-shirt", "trouser"])
+    (tmp_path / "d" / "train" / "pullover").mkdir()
+    labels = tmp_path / "l.txt"
+    labels.write_text("t-shirt\ntrouser\npullover\n")
+    argv = ["train", "--dataset", f"imagefolder:{tmp_path / 'd'}", "--labels", str(labels), "--steps", "1",
+            "--no-pretrained", "--model", "resnet18", "--image-size", "16", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no training images: 'pullover'" in err
+    labels.write_text("t-shirt\ntrouser\n")
+    (tmp_path / "d" / "train" / "trouser" / "notes.jpg").write_text("not an image")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.jpg; remove or replace them" in err
+
+
+def test_a_truncated_image_is_one_line_naming_it_even_from_a_loader_worker(tmp_path, capsys):
+    """A JPEG cut in half passes the header check; decoding it fails in the DataLoader's worker process, and
+    the line is still the file's, not the worker's traceback."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    _folder(tmp_path / "d", ["t-shirt", "trouser"], size=96)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "d" / "train" / "trouser" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    labels = tmp_path / "l.txt"
+    labels.write_text("t-shirt\ntrouser\n")
+    argv = ["train", "--dataset", f"imagefolder:{tmp_path / 'd'}", "--labels", str(labels), "--steps", "1",
+            "--no-pretrained", "--model", "resnet18", "--image-size", "72", "--loader-workers", "1",
+            "--batch-size", "8", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cut.jpg: not a readable image" in err and "Traceback" not in err

@@ -55,7 +55,7 @@ def run_command(
         args = parser.parse_args(argv)
         code = run(args)
     except UserError as e:
-        say(as_flags(e, parser, argv))
+        say(_own_line(as_flags(e, parser, argv)))
         return 2
     except EngineError as e:
         say(f"{e}; finished work is kept: rerun the same command to continue")
@@ -82,6 +82,15 @@ def run_command(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code or 0
+
+
+def _own_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker comes back with the worker's traceback in its message: its own
+    line is the last one ("augment.errors.UserError: ...")."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split("UserError: ", 1)[-1]
 
 
 def as_flags(error: UserError, parser: argparse.ArgumentParser | None, argv: list[str] | None) -> str:

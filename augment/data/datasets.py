@@ -159,7 +159,12 @@ def _load_imagefolder(location: str) -> _Raw:
                     if Path(f).suffix.lower() in IMAGE_EXTENSIONS:
                         files.append(os.path.join(dirpath, f))
                         ys.append(index[d.name])
-        splits.append((FileImages(files), np.array(ys, dtype=np.int64)))
+        images = FileImages(files)
+        bad = images.unreadable()
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise UserError(f"{split_dir}: {len(bad)} file(s) are not readable images: {shown}; remove or replace them")
+        splits.append((images, np.array(ys, dtype=np.int64)))
     return _Raw([(c,) for c in classes], splits[0], splits[1])
 
 
@@ -304,6 +309,11 @@ def load_dataset(spec: str, labels: LabelSet) -> LabelledDataset:
             raise UserError(f"dataset {spec}: the {name} split has no images of the label set's classes")
         split = Split(source, pos)
         splits.append(split if len(keep) == len(pos) else split.subset(keep))
+    empty = [labels.classes[p].name for p in np.flatnonzero(np.bincount(splits[0].labels, minlength=len(labels)) == 0)]
+    if empty:  # refused, not skipped: the user asked for these classes (drop them from the label file instead)
+        shown = ", ".join(repr(n) for n in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise UserError(f"dataset {spec}: {len(empty)} class(es) of the label set have no training images: {shown}; "
+                        "add images, or remove them from the label file")  # fmt: skip
     return LabelledDataset(spec, kind, labels.names(), splits[0], splits[1], matched_by)
 
 

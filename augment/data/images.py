@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from augment.errors import UserError
+
 
 class ImageSource(Protocol):
     """Anything with a length that returns image i as an RGB PIL image."""
@@ -29,8 +31,23 @@ class FileImages:
         return len(self.paths)
 
     def __call__(self, i: int) -> Image.Image:
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(self.paths[i]) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's unreadable, truncated
+            first = (str(e).splitlines() or [""])[0]
+            raise UserError(f"{self.paths[i]}: not a readable image ({type(e).__name__}: {first})") from None
+
+    def unreadable(self) -> list[str]:
+        """The files whose header PIL cannot read (not an image, empty, a bomb): cheap, no pixel is decoded."""
+        bad = []
+        for path in self.paths:
+            try:
+                with Image.open(path):
+                    pass
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                bad.append(path)
+        return bad
 
 
 class EncodedImages:

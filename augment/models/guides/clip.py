@@ -39,6 +39,9 @@ TEMPLATES = {
 }
 
 
+MAX_TEMPLATE_BYTES = 64 << 10  # a template file's size at most (the CLIP paper's largest ensemble is 80 lines)
+
+
 def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:
     """'ID_OR_DIR[?templates=NAME|FILE]' → (ID_OR_DIR, templates, their name)."""
     path, options = split_options(name)
@@ -51,9 +54,19 @@ def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:
     file = Path(which).expanduser()
     if not file.is_file():
         raise UserError(f"guide {spec!r}: templates must be {', '.join(TEMPLATES)} or a file, got {which!r}")
-    templates = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    try:
+        if file.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise UserError(f"guide {spec!r}: {file}: a template file is at most {MAX_TEMPLATE_BYTES >> 10} KiB")
+        templates = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"guide {spec!r}: {file}: cannot read templates ({type(e).__name__})") from None
     if not templates or not all("{}" in t for t in templates):
         raise UserError(f"guide {spec!r}: {file}: every template needs '{{}}' where the class name goes")
+    for t in templates:
+        try:
+            t.format("name")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"guide {spec!r}: {file}: template {t!r}: only '{{}}' can be filled ({e!r})") from None
     return path, templates, str(file)
 
 
