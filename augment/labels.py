@@ -349,3 +349,8 @@ def _width(count: int) -> int:
 
 def _more(items: list, shown: int) -> str:
     return f" and {len(items) - shown} more" if len(items) > shown else ""
+
+
+def as_label_set(labels: str | Path | LabelSet) -> LabelSet:
+    """A LabelSet as it is, or the label file at a path read into one (the library calls take either)."""
+    return labels if isinstance(labels, LabelSet) else read_label_set(labels)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from augment.data.datasets import load_dataset, parse_spec, sample_kshot, trial_
 from augment.devices import describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
-from augment.run.atomic import write_json
+from augment.run.manifest import update_manifest, versions
 from augment.run.storage import check_out, converts_storage_errors, out_path
 from augment.run.workers import Workers
 from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
@@ -109,18 +108,6 @@ def _check_pretrained(config: TrainConfig, num_classes: int) -> None:
         create_model(config, num_classes)  # fetches (or finds cached) weights, or fails here
 
 
-def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("augment", "torch", "timm", "numpy", "webdataset", "datasets"):  # `downstream` ships in `augment`
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = None
-    return found
-
-
 def _describe(s) -> dict:
     if isinstance(s, LearnedSpec):
         return {"name": s.name, **s.describe(), "made_in": "OUT/learned/" + s.name}
@@ -169,13 +156,13 @@ def fewshot(
                     "train_images": len(data.train), "test_images": len(data.test)},
         "labels": {"path": labels.path, "sha256": hashlib.sha256(label_bytes).hexdigest(), "classes": labels.names()},
         "synthetic": [_describe(s) for s in sets], "grid": dataclasses.asdict(grid),
-        "train": dataclasses.asdict(config), "versions": versions(),
+        "train": dataclasses.asdict(config),
         "device": describe_device(resolve_device(config.device)),
     }  # fmt: skip
-    write_json(out / "manifest.json", manifest, indent=2)
+    update_manifest(out, "fewshot", manifest)
     cells = run_grid(data, sets, config, grid, out, labels=labels, engine=engine)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(out / "manifest.json", manifest, indent=2)
+    update_manifest(out, "fewshot", manifest)
     return FewshotResult(out, cells, json.loads((out / "results.json").read_text())["summary"])
 
 

@@ -72,8 +72,11 @@ def test_fewshot_writes_results_and_resumes(inputs, tmp_path, monkeypatch, capsy
     assert "| set | 0 shots | 2 shots |" in table and "| real | — |" in table and "| tokens |" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["synthetic"][0]["manifest_sha256"] and manifest["finished"]
-    assert manifest["dataset"]["spec"] == f"cub:{inputs['cub']}" and manifest["train"]["steps"] == 2
+    assert manifest["fewshot"]["synthetic"][0]["manifest_sha256"] and manifest["fewshot"]["finished"]
+    assert (
+        manifest["fewshot"]["dataset"]["spec"] == f"cub:{inputs['cub']}" and manifest["fewshot"]["train"]["steps"] == 2
+    )
+    assert "timm" in manifest["versions"]
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert len(mtimes) == 8 and not list((out / "cells").glob("*.tmp"))
 
@@ -239,7 +242,7 @@ def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots
     assert meta["guide"].startswith("ckpt:guide (content:")
     assert (out / "results.md").read_text().count("| kshot |") == 1
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["synthetic"][0]["learn"] == "toy"
+    assert manifest["fewshot"]["synthetic"][0]["learn"] == "toy"
 
     first = made["top1"]
     (out / "cells" / "kshot__0002shot__trial0.json").unlink()  # lost cell: redone from the cached set

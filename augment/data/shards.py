@@ -363,18 +363,14 @@ def class_counts(out: str | Path) -> tuple[dict[int, int], dict[int, float]]:
 def manifest_labels(directory: str | Path) -> tuple[list[str] | None, str | None, str | None]:
     """(class names in `cls` order, the label file it was made from, sha256 of manifest.json) of a generated
     set; (None, None, None) without a manifest. UserError for a manifest that cannot be read."""
+    from augment.run.manifest import read_manifest
+
     path = out_path(directory) / "manifest.json"
-    if not path.is_file():
+    manifest, data = read_manifest(out_path(directory), raw=True)
+    if not data:
         return None, None, None
-    data = path.read_bytes()
-    try:
-        manifest = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
-    labels = label_file = None
-    if isinstance(manifest, dict):  # augment writes generate.labels; a top-level list is accepted too
-        generate = manifest.get("generate") if isinstance(manifest.get("generate"), dict) else {}
-        labels, label_file = manifest.get("labels", generate.get("labels")), generate.get("label_file")
+    generate = manifest.get("generate") if isinstance(manifest.get("generate"), dict) else {}
+    labels, label_file = manifest.get("labels", generate.get("labels")), generate.get("label_file")
     if labels is not None:
         if not isinstance(labels, list) or not labels:
             raise UserError(f"{path}: the class list ('labels') is not a non-empty list")

@@ -23,6 +23,7 @@ from augment.data.shards import (
 )
 from augment.data.tokens_io import WEIGHTS
 from augment.errors import UserError
+from augment.run.manifest import read_manifest
 from augment.run.storage import converts_storage_errors, from_remote, out_path
 
 
@@ -43,11 +44,7 @@ def verify_run(out: str | Path) -> Report:
     out = out_path(out, "out")
     if not out.is_dir():
         raise UserError(f"{out}: not a directory")
-    manifest_path = out / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise UserError(f"{manifest_path}: invalid JSON ({e})") from None
+    manifest = read_manifest(out)
     report = Report()
     _verify_tokens(out, manifest.get("learn", {}), report)
     if old_layout(out) is not None:  # checked as that version wrote it: whole shards, not this version's plan

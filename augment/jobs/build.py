@@ -18,8 +18,8 @@ from augment.config import RunConfig
 from augment.data.tokens_io import is_learned
 from augment.errors import UserError
 from augment.jobs.generate import GenerateResult, generate_set
-from augment.jobs.learn import LearnResult, as_label_set, learn_tokens
-from augment.labels import LabelSet
+from augment.jobs.learn import LearnResult, learn_tokens
+from augment.labels import LabelSet, as_label_set
 from augment.run.storage import converts_storage_errors, out_path
 from augment.run.workers import WAIT_TOKENS, Workers
 

@@ -22,8 +22,7 @@ from augment.data.card import write_card
 from augment.data.tokens_io import WEIGHTS, find_tokens_root, load_tokens, sampling_note, token_dir
 from augment.devices import bind_device, describe_device, resolve_device
 from augment.generate.loop import generate_units
-from augment.jobs.learn import as_label_set
-from augment.labels import LabelSet
+from augment.labels import LabelSet, as_label_set
 from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
 from augment.models.guides import load_guide, loaded_spec, match_labels

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from augment.config import RunConfig
 from augment.data.tokens_io import is_learned
 from augment.devices import bind_device, describe_device, resolve_device
-from augment.labels import LabelClass, LabelSet, read_label_set
+from augment.labels import LabelClass, LabelSet, as_label_set
 from augment.learn.learner import TokenLearner
 from augment.learn.resume import LearnerCheckpoint, checkpoint_path, learn_fingerprint
 from augment.models.fingerprint import manifest_config, source_identity
@@ -51,11 +51,6 @@ class LearnResult:
             f"mean steps {sum(m['steps'] for m in self.learned.values()) / max(n, 1):.1f}, "
             f"final batch accuracy {100 * sum(accs) / max(len(accs), 1):.1f}%"
         )
-
-
-def as_label_set(labels: str | Path | LabelSet) -> LabelSet:
-
-    return labels if isinstance(labels, LabelSet) else read_label_set(labels)
 
 
 def plan_groups(labels: LabelSet, group_size: int) -> list[list[LabelClass]]:
