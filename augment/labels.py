@@ -35,6 +35,8 @@ _SEPARATORS = re.compile(r"[\s_\-]+")
 _COMMENT = re.compile(r"\s#")
 _BAD_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}  # control, invisible, separators, unassigned
 _SLUG_NAME_MAX = 48
+MAX_LABEL_FILE_BYTES = 16 << 20  # a label file's size at most (iNat-2021's 10,000 classes: under 1 MiB)
+MAX_NAME_CHARS = 512  # a class name's length at most (the text encoder reads 77 tokens of a prompt in any case)
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ def _by_name(labels: LabelSet, guide_names: list[str], classes) -> list[int]:
 
 def _decode(path: str) -> str:
     try:
+        if Path(path).is_file() and Path(path).stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise UserError(f"{path}: a label file is at most {MAX_LABEL_FILE_BYTES >> 20} MiB")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: label file not found") from None
@@ -323,6 +327,8 @@ def _parse_line(path: str, line_no: int, line: str) -> tuple[int | None, str]:
     name = name.strip()
     if not name:
         raise UserError(f"{where}: empty class name after index {index}")
+    if len(name) > MAX_NAME_CHARS:
+        raise UserError(f"{where}: class name of {len(name)} characters; at most {MAX_NAME_CHARS}")
     for ch in name:
         if unicodedata.category(ch) in _BAD_CATEGORIES:
             raise UserError(f"{where}: class name {name!r} contains a control or invisible character (U+{ord(ch):04X})")

@@ -327,3 +327,17 @@ def test_ambiguous_guide_name(tmp_path):
     labels = read_label_set(write(tmp_path, "crane\n"))
     with pytest.raises(UserError, match=r"ambiguous.*\[0, 2\]"):
         match_to_guide(labels, ["crane", "heron", "Crane"])
+
+
+def test_a_name_or_a_file_past_the_limits_is_one_line(tmp_path):
+    from augment.labels import MAX_LABEL_FILE_BYTES, MAX_NAME_CHARS
+
+    path = tmp_path / "long.txt"
+    path.write_text("a" * (MAX_NAME_CHARS + 1) + "\n")
+    with pytest.raises(UserError, match=f"at most {MAX_NAME_CHARS}"):
+        read_label_set(path)
+    path.write_text("a" * MAX_NAME_CHARS + "\n")
+    assert len(read_label_set(path).classes[0].name) == MAX_NAME_CHARS
+    path.write_bytes(b"cat\n" * (MAX_LABEL_FILE_BYTES // 4 + 1))
+    with pytest.raises(UserError, match="at most 16 MiB"):
+        read_label_set(path)
