@@ -135,3 +135,23 @@ def test_bad_hf_guide_options_are_user_errors(tmp_path, option, needle):
     save_replica(directory, "vit", "missing", IMAGENET)
     with pytest.raises(UserError, match=needle):
         load_guide(f"hf:{directory}{option}")
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [({"drop": ["id2label", "label2id"]}, "needs id2label with one name per output"),
+     ({"set": {"num_labels": 7, "id2label": {str(i): f"c{i}" for i in range(7)}}}, "num_labels 7"),
+     ({"set": {"model_type": "bert", "architectures": ["BertModel"]}}, "Unrecognized configuration class")],
+)  # fmt: skip
+def test_an_hf_guide_whose_config_lacks_parts_is_one_line(tmp_path, change, needle):
+    """A config.json without id2label (transformers then assumes 2 outputs), with another class count than its
+    head's weights, or of a model that is no image classifier: one line naming what is wrong, not a traceback."""
+    save_replica(tmp_path / "g", "vit", "correct", HALF)
+    config = json.loads((tmp_path / "g" / "config.json").read_text())
+    for key in change.get("drop", []):
+        config.pop(key, None)
+    config.update(change.get("set", {}))
+    (tmp_path / "g" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=needle) as e:
+        load_guide(f"hf:{tmp_path / 'g'}")
+    assert "\n" not in str(e.value) and "offline" not in str(e.value)

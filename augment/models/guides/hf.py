@@ -111,6 +111,14 @@ def _model_type(name: str) -> str | None:
         return None
 
 
+def _num_labels(path: str) -> str:
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+        return str(config.get("num_labels", len(config.get("id2label") or {}) or 2))
+    except (OSError, ValueError):
+        return "unknown"
+
+
 def load_hf(name: str, spec: str):
     """(model, labels, Preprocess, info) for an `hf:` spec; the caller wraps them into a Guide."""
     from transformers import ViTForImageClassification
@@ -127,18 +135,26 @@ def load_hf(name: str, spec: str):
 
             model = AutoModelForImageClassification.from_pretrained(path)
     except (OSError, ValueError) as e:
+        hint = "" if hub_id(path) is None else "; for offline use pass a local directory: hf:/path/to/model"
+        raise UserError(f"guide {spec!r}: cannot load ({str(e).splitlines()[0]}){hint}") from None
+    except RuntimeError as e:  # transformers: the head's weights and config.json's num_labels / id2label differ
+        if "mismatch" not in str(e):
+            raise
         raise UserError(
-            f"guide {spec!r}: cannot load ({str(e).splitlines()[0]}); "
-            "for offline use pass a local directory: hf:/path/to/model"
+            f"guide {spec!r}: config.json's classes (num_labels {_num_labels(path)}) do not match the classifier "
+            "head's weights; its config.json needs id2label with one name per output"
         ) from None
+    if len(model.config.id2label) != model.config.num_labels:
+        raise UserError(f"guide {spec!r}: config.json's id2label has {len(model.config.id2label)} names for "
+                        f"{model.config.num_labels} outputs")  # fmt: skip
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     info: dict = {"model_class": type(model).__name__, "model_type": model_type}
     if known is not None:
-        hub_id, recipe = known
+        known_id, recipe = known
         pool = options.get("pool", recipe.pool)
         crop_pct = float(options.get("crop_pct", recipe.crop / recipe.resize))
         pre = Preprocess((recipe.crop, recipe.crop), recipe.mean, recipe.std, crop_pct, "bicubic", antialias=False)
-        info["preprocess_from"] = f"augment's table for {hub_id} (the original code, {recipe.where})"
+        info["preprocess_from"] = f"augment's table for {known_id} (the original code, {recipe.where})"
     else:
         pool = options.get("pool", "mean" if model_type == "vit_mae" else "cls")
         pre = _from_processor(path, spec, options)
