@@ -87,6 +87,13 @@ def load_sets(synthetic: dict[str, str | Path] | None, labels: LabelSet, *, lear
     return sets
 
 
+def _whole(**values) -> None:
+    """Whole-number arguments in range: name=(value, minimum)."""
+    for name, (value, minimum) in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UserError(f"{name} must be a whole number ≥ {minimum}, got {value!r}", name)
+
+
 def _inputs(dataset: str, labels, synthetic, training, *, learned: bool):
     """Every input checked, the cheap checks first (the options, the names), then the files, then the data."""
     kind, _ = parse_spec(dataset, check_location=False)
@@ -135,6 +142,9 @@ def fewshot(
     `workers` (index, count) splits the pending cells over processes; `augment.Workers(engine="ray")` runs
     every cell as a Ray task, the `learn:` rows' sets made inside their cells). Returns the cells and the
     table."""
+    _whole(trials=(trials, 1), seed=(seed, 0))
+    if not shots or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in shots):
+        raise UserError(f"shots must be whole numbers ≥ 0, got {list(shots)!r}", "shots")
     engine = workers if isinstance(workers, Workers) else Workers(*workers)
     engine.check()
     index, count = (0, 1) if engine.engine == "ray" else (engine.index or 0, engine.count or 1)
@@ -182,6 +192,7 @@ def train(
     """One classifier on `shots` real images per class (None: all) of the trial's picks plus the synthetic sets,
     scored on the test split; with `save_classifier` saved in augment's `ckpt:` format (a guide)."""
 
+    _whole(trial=(trial, 0), seed=(seed, 0))
     if save_classifier is not None and not str(save_classifier).strip():
         raise UserError("save_classifier: an empty path", "save_classifier")
     if save_classifier is not None and Path(save_classifier).is_file():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_run_arguments, resolve_config, show_progress, workers_from
+from augment.commands.common import add_run_arguments, print_plan, resolve_config, show_progress, workers_from
 from augment.commands.generate import add_run_switches, check_refine
 from augment.commands.options import add_fields
 from augment.config import GenerateConfig, LearnConfig
@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from augment.jobs.build import build
+
+    if args.plan:
+        return print_plan(args, ("learn", "generate"))
 
     cfg = resolve_config(args)
     check_refine(args, cfg)  # a bad option of either stage fails before learning

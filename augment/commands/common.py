@@ -24,6 +24,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_fields(p, RunConfig, recurse=False)
     add_fields(p, Workers)
     add_progress_argument(p)
+    p.add_argument("--plan", action="store_true",
+                   help="print the UNet evaluations this would cost, per class, in total and per worker, and exit "
+                   "(no model loads, nothing written)")  # fmt: skip
+
+
+def print_plan(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    """`--plan`: the run's cost (augment.jobs.plan) on stdout."""
+    from augment.jobs.plan import plan_run
+
+    print(plan_run(args.labels, resolve_config(args), workers=workers_from(args), stages=stages).summary())
+    return 0
 
 
 def add_progress_argument(p: argparse.ArgumentParser) -> None:

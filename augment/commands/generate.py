@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_run_arguments, resolve_config, show_progress, workers_from
+from augment.commands.common import add_run_arguments, print_plan, resolve_config, show_progress, workers_from
 from augment.commands.options import add_fields
 from augment.config import GenerateConfig
 from augment.errors import UserError
@@ -40,6 +40,8 @@ def check_refine(args: argparse.Namespace, cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan:
+        return print_plan(args, ("generate",))
     from augment.jobs.generate import generate_set
 
     cfg = resolve_config(args)

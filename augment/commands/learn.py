@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from augment.commands.common import add_run_arguments, resolve_config, show_progress, workers_from
+from augment.commands.common import add_run_arguments, print_plan, resolve_config, show_progress, workers_from
 from augment.commands.options import add_fields
 from augment.config import LearnConfig
 
@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from augment.jobs.learn import learn_tokens
+
+    if args.plan:
+        return print_plan(args, ("learn",))
 
     result = learn_tokens(args.labels, args.out, resolve_config(args), workers=workers_from(args),
                           overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip

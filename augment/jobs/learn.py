@@ -27,6 +27,7 @@ from augment.models.generator import generator_source, load_generator, text_enco
 from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.prompting import cuts_note, prompt_cuts
+from augment.models.sampling import UNetRows, sampler_calls
 from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
@@ -141,6 +142,7 @@ def learn_groups(
     fingerprint = learn_fingerprint(config.learn, labels, source_identity(guide_spec), info["text_encoder"])
     learned: dict[int, dict] = {}
     notes: list[str] = []
+    counted = UNetRows(pipe.unet)
     for g in groups:
         checkpoint = LearnerCheckpoint(out, g, fingerprint, device, pipe.unet.dtype)
         before = len(learned)
@@ -151,11 +153,18 @@ def learn_groups(
                 acc = "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.0f}%"
                 bar.set_postfix_str(f"group {g} active {p['active']} step {p['step']} batch acc {acc}")
 
-        learned.update(learner.run(planned[g], report, checkpoint, overwrite))
+        with counted:
+            learned.update(learner.run(planned[g], report, checkpoint, overwrite))
         if checkpoint.note and checkpoint.note not in notes:
             notes.append(checkpoint.note)
-    if notes and worker is not None:
-        update_manifest(out, "learn", {**manifest, "resume": "; ".join(notes)})
+    c = config.learn
+    calls, guided = sampler_calls(learner.scheduler, "pipeline", c.num_inference_steps, c.guidance_cutoff)
+    manifest["unet_evaluations"] = {  # this process's: planned (at most) and done (counted by a hook)
+        "per_class_step": c.batch_size * (calls + guided), "classes": len(mine),
+        "planned_at_most": len(mine) * c.max_steps * c.batch_size * (calls + guided), "done": counted.rows,
+        "class_steps_done": sum(m.get("steps", 0) for m in learned.values())}  # fmt: skip
+    if worker is not None:
+        update_manifest(out, "learn", {**manifest, **({"resume": "; ".join(notes)} if notes else {})})
     return learned, notes, manifest
 
 

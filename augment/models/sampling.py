@@ -29,6 +29,35 @@ def guided_calls(num_calls: int, cutoff: float) -> int:
     return num_calls if cutoff >= 1 else max(1, math.ceil(cutoff * num_calls - 1e-9))
 
 
+def sampler_calls(
+    base, name: str, steps: int, cutoff: float, spacing: str | None = None, offset: int | None = None
+) -> tuple[int, int]:
+    """(UNet calls, of which guided) of sampler `name` built from scheduler `base`'s config for `steps` steps:
+    what one image costs (augment.jobs.plan counts runs with it)."""
+    scheduler = make_scheduler(base, name, spacing, offset)
+    scheduler.set_timesteps(steps)
+    calls = len(scheduler.timesteps)
+    return calls, guided_calls(calls, cutoff)
+
+
+class UNetRows:
+    """Counts UNet evaluations (image rows through a UNet call) while active: a forward pre-hook on the UNet."""
+
+    def __init__(self, unet):
+        self.unet, self.rows, self._handle = unet, 0, None
+
+    def _hook(self, module, args, kwargs):
+        sample = args[0] if args else kwargs.get("sample")
+        self.rows += int(sample.shape[0])
+
+    def __enter__(self) -> UNetRows:
+        self._handle = self.unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 class GuidanceCutoff:
     """diffusers step-end callback: after the first `guided_calls(pipe.num_timesteps, cutoff)` calls the
     pipeline drops the unconditional half of the prompt embeddings and runs the UNet on the conditional half
