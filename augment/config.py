@@ -25,6 +25,7 @@ from augment.settings import (  # noqa: F401  (re-exported: augment.config is wh
     REFINE_METHODS,
     SAMPLERS,
     DateOptions,
+    check_cache,
     check_scheduler,
     check_size,
     check_templates,
@@ -35,6 +36,10 @@ from augment.settings import (  # noqa: F401  (re-exported: augment.config is wh
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"  # what `{toy}` in a value expands to
+CACHE_HELP = (
+    "feature reuse between denoising steps (DeepCache): the full UNet every N-th call, only its shallow branch in "
+    "between (default: preset, else 1 = off; augment.models.feature_cache)"
+)
 PAPER_PROMPTS = ["A high-resolution realistic image of {token} {name}", "A photo of {token} {name}"]
 # Settings added after runs were already being made, with the default that means "as before": left out of the
 # config hashes (generation units, learner checkpoints) while at it, so a run begun by an earlier version continues.
@@ -45,6 +50,8 @@ ADDED_LATER = {
     "reseed_on_collapse": False,
     "grad_clip_mode": "step",
     "shuffle_prompts": False,
+    "cache_interval": 1,
+    "cache_branch": 0,
 }
 
 
@@ -144,6 +151,9 @@ class LearnConfig:
             int,
         ),
     )  # the label set is cut into groups of this many classes, in order (augment.jobs.learn.plan_groups)
+    cache_interval: int = field(default=1, metadata=flag("--cache-interval", CACHE_HELP, int, shared=True))
+    # (the learner's calls without gradient; its gradient calls always run the whole UNet)
+    cache_branch: int = 0  # the shallow branch: down blocks 0..branch and their up blocks run on cached steps
 
     def validate(self) -> None:
         """Every value a run could trip on later, checked before any model is loaded (UserError)."""
@@ -184,6 +194,7 @@ class LearnConfig:
                 raise UserError(f"learn.{key} must be > 0, got {getattr(self, key)}")
         check_scheduler(self.scheduler, "learn.scheduler")
         check_size(self, "learn")
+        check_cache(self, "learn")
         if not 0 <= self.patience_min_accuracy <= 1:
             raise UserError(f"learn.patience_min_accuracy must be in [0, 1], got {self.patience_min_accuracy}")
         if not self.init_word.strip() or any(not k.strip() or not v.strip() for k, v in self.init_words.items()):
@@ -250,6 +261,8 @@ class GenerateConfig:
         ),
     )
     refine_options: DateOptions = field(default_factory=lambda: DateOptions())  # a mapping in YAML: parsed
+    cache_interval: int = field(default=1, metadata=flag("--cache-interval", CACHE_HELP, int, shared=True))
+    cache_branch: int = 0  # as learn.cache_branch
 
     def validate(self) -> None:
         """Every value generation could trip on later, checked before any model is loaded (UserError)."""
@@ -274,6 +287,9 @@ class GenerateConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"generate.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         check_size(self, "generate")
+        check_cache(self, "generate")
+        if self.refine is not None and self.cache_interval > 1:
+            raise UserError("generate.cache_interval > 1 with refine: DATE's sampler is not cached; use one of them")
 
     def __post_init__(self) -> None:
         if self.refine == "none":  # --refine none: off, whatever the preset says

@@ -108,6 +108,14 @@ def check_size(section, where: str) -> None:
             raise UserError(f"{where}.{key} must be a positive multiple of 8 (or null: the generator's), got {value}")
 
 
+def check_cache(section, where: str) -> None:
+    """Feature caching: an interval ≥ 1 (1: off) and a branch ≥ 0 (its upper bound is the UNet's: checked as it loads)."""
+    if section.cache_interval < 1:
+        raise UserError(f"{where}.cache_interval must be ≥ 1, got {section.cache_interval}", f"{where}.cache_interval")
+    if section.cache_branch < 0:
+        raise UserError(f"{where}.cache_branch must be ≥ 0, got {section.cache_branch}")
+
+
 def flag(name: str, help: str, type=None, **argparse_kwargs) -> dict[str, Any]:
     """A field's command-line flag, as field metadata: augment.commands.options derives every parser from these.
     `shared=True`: `build` sets the learn and generate fields of that name with one flag; `build_flag`: the

@@ -60,6 +60,11 @@ def run_command(
     except EngineError as e:
         say(f"{e}; finished work is kept: rerun the same command to continue")
         return 1
+    except BrokenPipeError:  # `augment ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         from augment.run.storage import StorageError
 

@@ -91,7 +91,14 @@ def sampling_note(tokens_root: Path, labels: LabelSet, generate) -> str | None:
     if not learned:
         return None
     differ = []
-    for key in ("scheduler", "num_inference_steps", "guidance_scale", "guidance_cutoff"):
+    for key in (
+        "scheduler",
+        "num_inference_steps",
+        "guidance_scale",
+        "guidance_cutoff",
+        "cache_interval",
+        "cache_branch",
+    ):
         was, now = learned.get(key, ADDED_LATER.get(key)), getattr(generate, key)
         if was is not None and was != now:
             differ.append(f"{key} {was} → {now}")

@@ -23,6 +23,7 @@ from augment.config import GenerateConfig
 from augment.data.shards import ShardUnit, encode_image, encode_sample, image_seed, write_unit
 from augment.generate.date import sample_date
 from augment.labels import LabelSet
+from augment.models.feature_cache import FeatureCache
 from augment.models.prompting import format_prompt
 from augment.models.sampling import GuidanceCutoff
 
@@ -90,7 +91,8 @@ def generate_images(
     if cfg.guidance_cutoff < 1:
         text["callback_on_step_end"] = GuidanceCutoff(cfg.guidance_cutoff)
         text["callback_on_step_end_tensor_inputs"] = GuidanceCutoff.tensor_inputs
-    with torch.no_grad():
+    reuse = FeatureCache(pipe.unet, cfg.cache_interval, cfg.cache_branch) if cfg.cache_interval > 1 else None
+    with torch.no_grad(), reuse or contextlib.nullcontext():  # a fresh cache: one trajectory per pipeline call
         out = pipe(
             **text,
             generator=gens,

@@ -228,6 +228,7 @@ def _run_units(out, labels, config, units, pending, chash, models: GenerationMod
         "images": images,
         "planned": images * per_image,
         "done": counted.rows,
+        "shallow_done": counted.shallow,  # rows on the shallow branch (generate.cache_interval > 1)
     }  # fmt: skip  (this process's; DATE's calls are in done)
     record(final=True)
     complete = _finish(out, labels, units, manifest)

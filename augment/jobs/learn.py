@@ -160,9 +160,13 @@ def learn_groups(
     c = config.learn
     calls, guided = sampler_calls(learner.scheduler, "pipeline", c.num_inference_steps, c.guidance_cutoff)
     manifest["unet_evaluations"] = {  # this process's: planned (at most) and done (counted by a hook)
-        "per_class_step": c.batch_size * (calls + guided), "classes": len(mine),
-        "planned_at_most": len(mine) * c.max_steps * c.batch_size * (calls + guided), "done": counted.rows,
-        "class_steps_done": sum(m.get("steps", 0) for m in learned.values())}  # fmt: skip
+        "per_class_step": c.batch_size * (calls + guided),
+        "classes": len(mine),
+        "planned_at_most": len(mine) * c.max_steps * c.batch_size * (calls + guided),
+        "done": counted.rows,
+        "class_steps_done": sum(m.get("steps", 0) for m in learned.values()),
+        "shallow_done": counted.shallow,
+    }  # fmt: skip  (rows on the shallow branch: learn.cache_interval > 1)
     if worker is not None:
         update_manifest(out, "learn", {**manifest, **({"resume": "; ".join(notes)} if notes else {})})
     return learned, notes, manifest

@@ -26,6 +26,7 @@ from augment.data.shards import plan_units
 from augment.errors import UserError
 from augment.jobs.learn import plan_groups
 from augment.labels import LabelSet, as_label_set
+from augment.models.feature_cache import shallow_rows
 from augment.models.sampling import sampler_calls
 from augment.run.workers import Workers
 
@@ -40,6 +41,7 @@ class StagePlan:
     calls_per_image: int  # UNet calls of the sampler for one image
     guided_calls: int  # of which with classifier-free guidance (two rows each)
     evaluations_per_unit: int  # per image (generation) or per class-step (learning)
+    shallow_per_unit: int  # of which on the shallow branch only (cache_interval > 1: cached deep features)
     units: int  # images (generation) or class-steps at most (learning)
     evaluations: int  # in total (learning: at most)
     per_worker: list[int] = field(default_factory=list)  # evaluations of each worker's share
@@ -63,11 +65,11 @@ class RunPlan:
             p = self.learn
             lines.append(f"  learn     at most {p.evaluations:,}: {p.evaluations_per_unit:,} per class-step "
                          f"({p.calls_per_image} calls, {p.guided_calls} guided, per image) × at most "
-                         f"{p.units:,} class-steps")  # fmt: skip
+                         f"{p.units:,} class-steps{_shallow(p)}")  # fmt: skip
         if self.generate is not None:
             p = self.generate
             lines.append(f"  generate  {p.evaluations:,}: {p.evaluations_per_unit} per image ({p.calls_per_image} "
-                         f"calls, {p.guided_calls} guided) × {p.units:,} images")  # fmt: skip
+                         f"calls, {p.guided_calls} guided) × {p.units:,} images{_shallow(p)}")  # fmt: skip
         if self.workers > 1:
             for i in range(self.workers):
                 parts = [f"{name} {getattr(self, name).per_worker[i]:,}" for name in ("learn", "generate")
@@ -75,6 +77,15 @@ class RunPlan:
                 lines.append(f"  worker {i}: " + ", ".join(parts))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _shallow(p: StagePlan) -> str:
+    if not p.shallow_per_unit:
+        return ""
+    full = p.evaluations_per_unit - p.shallow_per_unit
+    return (
+        f"; cached: {full} of the {p.evaluations_per_unit} run the whole UNet, {p.shallow_per_unit} its shallow branch"
+    )
 
 
 def scheduler_config(generator: str) -> dict:
@@ -135,9 +146,13 @@ def plan_run(
             base, c.scheduler, c.num_inference_steps, c.guidance_cutoff, c.timestep_spacing, c.steps_offset
         )
         per_step = c.batch_size * (calls + guided)
+        first = calls - min(max(c.grad_steps, 1), calls)  # the gradient calls run whole
+        shallow = c.batch_size * (shallow_rows(calls, c.cache_interval, exact_from=first)
+                                  + shallow_rows(guided, c.cache_interval, exact_from=first))  # fmt: skip
         groups = plan_groups(labels, c.group_size)
         per_group = [len(g) * c.max_steps * per_step for g in groups]
-        learn = StagePlan(calls, guided, per_step, len(labels) * c.max_steps, sum(per_group), _split(per_group, count))
+        learn = StagePlan(calls, guided, per_step, shallow, len(labels) * c.max_steps, sum(per_group),
+                          _split(per_group, count))  # fmt: skip
         notes.append(f"learning: at most {c.max_steps} steps per class, a class stops earlier by its stop rule; "
                      f"each step also backpropagates through the last {c.grad_steps} call(s) of its "
                      f"{c.batch_size} conditional rows")  # fmt: skip
@@ -148,7 +163,8 @@ def plan_run(
         units = plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
         per_unit = [u.count * (calls + guided) for u in units]
         images = len(labels) * g.images_per_class
-        generate = StagePlan(calls, guided, calls + guided, images, sum(per_unit), _split(per_unit, count))
+        shallow = shallow_rows(calls, g.cache_interval, lambda i: 2 if i < guided else 1)
+        generate = StagePlan(calls, guided, calls + guided, shallow, images, sum(per_unit), _split(per_unit, count))
         if g.refine is not None:
             notes.append(f"generation refines with {g.refine}: its gradient calls are not in the plan")
     if workers.engine == "ray":

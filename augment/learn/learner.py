@@ -22,6 +22,7 @@ gradients do not vanish in fp16.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +37,7 @@ from augment.learn.original import original_accumulation
 from augment.learn.precision import LossScaler
 from augment.learn.state import ClassState, class_noise_seed, improves, prompt_order, record
 from augment.models.decode import decode_latents
+from augment.models.feature_cache import FeatureCache
 from augment.models.fingerprint import source_name
 from augment.models.guides import Guide
 from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
@@ -64,6 +66,7 @@ class TokenLearner:
         self.lr = cfg.lr if cfg.lr is not None else 0.00025 * cfg.batch_size
         self.injector: EmbeddingInjector | None = None
         self._uncond: torch.Tensor | None = None  # the unconditional prompt's embedding (constant)
+        self._reuse = None  # the feature cache of the step being computed (learn.cache_interval > 1)
         self.scheduler = make_scheduler(pipe.scheduler, cfg.scheduler, cfg.timestep_spacing, cfg.steps_offset)
         self.scaler = LossScaler(pipe.unet.dtype == torch.float16)
         self.classes_per_step = cfg.max_classes_per_step
@@ -119,6 +122,17 @@ class TokenLearner:
         targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
         # 2. fresh noise per class and step (or the same noise every step: `noise: fixed`)
         latents = torch.cat([self._noise(s) for s in active]).to(self.device, cond.dtype)
+        reuse = FeatureCache(pipe.unet, cfg.cache_interval, cfg.cache_branch) if cfg.cache_interval > 1 else None
+        with reuse or contextlib.nullcontext():  # a fresh cache: this step's trajectories
+            self._reuse = reuse
+            try:
+                return self._trajectories(active, cond, uncond, targets, latents, n, grad_steps, backward)
+            finally:
+                self._reuse = None
+
+    def _trajectories(self, active, cond, uncond, targets, latents, n: int, grad_steps, backward: bool):
+        """The sampling chain, its gradient calls, decode and classify (see `losses`)."""
+        cfg = self.cfg
         scheduler = self.scheduler
         scheduler.set_timesteps(cfg.num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
@@ -134,6 +148,13 @@ class TokenLearner:
         # 4. the last k calls with gradient through the conditional UNet call;
         # 5. decode and classify: the final image, or ("x0") each call's predicted clean image
         weight = self.scaler.scale / n  # each class: mean over its own samples
+        exact = self._reuse.exact() if self._reuse is not None else contextlib.nullcontext()
+        with exact:  # the calls with gradient: the whole UNet, always
+            return self._gradient_calls(active, cond, uncond, targets, n, latents, timesteps, guided, k, first,
+                                        weight, backward)  # fmt: skip
+
+    def _gradient_calls(self, active, cond, uncond, targets, n, latents, timesteps, guided, k, first, weight, backward):
+        cfg, scheduler = self.cfg, self.scheduler
         if cfg.objective == "x0":
             step_cond = cond.detach().requires_grad_(True) if backward else cond
             per_step = []
@@ -210,11 +231,16 @@ class TokenLearner:
         """Classifier-free guidance (or, past `guidance_cutoff`, the conditional call alone). The
         unconditional half never needs gradient, so it runs apart."""
         x = self.scheduler.scale_model_input(latents, t)
+        reuse = self._reuse
+        uncond_stream = reuse.stream("uncond") if reuse is not None else contextlib.nullcontext()
+        cond_stream = reuse.stream("cond") if reuse is not None else contextlib.nullcontext()
         if not guided:
-            return self.pipe.unet(x, t, encoder_hidden_states=cond).sample
-        with torch.no_grad():
+            with cond_stream:
+                return self.pipe.unet(x, t, encoder_hidden_states=cond).sample
+        with torch.no_grad(), uncond_stream:
             eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
-        eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
+        with cond_stream:
+            eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
         return guide_noise(eps_u, eps_c, self.cfg.guidance_scale)
 
     # ---------------------------------------------------------------- the whole procedure

@@ -44,18 +44,24 @@ class UNetRows:
     """Counts UNet evaluations (image rows through a UNet call) while active: a forward pre-hook on the UNet."""
 
     def __init__(self, unet):
-        self.unet, self.rows, self._handle = unet, 0, None
+        self.unet, self.rows, self.shallow, self._handle = unet, 0, 0, None
 
     def _hook(self, module, args, kwargs):
         sample = args[0] if args else kwargs.get("sample")
         self.rows += int(sample.shape[0])
 
     def __enter__(self) -> UNetRows:
+        from augment.models.feature_cache import SHALLOW_ROWS
+
         self._handle = self.unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._shallow_before = SHALLOW_ROWS.get(id(self.unet), 0) - self.shallow
         return self
 
     def __exit__(self, *exc) -> None:
+        from augment.models.feature_cache import SHALLOW_ROWS
+
         self._handle.remove()
+        self.shallow = SHALLOW_ROWS.get(id(self.unet), 0) - self._shallow_before
 
 
 class GuidanceCutoff:
