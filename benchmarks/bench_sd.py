@@ -7,7 +7,9 @@ Speed does not depend on weight values, so no hub is needed (`augment.testing`).
 - augment: `augment.generate.loop.generate_units` (the `augment generate` path: prompt cache, shards written on a
   background thread) at the same sampler, steps and batch;
 - augment, fast sampler: the same with `--fast-scheduler` at `--fast-steps`;
-- with `--guidance-cutoff C`: augment at the same sampler and steps, guidance in the first C of the steps only.
+- with `--guidance-cutoff C`: augment at the same sampler and steps, guidance in the first C of the steps only;
+- with `--cache-interval N`: augment with feature reuse (augment.models.feature_cache: the whole UNet every N-th
+  call, its shallow branch between), with the cutoff when one is given.
 Then one token-learner step of the sd14-cub preset's learner (PNDM, grad_steps 2, checkpointing) for one
 class at the same size (and one with the cutoff), and the UNet evaluations a learned class costs. Images/s and ratios; on a GPU the
 absolute figures mean something, on the CPU only the ratios.
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="also: augment with a channels-last UNet and VAE")
     p.add_argument("--compile", action="store_true", help="also: augment with a torch.compile'd UNet (and its warm-up)")
     p.add_argument("--guidance-cutoff", type=float, help="also: augment and the learner with this guidance_cutoff")
+    p.add_argument("--cache-interval", type=int, help="also: augment and the learner with this cache_interval")
     p.add_argument("--rounds", type=int, default=1, help="run the paths in turn this many times, keep each best")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--device", default="cpu")
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         own = pipe.scheduler  # SD-1.4's PNDM config
         units = [u for u in plan_units(range(2), per_class, per_class)]
 
-        def run_augment(scheduler: str, steps: int, name: str, pipe=pipe, cutoff: float = 1.0) -> float:
+        def run_augment(scheduler: str, steps: int, name: str, pipe=pipe, cutoff: float = 1.0, cache: int = 1) -> float:
             cfg = GenerateConfig(
                 images_per_class=per_class,
                 shard_size=per_class,
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_inference_steps=steps,
                 guidance_scale=7.0,
                 guidance_cutoff=cutoff,
+                cache_interval=cache,
                 height=args.size,
                 width=args.size,
                 prompts=["A photo of {token} {name}"],
@@ -131,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.guidance_cutoff:
             paths[f"augment (PNDM, guidance cutoff {args.guidance_cutoff})"] = (
                 lambda r: run_augment("pipeline", args.steps, f"cutoff{r}", cutoff=args.guidance_cutoff),
+                args.steps,
+            )
+        if args.cache_interval:
+            cut = args.guidance_cutoff or 1.0
+            paths[f"augment (PNDM, guidance cutoff {cut}, cache interval {args.cache_interval})"] = (
+                lambda r: run_augment("pipeline", args.steps, f"cache{r}", cutoff=cut, cache=args.cache_interval),
                 args.steps,
             )
         rounds = {name: [] for name in paths}
@@ -170,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         lcfg.max_classes_per_step = 1
         pipe.scheduler = own
         learner_steps = {}
-        for cutoff in [1.0] + ([args.guidance_cutoff] if args.guidance_cutoff else []):
-            lcfg.guidance_cutoff = cutoff
-            learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), lcfg, root / f"learn{cutoff}")
+        settings = [(1.0, 1)] + ([(args.guidance_cutoff, 1)] if args.guidance_cutoff else [])
+        settings += [(args.guidance_cutoff or 1.0, args.cache_interval)] if args.cache_interval else []
+        for cutoff, cache in settings:
+            lcfg.guidance_cutoff, lcfg.cache_interval = cutoff, cache
+            learner = TokenLearner(pipe, guide, labels, list(range(len(labels))), lcfg, root / f"learn{cutoff}-{cache}")
             states = [learner.new_state(*e) for e in learner.prepare([labels.classes[0]])]
             t0 = time.time()
             learner.step(states)
-            learner_steps[cutoff] = time.time() - t0
+            learner_steps[cutoff if cache == 1 else "cache"] = time.time() - t0
             learner.injector.remove()
     step_s = learner_steps[1.0]
     calls = args.steps + 1  # PNDM: N steps, N + 1 UNet calls
@@ -203,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{evals} UNet forward evaluations per class step"
         )
         results["learner_step_seconds_cutoff"] = cut_s
+    if args.cache_interval:
+        cache_s = learner_steps["cache"]
+        print(f"learner step with cutoff {args.guidance_cutoff or 1.0} and cache interval {args.cache_interval}: "
+              f"{cache_s:.1f} s ({step_s / cache_s:.2f}x the step without either)")  # fmt: skip
+        results["learner_step_seconds_cache"] = cache_s
     save_results(
         args.out,
         {

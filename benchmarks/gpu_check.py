@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="sampling steps, generation and learner (default 50)")
     p.add_argument("--images", type=int, help="images per generation path, 2 classes (default 64)")
     p.add_argument("--classes", help="learner classes per step, comma-separated (default 1,4,8)")
+    p.add_argument("--cache-interval", type=int, default=3, help="the feature-reuse rows' interval (default 3)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 64 px, 2 steps, 2 images, 1,2 classes, fp32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from augment.labels import match_to_guide, read_label_set
     from augment.learn.learner import TokenLearner
     from augment.learn.memory import step_bytes
+    from augment.models.feature_cache import shallow_rows
     from augment.models.generator import load_generator, resolve_device, resolve_dtype, speed_up
     from augment.models.guides import load_guide
     from augment.models.sampling import guided_calls, make_scheduler
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ks = [int(k) for k in args.classes.split(",")]
     if min(ks) < 1 or sum(ks) > 199:  # each size learns its own classes, after one warm-up class
         p.error("--classes: sizes ≥ 1, at most 199 classes in all")
+    if args.cache_interval < 1:
+        p.error("--cache-interval must be ≥ 1")
     preset = load_config("sd14-cub")
     labels = read_label_set(ROOT / "manifests" / "cub200.txt")
     per_class = max(1, args.images // 2)
@@ -171,15 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         res["speed_up"] = speed_up(pipe, g.channels_last, False)
         units = plan_units(range(2), per_class, per_class, g.seed)  # mixed shards, as augment generate
 
-        def run_augment(p, cutoff: float, name: str) -> dict:
-            cfg = replace(g, guidance_cutoff=cutoff)
+        def run_augment(p, cutoff: float, name: str, cache: int = 1) -> dict:
+            cfg = replace(g, guidance_cutoff=cutoff, cache_interval=cache)
             short = replace(cfg, num_inference_steps=2)
             w = measure(dev, lambda: warm and generate_images(p, prompts[:b], seeds[:b], short))
             m = measure(dev, lambda: generate_units(p, labels, None, cfg, units, root / name, "gpu-check"))
-            return {**m, "unet_evals_per_image": calls + guided_calls(calls, cutoff), "warmup_seconds": w["seconds"]}
+            guided = guided_calls(calls, cutoff)
+            shallow = shallow_rows(calls, cache, lambda i: 2 if i < guided else 1)
+            return {**m, "unet_evals_per_image": calls + guided, "shallow_per_image": shallow,
+                    "warmup_seconds": w["seconds"]}  # fmt: skip
 
         gen[f"augment (cutoff {g.guidance_cutoff}: the preset)"] = run_augment(pipe, g.guidance_cutoff, "aug")
         gen["augment (cutoff 1.0: guidance at every step)"] = run_augment(pipe, 1.0, "aug1")
+        gen[f"augment (cutoff {g.guidance_cutoff}, cache interval {args.cache_interval})"] = run_augment(
+            pipe, g.guidance_cutoff, "augc", args.cache_interval
+        )
         save()
         guide = load_guide(f"hf:{guide_dir}", dev)
         indices = match_to_guide(labels, guide.labels).indices
@@ -212,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = (lc.batch_size, lc.grad_steps, min(lc.decode_batch, lc.batch_size), args.size, args.size)
         for k in ks:
             m = learner_step(k, lc)
+            if args.cache_interval > 1 and k == ks[0]:  # the learner's no-grad chain with feature reuse
+                res["learner_cached"] = {**learner_step(k, replace(lc, cache_interval=args.cache_interval)),
+                                         "classes": k, "cache_interval": args.cache_interval}  # fmt: skip
             est = weights + step_bytes(k, *shape, pipe.unet.dtype, lc.gradient_checkpointing)
             ratio = None if m["peak_bytes"] is None else m["peak_bytes"] / est
             row = {"classes": k, **m, "seconds_per_class_step": m["seconds"] / k, "estimate_bytes": est}
@@ -250,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["classes"], r["seconds"], r["seconds_per_class_step"], gib(r["peak_bytes"]), gib(r["estimate_bytes"]),
              r["peak_over_estimate"] or "-"] for r in res["learner"]]  # fmt: skip
     print(markdown_table(head, rows))
+    if res.get("learner_cached"):
+        c = res["learner_cached"]
+        print(f"learner step with cache interval {c['cache_interval']}, {c['classes']} class(es): {c['seconds']:.1f} s")
     print(f"total {res['total_seconds']:.0f} s; results saved to {args.out}")
     save()
     return 0

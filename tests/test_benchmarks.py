@@ -52,7 +52,11 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["environment"]["device"] == "cpu" and res["settings"]["size"] == 64
-    assert len(res["generation"]) == 3 and res["compile"] is None  # plain, augment at 0.5 and at 1.0
+    assert len(res["generation"]) == 4 and res["compile"] is None  # plain, augment at 0.5, at 1.0, cached
+    assert (
+        res["generation"]["augment (cutoff 0.5, cache interval 3)"]["shallow_per_image"] == 3
+    )  # calls 1 (guided: 2 rows) and 2
+    assert res["learner_cached"]["seconds"] > 0
     for row in res["generation"].values():
         assert row["seconds"] > 0 and row["images_per_s"] > 0 and row["peak_bytes"] is None
     assert res["generation"]["augment (cutoff 0.5: the preset)"]["unet_evals_per_image"] == 5  # 3 calls, 2 guided
