@@ -355,10 +355,14 @@ class RunConfig:
             raise UserError(
                 f"label_match must be one of {', '.join(LABEL_MATCH)}, got {self.label_match!r}", "label_match"
             )
-        if not re.fullmatch(r"auto|(cpu|cuda|mps|xpu)(:\d+)?", self.device):
+        if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:[0-9]+)?", self.device):
             raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
         self.learn.validate()
         self.generate.validate()
+        if self.device not in ("auto", "cuda") and not self.device.startswith("cuda:"):
+            from augment.devices import resolve_device
+
+            resolve_device(self.device)  # mps, xpu: available here (CUDA's index is checked per process)
 
 
 def list_presets() -> list[str]:
@@ -382,6 +386,8 @@ MAX_CONFIG_DEPTH = 16  # mappings and lists inside each other
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: not a regular file (a config is a YAML file)")
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise UserError(f"{path}: a config file is at most {MAX_CONFIG_BYTES >> 20} MiB")
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -416,11 +422,18 @@ def _section(cls, values: dict[str, Any] | None, where: str):
         values = {}
     if not isinstance(values, dict):
         raise UserError(f"{where}: must be a mapping of keys to values, got {type(values).__name__}")
+    _string_keys(values, where)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return cls(**values)
+
+
+def _string_keys(values: dict, where: str) -> None:
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{where}: keys are names, got {bad[0]!r}")
 
 
 def load_config(
@@ -456,6 +469,7 @@ def load_config(
             else:
                 merged[key] = value
     merged = _expand(merged)
+    _string_keys(merged, "config")
     top = {k: v for k, v in merged.items() if k not in ("learn", "generate")}
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"learn", "generate"}
     unknown = sorted(set(top) - names)

@@ -58,6 +58,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"unknown device {device!r}") from None
+    if dev.type == "cpu" and dev.index is not None:
+        raise UserError(f"device {device!r}: the CPU has no index; use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} asked for, but MPS (Apple GPUs) is not available here")
+    if dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise UserError(f"device {device!r} asked for, but XPU (Intel GPUs) is not available here")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for, but CUDA is not available here")

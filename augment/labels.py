@@ -288,6 +288,8 @@ def _by_name(labels: LabelSet, guide_names: list[str], classes) -> list[int]:
 
 def _decode(path: str) -> str:
     try:
+        if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            raise UserError(f"{path}: not a regular file (a label file is a text file)")
         if Path(path).is_file() and Path(path).stat().st_size > MAX_LABEL_FILE_BYTES:
             raise UserError(f"{path}: a label file is at most {MAX_LABEL_FILE_BYTES >> 20} MiB")
         data = Path(path).read_bytes()
@@ -315,7 +317,7 @@ def _parse_line(path: str, line_no: int, line: str) -> tuple[int | None, str]:
     if "\t" in line:
         head, name = line.split("\t", 1)
         head = head.strip(" ")
-        if not re.fullmatch(r"[+-]?\d+", head):
+        if not re.fullmatch(r"[+-]?[0-9]+", head):
             raise UserError(f"{where}: {head!r} before the TAB is not a class index; expected 'index<TAB>name'")
         index = int(head)
         if index < 0:

@@ -41,9 +41,10 @@ def check_templates(templates: list[str], need_token: bool = False) -> None:
             t.format(token="", name="")
         except (KeyError, IndexError, ValueError) as e:
             raise UserError(f"prompt template {t!r}: only {{token}} and {{name}} can be used ({e})") from None
-        if "{name}" not in t:
+        filled = t.format(token="\x01", name="\x02")  # ("{{name}}" is a literal "{name}", not the slot)
+        if "\x02" not in filled:
             raise UserError(f"prompt template {t!r} must contain {{name}}")
-        if need_token and "{token}" not in t:
+        if need_token and "\x01" not in filled:
             raise UserError(f"prompt template {t!r} must contain {{token}}: it is what learning changes")
 
 

@@ -111,8 +111,17 @@ def _inputs(dataset: str, labels, synthetic, training, *, learned: bool):
 
 
 def _check_pretrained(config: TrainConfig, num_classes: int) -> None:
-    if config.pretrained:
-        create_model(config, num_classes)  # fetches (or finds cached) weights, or fails here
+    """The model builds (a timm name, its kwargs, the pretrained weights fetched or cached), before anything is
+    written: UserError naming what does not."""
+    try:
+        create_model(config, num_classes)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (timm: unknown model, unexpected kwargs)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(
+            f"model {config.model!r} with {config.model_kwargs}: {type(e).__name__}: {first}", "model"
+        ) from None
 
 
 def _describe(s) -> dict:
@@ -195,6 +204,12 @@ def train(
     _whole(trial=(trial, 0), seed=(seed, 0))
     if save_classifier is not None and not str(save_classifier).strip():
         raise UserError("save_classifier: an empty path", "save_classifier")
+    if save_classifier is not None:
+        target = Path(save_classifier)
+        if target.is_dir() and any(target.iterdir()) and not (target / "model.safetensors").is_file():
+            raise UserError(f"save_classifier {target}: a directory holding something else; give a new one",
+                            "save_classifier")  # fmt: skip
+        check_out(target, "save_classifier")  # writable, before training
     if save_classifier is not None and Path(save_classifier).is_file():
         raise UserError(f"save_classifier {save_classifier}: exists and is a file", "save_classifier")
     if shots is not None and shots < 0:

@@ -81,8 +81,10 @@ class TrainConfig:
             raise UserError(f"real_fraction must be a number in [0, 1] or {UNIFORM}, got {self.real_fraction!r}")
         if not self.model.strip():
             raise UserError("model must name a timm model, got ''", "model")
-        if not re.fullmatch(r"auto|(cpu|cuda|mps|xpu)(:\d+)?", self.device):
+        if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:[0-9]+)?", self.device):
             raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
+        if self.device.startswith(("mps", "xpu")):
+            resolve_device(self.device)  # available here
         for name in ("lr", "weight_decay", "warmup", "label_smoothing", "crop_pct"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be ≥ 0, got {getattr(self, name)}", name)

@@ -135,6 +135,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.json is not None and not args.json.strip():
         raise UserError("--json: an empty path")
     args.json = None if args.json is None else Path(args.json)
+    if args.json is not None:
+        from augment.run.storage import check_out
+
+        check_out(args.json.parent if str(args.json.parent) else Path("."), "json")  # writable, before training
     if args.json is not None and args.json.is_dir():
         raise UserError(f"--json {args.json}: exists and is a directory")
     shots = None if args.shots == "all" else _shots(args.shots)

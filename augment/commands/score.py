@@ -61,6 +61,9 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         parent = args.out.parent if str(args.out.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise UserError(f"--out {args.out}: {parent} is not a writable directory")
+        from augment.run.storage import check_out
+
+        check_out(parent, "out")  # a write really works there (/proc, a read-only mount), before scoring
         if args.out.is_dir():
             raise UserError(f"--out {args.out}: is a directory, expected a .json file path")
     config = load_config(args.preset, args.config, {"label_match": args.label_match})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import signal
 import sys
 import threading
@@ -111,7 +112,9 @@ def as_flags(error: UserError, parser: argparse.ArgumentParser | None, argv: lis
         if action.option_strings:
             flags.setdefault(action.dest.rsplit(".", 1)[-1], action.option_strings[0])
     flag = flags.get(error.argument)
-    return message.replace(error.argument, flag, 1) if flag else message
+    if not flag or not re.match(rf"{re.escape(error.argument)}\b(?![-.])", message):
+        return message  # named where it leads the message only ("batch_size must be ..."), never inside a path
+    return flag + message[len(error.argument) :]
 
 
 def _subparser_actions(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[argparse.Action]:

@@ -404,8 +404,11 @@ def sample_count(directory: str | Path) -> int:
 
     n = 0
     for url in tar_files(directory):
-        with out_path(url).open("rb") as f, tarfile.open(fileobj=f) as tar:  # headers only: no member is read
-            n += sum(1 for m in tar if m.name.endswith(".cls"))
+        try:
+            with out_path(url).open("rb") as f, tarfile.open(fileobj=f) as tar:  # headers only: no member is read
+                n += sum(1 for m in tar if m.name.endswith(".cls"))
+        except (tarfile.TarError, EOFError) as e:
+            raise ShardError(f"{url}: not a readable tar ({e}); `augment verify` on its directory says more") from None
     return n
 
 
@@ -478,22 +481,29 @@ def _decode_pil(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
+class ShardError(UserError):
+    """A shard that cannot be read (truncated, not a tar): one line naming it."""
+
+
 def read_tar(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) of every sample of one shard, in order. Raw bytes: nothing is decoded, so
     nothing is unpickled. A member's extension is everything after the key's first dot."""
     import tarfile
 
     key, members = None, {}
-    with out_path(path).open("rb") as f, tarfile.open(fileobj=f) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, _, ext = member.name.partition(".")
-            if k != key and members:
-                yield key, members
-                members = {}
-            key = k
-            members[ext] = tar.extractfile(member).read()
+    try:
+        with out_path(path).open("rb") as f, tarfile.open(fileobj=f) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, ext = member.name.partition(".")
+                if k != key and members:
+                    yield key, members
+                    members = {}
+                key = k
+                members[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as e:
+        raise ShardError(f"{path}: not a readable tar ({e}); `augment verify` on its directory says more") from None
     if members:
         yield key, members
 

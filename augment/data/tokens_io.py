@@ -64,7 +64,15 @@ def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.T
 
 
 def read_meta(out_dir: str | Path, cls: LabelClass) -> dict:
-    return json.loads((token_dir(out_dir, cls) / "meta.json").read_text())
+    """A learned token's meta.json (UserError naming it when it is not a JSON object with a token)."""
+    path = token_dir(out_dir, cls) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({type(e).__name__}); `augment verify` on its run says more") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("token"), str):
+        raise UserError(f"{path}: not a learned token's meta.json (no 'token')")
+    return meta
 
 
 def find_tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
@@ -128,7 +136,12 @@ def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: st
         paths.append(str(path) if isinstance(path, Path) else _state_dict(path))  # diffusers opens local paths
         tokens.append(meta["token"])
     if paths:
-        pipe.load_textual_inversion(paths, token=tokens)
+        try:
+            pipe.load_textual_inversion(paths, token=tokens)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # diffusers' and safetensors' own errors
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise UserError(f"{root}: a token file does not load ({type(e).__name__}: {first}); "
+                            "`augment verify` on it names which") from None  # fmt: skip
     return out
 
 

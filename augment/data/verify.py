@@ -13,6 +13,7 @@ from pathlib import Path
 
 from augment.data.shards import (
     OLD_LAYOUT,
+    ShardError,
     marker_path,
     old_layout,
     plan_units,
@@ -44,7 +45,15 @@ def verify_run(out: str | Path) -> Report:
     out = out_path(out, "out")
     if not out.is_dir():
         raise UserError(f"{out}: not a directory")
+    if not any((out / name).exists() for name in ("manifest.json", "tokens", "shards")):
+        raise UserError(f"{out}: not a learn/generate/build output (no manifest.json, tokens/ or shards/)")
+    for name in ("tokens", "shards"):
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UserError(f"{out / name}: is a file; a run directory's {name}/ is a directory")
     manifest = read_manifest(out)
+    for section in ("learn", "generate"):
+        if not isinstance(manifest.get(section, {}), dict):
+            raise UserError(f"{out / 'manifest.json'}: its {section!r} section is not a mapping")
     report = Report()
     _verify_tokens(out, manifest.get("learn", {}), report)
     if old_layout(out) is not None:  # checked as that version wrote it: whole shards, not this version's plan
@@ -61,10 +70,8 @@ def _verify_old_shards(out: Path, report: Report) -> None:
     markers = sorted(shards_dir(out).glob("*.json"))
     report.checked["shards"] = len(markers)
     for m in markers:
-        try:
-            marker = json.loads(m.read_text())
-        except json.JSONDecodeError:
-            report.problems.append(f"{m}: marker is not JSON")
+        marker = _marker(m, report)
+        if marker is None:
             continue
         tar = m.with_suffix(".tar")
         if not tar.is_file():
@@ -74,7 +81,7 @@ def _verify_old_shards(out: Path, report: Report) -> None:
         else:
             try:
                 samples = [key for key, _ in read_tar(tar)]
-            except (tarfile.TarError, EOFError) as e:
+            except (tarfile.TarError, EOFError, ShardError) as e:
                 report.problems.append(f"{tar}: not a readable tar ({e})")
                 continue
             if len(samples) != marker.get("count"):
@@ -123,10 +130,8 @@ def _verify_shards(out: Path, generate: dict, report: Report) -> None:
     report.checked["shards"] = len(markers)
     counted = {}
     for m in markers:
-        try:
-            marker = json.loads(m.read_text())
-        except json.JSONDecodeError:
-            report.problems.append(f"{m}: marker is not JSON")
+        marker = _marker(m, report)
+        if marker is None:
             continue
         tar = m.with_suffix(".tar")
         problem = _check_tar(tar, marker)
@@ -153,16 +158,41 @@ def _verify_shards(out: Path, generate: dict, report: Report) -> None:
     if info_path.is_file():
         try:
             split = json.loads(info_path.read_text())["splits"]["train"]
-        except (json.JSONDecodeError, KeyError) as e:
-            report.problems.append(f"{info_path}: unreadable ({type(e).__name__})")
+            listed = dict(zip((Path(f).name for f in split["filenames"]), split["shard_lengths"], strict=True))
+            total = int(split["num_samples"])
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            report.problems.append(f"{info_path}: unreadable or incomplete ({type(e).__name__}: {e})")
             return
-        listed = dict(zip((Path(f).name for f in split["filenames"]), split["shard_lengths"]))
         if (
             listed != {k: v for k, v in counted.items() if k in listed}
             or len(listed) != len(counted)
-            or split["num_samples"] != sum(listed.values())
+            or total != sum(listed.values())
         ):
             report.problems.append(f"{info_path}: does not match the shard markers")
+
+
+MARKER_KEYS = {"count": int, "sha256": str}  # what every marker has had, in every layout
+
+
+def _marker(path: Path, report: Report) -> dict | None:
+    """A marker as a mapping with its keys, or None with the problem reported."""
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        report.problems.append(f"{path}: marker unreadable ({type(e).__name__})")
+        return None
+    if not isinstance(marker, dict):
+        report.problems.append(f"{path}: marker is not a JSON object")
+        return None
+    missing = [k for k, kind in MARKER_KEYS.items() if not isinstance(marker.get(k), kind)]
+    if missing:
+        report.problems.append(f"{path}: marker lacks {', '.join(missing)} (or holds another type)")
+        return None
+    samples = marker.get("samples", [])
+    if not isinstance(samples, list) or not all(isinstance(x, list) and len(x) == 2 for x in samples):
+        report.problems.append(f"{path}: marker's samples are not [position, index] pairs")
+        return None
+    return marker
 
 
 def _check_tar(tar: Path, marker: dict) -> str | None:
@@ -174,7 +204,7 @@ def _check_tar(tar: Path, marker: dict) -> str | None:
         return "sha256 differs from its marker (truncated or changed)"
     try:
         samples = {key: set(members) for key, members in read_tar(tar)}
-    except (tarfile.TarError, EOFError) as e:
+    except (tarfile.TarError, EOFError, ShardError) as e:
         return f"not a readable tar ({e})"
     if len(samples) != marker.get("count"):
         return f"{len(samples)} samples, marker says {marker.get('count')}"

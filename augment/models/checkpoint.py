@@ -78,10 +78,27 @@ def load_classifier(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise UserError(f"{d}: not a classifier checkpoint (needs config.json and model.safetensors)")
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{cfg_path}: invalid JSON ({e})") from None
-    if config.get("format") != FORMAT:
-        raise UserError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    model = build_model(config["architecture"], len(config["labels"]), config.get("model_kwargs"))
-    model.load_state_dict(load(weights.read_bytes()))
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        got = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise UserError(f"{cfg_path}: format {got!r}, expected {FORMAT!r}")
+    labels, size = config.get("labels"), config.get("input_size")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise UserError(f"{cfg_path}: 'labels' must be a non-empty list of class names")
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise UserError(f"{cfg_path}: 'input_size' must be [channels, height, width], positive whole numbers")
+    for key in ("mean", "std"):
+        v = config.get(key)
+        if not (isinstance(v, list) and len(v) == size[0] and all(isinstance(x, (int, float)) for x in v)):
+            raise UserError(f"{cfg_path}: '{key}' must be {size[0]} numbers")
+    if not all(x > 0 for x in config["std"]) or not 0 < float(config.get("crop_pct", 1.0)) <= 1:
+        raise UserError(f"{cfg_path}: 'std' must be > 0 and 'crop_pct' in (0, 1]")
+    try:
+        model = build_model(config["architecture"], len(labels), config.get("model_kwargs"))
+        model.load_state_dict(load(weights.read_bytes()))
+    except Exception as e:  # noqa: BLE001  (timm's, torch's and safetensors' own errors: one line, the cause named)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{d}: the weights do not load into {config.get('architecture')!r} with {len(labels)} "
+                        f"classes ({type(e).__name__}: {first})") from None  # fmt: skip
     return model.eval(), config

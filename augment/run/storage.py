@@ -55,9 +55,11 @@ def out_path(out: str | os.PathLike, argument: str | None = None):
     if isinstance(out, Path):
         return out
     text = str(out)
-    if not text.strip() or "\0" in text:
+    if not text.strip() or "\0" in text or text.startswith("://"):
         raise UserError(f"{argument or 'path'}: {text!r} is not a path or URL", argument)
     proto = scheme(text)
+    if proto == "memory":
+        raise UserError(f"{text}: memory:// keeps nothing after this process exits; give a path or a bucket", argument)
     if proto is None:
         return Path(text.split("://", 1)[1] if "://" in text else text).expanduser()
     if type(out).__module__.startswith("upath"):
@@ -90,6 +92,12 @@ def check_out(out, argument: str = "out") -> None:
             raise UserError(f"{out}: {existing} is not a directory", argument)
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"{out}: {existing} is not writable", argument)
+        try:  # os.access trusts the mode bits: /proc, /sys, an immutable or read-only mount say yes
+            probe = existing / f".augment-probe-{uuid.uuid4().hex}"
+            probe.touch(exist_ok=False)
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"{out}: cannot write in {existing} ({e.strerror or type(e).__name__})", argument) from None
         return
     probe = path / f".augment-probe-{uuid.uuid4().hex}"
     try:

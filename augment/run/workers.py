@@ -84,9 +84,16 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
     srun step (SLURM_PROCID/SLURM_STEP_NUM_TASKS; a batch script alone is one task), of an array (SLURM_ARRAY_TASK_ID/COUNT), or both (an array of
     multi-task steps: array task a, task p → a·ntasks + p)."""
     env = os.environ
+    if count is not None and count < 1:
+        raise UserError(f"--num-workers must be ≥ 1, got {count}", "count")
     if index is None and count is None:
+        if ("RANK" in env) != ("WORLD_SIZE" in env):
+            given, missing = ("RANK", "WORLD_SIZE") if "RANK" in env else ("WORLD_SIZE", "RANK")
+            raise UserError(f"${given} is set but ${missing} is not: a launcher sets both")
         if "RANK" in env and "WORLD_SIZE" in env:
             index, count = env_int("RANK"), env_int("WORLD_SIZE", minimum=1)
+            if index is None or count is None:
+                raise UserError("$RANK and $WORLD_SIZE must both be whole numbers (one is empty)")
         else:
             index, count = 0, 1
             if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:

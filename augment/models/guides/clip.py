@@ -64,9 +64,11 @@ def parse_clip_spec(name: str, spec: str) -> tuple[str, list[str], str]:
         raise UserError(f"guide {spec!r}: {file}: every template needs '{{}}' where the class name goes")
     for t in templates:
         try:
-            t.format("name")
+            filled = t.format("\x02")
         except (KeyError, IndexError, ValueError) as e:
             raise UserError(f"guide {spec!r}: {file}: template {t!r}: only '{{}}' can be filled ({e!r})") from None
+        if "\x02" not in filled:  # "{{}}" is a literal "{}"
+            raise UserError(f"guide {spec!r}: {file}: template {t!r} has no '{{}}' where the class name goes")
     return path, templates, str(file)
 
 

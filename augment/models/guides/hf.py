@@ -137,9 +137,11 @@ def load_hf(name: str, spec: str):
     except (OSError, ValueError) as e:
         hint = "" if hub_id(path) is None else "; for offline use pass a local directory: hf:/path/to/model"
         raise UserError(f"guide {spec!r}: cannot load ({str(e).splitlines()[0]}){hint}") from None
-    except RuntimeError as e:  # transformers: the head's weights and config.json's num_labels / id2label differ
-        if "mismatch" not in str(e):
+    except (RuntimeError, AttributeError, TypeError) as e:  # transformers: the head and num_labels / id2label differ,
+        if isinstance(e, RuntimeError) and "mismatch" not in str(e):  # or an id2label that is no mapping
             raise
+        if not isinstance(e, RuntimeError):
+            raise UserError(f"guide {spec!r}: config.json's id2label must map each output to its name") from None
         raise UserError(
             f"guide {spec!r}: config.json's classes (num_labels {_num_labels(path)}) do not match the classifier "
             "head's weights; its config.json needs id2label with one name per output"
@@ -147,7 +149,12 @@ def load_hf(name: str, spec: str):
     if len(model.config.id2label) != model.config.num_labels:
         raise UserError(f"guide {spec!r}: config.json's id2label has {len(model.config.id2label)} names for "
                         f"{model.config.num_labels} outputs")  # fmt: skip
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    try:
+        labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(
+            f"guide {spec!r}: config.json's id2label must name every output 0..{model.config.num_labels - 1}"
+        ) from None
     info: dict = {"model_class": type(model).__name__, "model_type": model_type}
     if known is not None:
         known_id, recipe = known
