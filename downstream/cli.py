@@ -98,7 +98,11 @@ def _workers(args: argparse.Namespace):
 
     values = vars(args)
     if values.get("engine") != "ray":
-        values = {**values, "index": args.index or 0, "count": args.count or 1}
+        values = {
+            **values,
+            "index": 0 if args.index is None else args.index,
+            "count": 1 if args.count is None else args.count,
+        }
     return Workers.from_flags(values)
 
 
