@@ -48,3 +48,35 @@ def test_sd14_cub_plan_from_the_real_scheduler_config():
     assert (plan.generate.calls_per_image, plan.generate.guided_calls) == (51, 26)
     assert plan.generate.evaluations == 200 * 100 * 77
     assert plan.learn.evaluations_per_unit == 5 * 77 and plan.learn.evaluations == 200 * 200 * 5 * 77
+
+
+def test_the_sd14_cub_plan_matches_a_short_run_of_its_sampler(sd14_narrow_dir, tmp_path):
+    """The sd14-cub preset's learner and generation (SD-1.4's PNDM: N + 1 calls, cutoff 0.5, grad_steps 2,
+    feature reuse at interval 3) on SD-1.4's architecture at 1/16 width, random weights, 64 px, 4 steps: the
+    manifest's counted UNet rows are the plan's, shallow ones included."""
+    from augment.config import TOY_WEIGHTS
+
+    labels = tmp_path / "l.txt"
+    labels.write_text("0\tt-shirt\n1\ttrouser\n")
+    flags = ["--preset", "sd14-cub", "--labels", str(labels), "--generator", str(sd14_narrow_dir),
+             "--guide", f"ckpt:{TOY_WEIGHTS / 'guide'}", "--label-match", "by-index", "--dtype", "fp32",
+             "--device", "cpu", "--steps", "4", "--max-steps", "1", "--learn-batch-size", "1",
+             "--classes-per-step", "2", "--images-per-class", "2", "--shard-size", "4", "--cache-interval", "3",
+             "--no-progress"]  # fmt: skip
+    config_file = tmp_path / "size.yaml"
+    config_file.write_text("learn: {height: 64, width: 64, gradient_checkpointing: false}\n"
+                           "generate: {height: 64, width: 64}\n")  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["build", *flags, "--config", str(config_file), "--out", str(out)]) == 0
+    config = load_config("sd14-cub", str(config_file), {
+        "generator": str(sd14_narrow_dir), "learn.num_inference_steps": 4, "generate.num_inference_steps": 4,
+        "learn.max_steps": 1, "learn.batch_size": 1, "generate.images_per_class": 2, "generate.shard_size": 4,
+        "learn.cache_interval": 3, "generate.cache_interval": 3})  # fmt: skip
+    plan = plan_run(labels, config)
+    assert (plan.generate.calls_per_image, plan.generate.guided_calls) == (5, 3)  # PNDM: 4 steps, 5 calls
+    manifest = json.loads((out / "manifest.json").read_text())
+    learned, made = manifest["learn"]["unet_evaluations"], manifest["generate"]["unet_evaluations"]
+    assert learned["done"] == learned["class_steps_done"] * plan.learn.evaluations_per_unit == 2 * 8
+    assert learned["shallow_done"] == learned["class_steps_done"] * plan.learn.shallow_per_unit
+    assert made["done"] == plan.generate.evaluations == 4 * 8
+    assert made["shallow_done"] == 4 * plan.generate.shallow_per_unit > 0
