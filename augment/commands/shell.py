@@ -112,9 +112,10 @@ def as_flags(error: UserError, parser: argparse.ArgumentParser | None, argv: lis
         if action.option_strings:
             flags.setdefault(action.dest.rsplit(".", 1)[-1], action.option_strings[0])
     flag = flags.get(error.argument)
-    if not flag or not re.match(rf"{re.escape(error.argument)}\b(?![-.])", message):
-        return message  # named where it leads the message only ("batch_size must be ..."), never inside a path
-    return flag + message[len(error.argument) :]
+    if not flag:
+        return message
+    # the name as a word of its own, never inside a path ("/data/out"), a flag ("--retries") or a dotted key
+    return re.sub(rf"(?<![\w/.-]){re.escape(error.argument)}(?![\w/-])", flag, message, count=1)
 
 
 def _subparser_actions(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[argparse.Action]:
