@@ -59,6 +59,8 @@ def hashed_settings(section: dict[str, Any]) -> dict[str, Any]:
     """A config section as the hashes see it: without the ADDED_LATER settings left at their default, and DATE's
     options as the keys set away from their defaults (what a config file held before they were typed)."""
     out = {k: v for k, v in section.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+    if out.get("cache_interval", 1) == 1:  # the branch means nothing without caching
+        out.pop("cache_branch", None)
     if isinstance(out.get("refine_options"), dict):
         defaults = asdict(DateOptions())
         out["refine_options"] = {k: v for k, v in out["refine_options"].items() if v != defaults.get(k)}
@@ -290,6 +292,8 @@ class GenerateConfig:
         check_cache(self, "generate")
         if self.refine is not None and self.cache_interval > 1:
             raise UserError("generate.cache_interval > 1 with refine: DATE's sampler is not cached; use one of them")
+        if self.compile and self.cache_interval > 1:
+            raise UserError("generate.cache_interval > 1 with compile: the cache replaces the UNet's forward; use one")
 
     def __post_init__(self) -> None:
         if self.refine == "none":  # --refine none: off, whatever the preset says

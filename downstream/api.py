@@ -24,7 +24,8 @@ from augment.data.datasets import load_dataset, parse_spec, sample_kshot, trial_
 from augment.devices import describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, read_label_set
-from augment.run.manifest import update_manifest, versions
+from augment.run.atomic import write_json
+from augment.run.manifest import read_manifest, update_manifest, versions
 from augment.run.storage import check_out, converts_storage_errors, out_path
 from augment.run.workers import Workers
 from downstream.classifier import TrainConfig, create_model, default_config, evaluate, num_steps, save, train_classifier
@@ -85,6 +86,20 @@ def load_sets(synthetic: dict[str, str | Path] | None, labels: LabelSet, *, lear
         else:
             sets.append(load_synthetic(name, check_directory(name, value), labels))
     return sets
+
+
+LEGACY_KEYS = (
+    "command",
+    "started",
+    "finished",
+    "dataset",
+    "labels",
+    "synthetic",
+    "grid",
+    "train",
+    "versions",
+    "device",
+)
 
 
 def _whole(**values) -> None:
@@ -178,6 +193,9 @@ def fewshot(
         "train": dataclasses.asdict(config),
         "device": describe_device(resolve_device(config.device)),
     }  # fmt: skip
+    legacy = read_manifest(out)
+    if "grid" in legacy:  # written by augment < 0.3 at the top level: now the section "fewshot"
+        write_json(out / "manifest.json", {k: v for k, v in legacy.items() if k not in LEGACY_KEYS})
     update_manifest(out, "fewshot", manifest)
     cells = run_grid(data, sets, config, grid, out, labels=labels, engine=engine)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -65,7 +65,10 @@ def test_a_cached_toy_build_counts_its_plan_and_repeats_its_bytes(tmp_path, caps
                                            "learn.grad_steps": 1})  # fmt: skip
     plan = plan_run(labels, config)
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    learned, made = manifest["learn"]["unet_evaluations"], manifest["generate"]["unet_evaluations"]
+    learned, made = (
+        manifest["workers"]["learn"]["0of1"]["unet_evaluations"],
+        manifest["workers"]["generate"]["0of1"]["unet_evaluations"],
+    )
     assert learned["shallow_done"] == learned["class_steps_done"] * plan.learn.shallow_per_unit > 0
     assert made["shallow_done"] == 6 * plan.generate.shallow_per_unit > 0
     for pattern in ("shards/*.tar", "tokens/*/*.safetensors"):  # (meta.json records seconds)

@@ -32,11 +32,11 @@ def test_the_plan_is_what_a_short_toy_build_counts(tmp_path, capsys):
     assert f"at most {plan.learn.evaluations:,}" in printed and f"generate  {plan.generate.evaluations:,}" in printed
     assert main(["build", *flags]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    learned = manifest["learn"]["unet_evaluations"]
+    learned = manifest["workers"]["learn"]["0of1"]["unet_evaluations"]
     assert learned["per_class_step"] == plan.learn.evaluations_per_unit
     assert learned["done"] == learned["class_steps_done"] * plan.learn.evaluations_per_unit > 0
     assert learned["done"] <= learned["planned_at_most"] == plan.learn.evaluations
-    made = manifest["generate"]["unet_evaluations"]
+    made = manifest["workers"]["generate"]["0of1"]["unet_evaluations"]
     assert made["done"] == made["planned"] == plan.generate.evaluations == 9 * plan.generate.evaluations_per_unit
     assert plan.generate.guided_calls < plan.generate.calls_per_image  # the cutoff: fewer guided calls
 
@@ -75,7 +75,10 @@ def test_the_sd14_cub_plan_matches_a_short_run_of_its_sampler(sd14_narrow_dir, t
     plan = plan_run(labels, config)
     assert (plan.generate.calls_per_image, plan.generate.guided_calls) == (5, 3)  # PNDM: 4 steps, 5 calls
     manifest = json.loads((out / "manifest.json").read_text())
-    learned, made = manifest["learn"]["unet_evaluations"], manifest["generate"]["unet_evaluations"]
+    learned, made = (
+        manifest["workers"]["learn"]["0of1"]["unet_evaluations"],
+        manifest["workers"]["generate"]["0of1"]["unet_evaluations"],
+    )
     assert learned["done"] == learned["class_steps_done"] * plan.learn.evaluations_per_unit == 2 * 8
     assert learned["shallow_done"] == learned["class_steps_done"] * plan.learn.shallow_per_unit
     assert made["done"] == plan.generate.evaluations == 4 * 8

@@ -223,13 +223,17 @@ def _run_units(out, labels, config, units, pending, chash, models: GenerationMod
     calls, guided = sampler_calls(models.pipe.scheduler, "pipeline", g.num_inference_steps, g.guidance_cutoff)
     per_image = calls + (guided if g.guidance_scale > 1 else 0)
     images = sum(u.count for u in pending)
-    manifest["unet_evaluations"] = {
-        "per_image": per_image,
-        "images": images,
-        "planned": images * per_image,
-        "done": counted.rows,
-        "shallow_done": counted.shallow,  # rows on the shallow branch (generate.cache_interval > 1)
-    }  # fmt: skip  (this process's; DATE's calls are in done)
+    if worker is not None:  # per worker (workers.generate.<i>of<n>): each process counts its own
+        worker = {
+            **worker,
+            "unet_evaluations": {
+                "per_image": per_image,
+                "images": images,
+                "planned": images * per_image,
+                "done": counted.rows,  # DATE's calls included
+                "shallow_done": counted.shallow,
+            },
+        }  # fmt: skip  (rows on the shallow branch: cache_interval > 1)
     record(final=True)
     complete = _finish(out, labels, units, manifest)
     return {"units": n_units, "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,

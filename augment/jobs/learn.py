@@ -127,7 +127,7 @@ def learn_groups(
         print(f"augment: note: {matched.note}", file=sys.stderr)
     pipe = load_generator(config.generator, device, config.dtype)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
-    mine = [c for g in groups for c in planned[g]]
+    mine = [c for g in groups for c in planned[g] if not is_learned(out, c)]  # what this process learns
     cut = prompt_cuts(pipe.tokenizer, config.learn.prompts, [(labels.token(c), c.name) for c in mine])
     if cut:
         print(f"augment: note: {cuts_note(cut, pipe.tokenizer.model_max_length)}", file=sys.stderr)
@@ -143,6 +143,7 @@ def learn_groups(
     learned: dict[int, dict] = {}
     notes: list[str] = []
     counted = UNetRows(pipe.unet)
+    todo_classes = [c for g in groups for c in planned[g] if not is_learned(out, c)]
     for g in groups:
         checkpoint = LearnerCheckpoint(out, g, fingerprint, device, pipe.unet.dtype)
         before = len(learned)
@@ -159,17 +160,18 @@ def learn_groups(
             notes.append(checkpoint.note)
     c = config.learn
     calls, guided = sampler_calls(learner.scheduler, "pipeline", c.num_inference_steps, c.guidance_cutoff)
-    manifest["unet_evaluations"] = {  # this process's: planned (at most) and done (counted by a hook)
+    counts = {  # this process's: planned (at most, for the classes it had to learn) and done (a hook on the UNet)
         "per_class_step": c.batch_size * (calls + guided),
-        "classes": len(mine),
-        "planned_at_most": len(mine) * c.max_steps * c.batch_size * (calls + guided),
+        "classes": len(todo_classes),
+        "planned_at_most": len(todo_classes) * c.max_steps * c.batch_size * (calls + guided),
         "done": counted.rows,
-        "class_steps_done": sum(m.get("steps", 0) for m in learned.values()),
-        "shallow_done": counted.shallow,
-    }  # fmt: skip  (rows on the shallow branch: learn.cache_interval > 1)
-    if worker is not None:
-        update_manifest(out, "learn", {**manifest, **({"resume": "; ".join(notes)} if notes else {})})
-    return learned, notes, manifest
+        "class_steps_done": learner.class_steps,
+        "shallow_done": counted.shallow,  # rows on the shallow branch (learn.cache_interval > 1)
+    }
+    if worker is not None:  # per worker (workers.learn.<i>of<n>): each process counts its own
+        update_manifest(out, "learn", {**manifest, **({"resume": "; ".join(notes)} if notes else {})},
+                        {"index": worker[0], "count": worker[1], **describe_device(device), "unet_evaluations": counts})  # fmt: skip
+    return learned, notes, {**manifest, "_unet": counts}
 
 
 def _learn_group_task(labels: LabelSet, out: str, config: RunConfig, group: int, overwrite: bool):
@@ -189,20 +191,23 @@ def _learn_on_ray(labels, out, config, workers, todo, pending, overwrite, progre
         out.mkdir(parents=True, exist_ok=True)
         lock_worker_slot(out, 0, 1)
     with progress_bar(pending, not progress) as bar, ray_session(workers):
+        counts: dict[str, int] = {}
 
         def done(result) -> None:
             got, got_notes, entry = result
             learned.update(got)
             notes.extend(n for n in got_notes if n not in notes)
-            manifest.update(entry)
+            for key, value in entry.pop("_unet", {}).items():  # summed over the groups' tasks
+                counts[key] = value if key == "per_class_step" else counts.get(key, 0) + value
+            cut = {**manifest.get("prompts_cut", {}), **entry.pop("prompts_cut", {})}
+            manifest.update(entry, **({"prompts_cut": cut} if cut else {}))
             bar.update(len(got))
 
         run_tasks(_learn_group_task, [(labels, str(out), config, g, overwrite) for g in todo], workers, done)
     if manifest:
         resume = {"resume": "; ".join(notes)} if notes else {}
-        update_manifest(
-            out, "learn", {**manifest, **resume}, {"index": 0, "count": 1, "engine": "ray", "groups": len(todo)}
-        )
+        driver = {"index": 0, "count": 1, "engine": "ray", "groups": len(todo), "unet_evaluations": counts}
+        update_manifest(out, "learn", {**manifest, **resume}, driver)
     return LearnResult(learned, pending, time.time() - t0, "; ".join(notes) or None)
 
 

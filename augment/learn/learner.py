@@ -67,6 +67,7 @@ class TokenLearner:
         self.injector: EmbeddingInjector | None = None
         self._uncond: torch.Tensor | None = None  # the unconditional prompt's embedding (constant)
         self._reuse = None  # the feature cache of the step being computed (learn.cache_interval > 1)
+        self.class_steps = 0  # class-steps this learner ran (the manifest's unet_evaluations)
         self.scheduler = make_scheduler(pipe.scheduler, cfg.scheduler, cfg.timestep_spacing, cfg.steps_offset)
         self.scaler = LossScaler(pipe.unet.dtype == torch.float16)
         self.classes_per_step = cfg.max_classes_per_step
@@ -80,6 +81,7 @@ class TokenLearner:
     def step(self, active: list[ClassState]) -> None:
         """One learner step for every active class (the paper's Algorithm, batched over classes)."""
         cfg = self.cfg
+        self.class_steps += len(active)
         while True:  # 6. gradient into each token row
             per_sample, correct, probs = self.losses(active, backward=True)
             if self.scaler.unscale([s.embedding for s in active]):

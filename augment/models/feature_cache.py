@@ -46,6 +46,8 @@ class FeatureCache:
         for name in ("class_embedding", "add_embedding", "encoder_hid_proj"):
             if getattr(unet, name, None) is not None:
                 raise UserError(f"feature caching does not handle a UNet with {name}")
+        if getattr(unet.config, "center_input_sample", False):
+            raise UserError("feature caching does not handle a UNet with center_input_sample")
         self.unet, self.interval, self.branch = unet, interval, branch
         self._forward = None
         self._exact = False
@@ -145,7 +147,7 @@ class FeatureCache:
 
 def _cached_forward(cache: FeatureCache):
     def forward(unet, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
-        plain = not args and not any(v is not None for k, v in kwargs.items() if k != "cross_attention_kwargs")
+        plain = not args and not any(v is not None for v in kwargs.values())  # (cross-attention kwargs: a LoRA scale)
         up_factor = 2**unet.num_upsamplers
         if cache._exact or not plain or any(s % up_factor for s in sample.shape[-2:]):
             return cache._forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)

@@ -98,8 +98,15 @@ def worker_slot(index: int | None, count: int | None) -> tuple[int, int]:
             index, count = 0, 1
             if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
                 first = env_int("SLURM_ARRAY_TASK_MIN", 0)
-                index = env_int("SLURM_ARRAY_TASK_ID", minimum=first) - first
-                count = env_int("SLURM_ARRAY_TASK_COUNT", minimum=1)
+                task, tasks_in_array = (
+                    env_int("SLURM_ARRAY_TASK_ID", minimum=first),
+                    env_int("SLURM_ARRAY_TASK_COUNT", minimum=1),
+                )
+                if task is None or tasks_in_array is None:
+                    raise UserError(
+                        "$SLURM_ARRAY_TASK_ID and $SLURM_ARRAY_TASK_COUNT must both be whole numbers (one is empty)"
+                    )
+                index, count = task - first, tasks_in_array
             tasks = env_int("SLURM_STEP_NUM_TASKS", 1, minimum=1)  # srun sets it for a step, sbatch does not
             if tasks > 1 and "SLURM_PROCID" in env:
                 index, count = index * tasks + env_int("SLURM_PROCID", 0), count * tasks

@@ -111,6 +111,13 @@ def _model_type(name: str) -> str | None:
         return None
 
 
+def _id2label_is_mapping(path: str) -> bool:
+    try:
+        return isinstance(json.loads((Path(path) / "config.json").read_text()).get("id2label", {}), dict)
+    except (OSError, ValueError, AttributeError):
+        return True  # not a local config: the error is not about it
+
+
 def _num_labels(path: str) -> str:
     try:
         config = json.loads((Path(path) / "config.json").read_text())
@@ -141,6 +148,8 @@ def load_hf(name: str, spec: str):
         if isinstance(e, RuntimeError) and "mismatch" not in str(e):  # or an id2label that is no mapping
             raise
         if not isinstance(e, RuntimeError):
+            if _id2label_is_mapping(path):
+                raise
             raise UserError(f"guide {spec!r}: config.json's id2label must map each output to its name") from None
         raise UserError(
             f"guide {spec!r}: config.json's classes (num_labels {_num_labels(path)}) do not match the classifier "
