@@ -8,7 +8,6 @@ The string `{toy}` in any value expands to the directory of the toy world's comm
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from augment.settings import (  # noqa: F401  (re-exported: augment.config is wh
     SAMPLERS,
     DateOptions,
     check_cache,
+    check_device,
     check_scheduler,
     check_size,
     check_templates,
@@ -359,14 +359,9 @@ class RunConfig:
             raise UserError(
                 f"label_match must be one of {', '.join(LABEL_MATCH)}, got {self.label_match!r}", "label_match"
             )
-        if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:[0-9]+)?", self.device):
-            raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
+        check_device(self.device)
         self.learn.validate()
         self.generate.validate()
-        if self.device not in ("auto", "cuda") and not self.device.startswith("cuda:"):
-            from augment.devices import resolve_device
-
-            resolve_device(self.device)  # mps, xpu: available here (CUDA's index is checked per process)
 
 
 def list_presets() -> list[str]:

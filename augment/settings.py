@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,6 +108,17 @@ def check_size(section, where: str) -> None:
         value = getattr(section, key)
         if value is not None and (value < 8 or value % 8):
             raise UserError(f"{where}.{key} must be a positive multiple of 8 (or null: the generator's), got {value}")
+
+
+def check_device(device: str, argument: str = "device") -> None:
+    """A device name's form (auto, cpu, cuda[:N], mps[:N], xpu[:N]), and MPS/XPU available in this process
+    (CUDA's index is checked where each process binds its GPU: augment.devices)."""
+    if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:[0-9]+)?", device):
+        raise UserError(f"{argument} must be auto, cpu, cuda, cuda:N, mps or xpu, got {device!r}", argument)
+    if device.startswith(("mps", "xpu")):
+        from augment.devices import resolve_device
+
+        resolve_device(device)
 
 
 def check_cache(section, where: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from augment.data.images import Split, concat
 from augment.data.mixing import index_batches, mixed_batches
 from augment.devices import bind_device, resolve_device
 from augment.errors import UserError
-from augment.settings import check_types
+from augment.settings import check_device, check_types
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3  # as the toy world's classifiers
@@ -81,10 +80,7 @@ class TrainConfig:
             raise UserError(f"real_fraction must be a number in [0, 1] or {UNIFORM}, got {self.real_fraction!r}")
         if not self.model.strip():
             raise UserError("model must name a timm model, got ''", "model")
-        if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:[0-9]+)?", self.device):
-            raise UserError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}", "device")
-        if self.device.startswith(("mps", "xpu")):
-            resolve_device(self.device)  # available here
+        check_device(self.device)
         for name in ("lr", "weight_decay", "warmup", "label_smoothing", "crop_pct"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be ≥ 0, got {getattr(self, name)}", name)

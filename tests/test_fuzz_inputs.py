@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import typing
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -51,20 +52,20 @@ def _base(prog: str, command: str, out: str) -> list[str]:
     return [command, "--preset", "toy", "--labels", LABELS, "--out", out, "--generator", MISSING, "--no-progress"]
 
 
-def _not_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return True
-    return False
+def _not(parse):
+    """A filter: True for a text that `parse` (int, float) refuses."""
+
+    def refused(text: str) -> bool:
+        try:
+            parse(text)
+        except ValueError:
+            return True
+        return False
+
+    return refused
 
 
-def _not_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return True
-    return False
+_not_int, _not_float = _not(int), _not(float)
 
 
 JUNK = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
@@ -150,17 +151,8 @@ def _strategy(prog: str, command: str, name: str):
 def _run(prog: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     err, out = io.StringIO(), io.StringIO()
     main = augment_main if prog == "augment" else downstream_main
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = main(argv)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(argv)
     return code, err.getvalue()
 
 

@@ -21,6 +21,9 @@ class ImageSource(Protocol):
     def __call__(self, i: int) -> Image.Image: ...
 
 
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # PIL: not an image, truncated, a bomb
+
+
 class FileImages:
     """Images read from files on demand."""
 
@@ -34,7 +37,7 @@ class FileImages:
         try:
             with Image.open(self.paths[i]) as im:
                 return im.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's unreadable, truncated
+        except UNREADABLE as e:
             first = (str(e).splitlines() or [""])[0]
             raise UserError(f"{self.paths[i]}: not a readable image ({type(e).__name__}: {first})") from None
 
@@ -45,7 +48,7 @@ class FileImages:
             try:
                 with Image.open(path):
                     pass
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            except UNREADABLE:
                 bad.append(path)
         return bad
 

@@ -28,7 +28,7 @@ from augment.models.generator import generator_source, load_generator, speed_up,
 from augment.models.guides import load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.prompting import cuts_note, prompt_cuts
-from augment.models.sampling import UNetRows, make_scheduler, sampler_calls
+from augment.models.sampling import UNetRows, image_calls, make_scheduler
 from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
@@ -220,8 +220,7 @@ def _run_units(out, labels, config, units, pending, chash, models: GenerationMod
         with UNetRows(models.pipe.unet) as counted:
             markers = models.generate(out, labels, config, pending, chash, on_images=bar.update, on_unit=on_unit)
     g = config.generate
-    calls, guided = sampler_calls(models.pipe.scheduler, "pipeline", g.num_inference_steps, g.guidance_cutoff)
-    per_image = calls + (guided if g.guidance_scale > 1 else 0)
+    per_image = sum(image_calls(models.pipe.scheduler, g))
     images = sum(u.count for u in pending)
     if worker is not None:  # per worker (workers.generate.<i>of<n>): each process counts its own
         worker = {

@@ -27,7 +27,7 @@ from augment.models.generator import generator_source, load_generator, text_enco
 from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.prompting import cuts_note, prompt_cuts
-from augment.models.sampling import UNetRows, sampler_calls
+from augment.models.sampling import UNetRows, learner_calls
 from augment.run.manifest import update_manifest
 from augment.run.storage import check_out, converts_storage_errors, out_path, storage_errors
 from augment.run.workers import Workers, lock_worker_slot
@@ -159,7 +159,7 @@ def learn_groups(
         if checkpoint.note and checkpoint.note not in notes:
             notes.append(checkpoint.note)
     c = config.learn
-    calls, guided = sampler_calls(learner.scheduler, "pipeline", c.num_inference_steps, c.guidance_cutoff)
+    calls, guided = learner_calls(learner.scheduler, c)
     counts = {  # this process's: planned (at most, for the classes it had to learn) and done (a hook on the UNet)
         "per_class_step": c.batch_size * (calls + guided),
         "classes": len(todo_classes),

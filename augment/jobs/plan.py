@@ -27,7 +27,7 @@ from augment.errors import UserError
 from augment.jobs.learn import plan_groups
 from augment.labels import LabelSet, as_label_set
 from augment.models.feature_cache import shallow_rows
-from augment.models.sampling import sampler_calls
+from augment.models.sampling import image_calls, learner_calls
 from augment.run.workers import Workers
 
 # The scheduler configs of the presets' hub generators, as their repos hold them (augment/testing/sd_configs,
@@ -142,9 +142,7 @@ def plan_run(
     learn = generate = None
     if "learn" in stages:
         c = config.learn
-        calls, guided = sampler_calls(
-            base, c.scheduler, c.num_inference_steps, c.guidance_cutoff, c.timestep_spacing, c.steps_offset
-        )
+        calls, guided = learner_calls(base, c)
         per_step = c.batch_size * (calls + guided)
         first = calls - min(max(c.grad_steps, 1), calls)  # the gradient calls run whole
         shallow = c.batch_size * (shallow_rows(calls, c.cache_interval, exact_from=first)
@@ -158,8 +156,7 @@ def plan_run(
                      f"{c.batch_size} conditional rows")  # fmt: skip
     if "generate" in stages:
         g = config.generate
-        calls, guided = sampler_calls(base, g.scheduler, g.num_inference_steps, g.guidance_cutoff)
-        guided = guided if g.guidance_scale > 1 else 0
+        calls, guided = image_calls(base, g)
         units = plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
         per_unit = [u.count * (calls + guided) for u in units]
         images = len(labels) * g.images_per_class

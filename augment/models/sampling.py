@@ -40,6 +40,21 @@ def sampler_calls(
     return calls, guided_calls(calls, cutoff)
 
 
+def learner_calls(base, c) -> tuple[int, int]:
+    """(UNet calls, guided ones) of one learner trajectory under LearnConfig `c` (the learner evaluates both
+    halves where guided, whatever the scale)."""
+    return sampler_calls(
+        base, c.scheduler, c.num_inference_steps, c.guidance_cutoff, c.timestep_spacing, c.steps_offset
+    )
+
+
+def image_calls(base, g) -> tuple[int, int]:
+    """(UNet calls, guided ones) of one generated image under GenerateConfig `g` (diffusers' pipelines skip
+    classifier-free guidance at a scale ≤ 1)."""
+    calls, guided = sampler_calls(base, g.scheduler, g.num_inference_steps, g.guidance_cutoff)
+    return calls, guided if g.guidance_scale > 1 else 0
+
+
 class UNetRows:
     """Counts UNet evaluations (image rows through a UNet call) while active: a forward pre-hook on the UNet."""
 
