@@ -15,6 +15,7 @@ COMMANDS = {
     "learn": "augment.commands.learn",
     "generate": "augment.commands.generate",
     "build": "augment.commands.build",
+    "adapt": "augment.commands.adapt",
     "score": "augment.commands.score",
     "verify": "augment.commands.verify",
 }

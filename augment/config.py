@@ -1,7 +1,8 @@
 """Run configuration: dataclasses, presets (augment/presets/*.yaml, shipped in the wheel), YAML files and CLI overrides.
 
 A preset or config file is YAML with top-level keys `generator`, `guide`, `eval_classifier`, `clip_templates`,
-`device`, `dtype`, `label_match`, and sections `learn:` and `generate:` whose keys are the fields of LearnConfig / GenerateConfig.
+`device`, `dtype`, `label_match`, and sections `learn:`, `generate:` and `lora:` whose keys are the fields of LearnConfig /
+GenerateConfig / LoraConfig.
 The string `{toy}` in any value expands to the directory of the toy world's committed weights.
 """
 
@@ -24,6 +25,7 @@ from augment.settings import (  # noqa: F401  (re-exported: augment.config is wh
     REFINE_METHODS,
     SAMPLERS,
     DateOptions,
+    LoraConfig,
     check_cache,
     check_device,
     check_scheduler,
@@ -339,6 +341,7 @@ class RunConfig:
     # (augment.labels.match_to_guide)
     learn: LearnConfig = field(default_factory=LearnConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapting the generator (augment adapt) and its adapter
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -362,6 +365,7 @@ class RunConfig:
         check_device(self.device)
         self.learn.validate()
         self.generate.validate()
+        self.lora.validate()
 
 
 def list_presets() -> list[str]:
@@ -378,6 +382,7 @@ def _expand(value: Any) -> Any:
     return value
 
 
+SECTIONS = ("learn", "generate", "lora")  # a config's mappings of their own (dataclasses of RunConfig)
 MAX_CONFIG_BYTES = 1 << 20  # a config file's size at most (1 MiB; presets are under 4 KiB)
 MAX_CONFIG_NODES = 100_000  # values in it, counting every alias expansion (a YAML "billion laughs" stops here)
 MAX_CONFIG_DEPTH = 16  # mappings and lists inside each other
@@ -460,7 +465,7 @@ def load_config(
     sources.append(("command line", nested))
     for _, data in sources:
         for key, value in data.items():
-            if key in ("learn", "generate") and isinstance(value, dict):
+            if key in SECTIONS and isinstance(value, dict):
                 section = merged.setdefault(key, {})
                 for name, v in value.items():  # DATE's options merge key by key; any other value replaces
                     both = name == "refine_options" and isinstance(v, dict) and isinstance(section.get(name), dict)
@@ -469,11 +474,12 @@ def load_config(
                 merged[key] = value
     merged = _expand(merged)
     _string_keys(merged, "config")
-    top = {k: v for k, v in merged.items() if k not in ("learn", "generate")}
-    names = {f.name for f in dataclasses.fields(RunConfig)} - {"learn", "generate"}
+    top = {k: v for k, v in merged.items() if k not in SECTIONS}
+    names = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)
     unknown = sorted(set(top) - names)
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     learn = _section(LearnConfig, merged.get("learn", {}), "learn")
     generate = _section(GenerateConfig, merged.get("generate", {}), "generate")
-    return RunConfig(**top, learn=learn, generate=generate)
+    lora = _section(LoraConfig, merged.get("lora", {}), "lora")
+    return RunConfig(**top, learn=learn, generate=generate, lora=lora)

@@ -215,3 +215,88 @@ class DateOptions:
             for i in range(num_steps - 1)
             if i % self.every == 0 and self.start * num_steps <= i < self.stop * num_steps
         ]
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name (StableDiffusionLoraLoaderMixin)
+
+
+@dataclass
+class LoraConfig:
+    """`lora:` — adapting the generator to a label set's real shots (`augment adapt`, augment.adapt.lora) and the
+    adapter the learner and generation apply (`weights`). The training defaults are DataDream's (ExplainableML/
+    DataDream datadream.py, bash_run.sh; ../shared/PEERS-LORA.md): rank = alpha = 16, gaussian init, the UNet's
+    to_q/k/v/out.0 and the text encoder's q/k/v/out_proj, AdamW lr 1e-4 wd 1e-2, cosine with 100 warm-up steps,
+    batch 8, 200 epochs, clip 1.0, plain ε-MSE (no prior loss); dataset-level (one adapter on all classes' shots)."""
+
+    weights: str | None = field(
+        default=None,
+        metadata=flag("--lora", "a LoRA on the generator (a directory `augment adapt` made, or any diffusers "
+                      f"LoRA directory holding {LORA_WEIGHTS}), fused into it before learning and generating"),
+    )  # fmt: skip
+    scale: float = 1.0  # the adapter's weight when fused (DataDream generates at 1.0)
+    rank: int = field(default=16, metadata=flag("--rank", "LoRA rank (DataDream: 16)", int))
+    alpha: float = 16.0  # LoRA alpha: the update is scaled by alpha / rank
+    text_encoder: bool = True  # also adapt the text encoder's attention (DataDream: on)
+    epochs: int = field(default=200, metadata=flag("--epochs", "passes over the shots (DataDream: 200)", int))
+    max_steps: int | None = field(
+        default=None, metadata=flag("--max-steps", "optimizer steps at most (default: epochs × batches)", int)
+    )
+    batch_size: int = field(default=8, metadata=flag("--batch-size", "images per step (DataDream: 8)", int))
+    lr: float = field(default=1e-4, metadata=flag("--lr", "learning rate (DataDream: 0.0001)", float))
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # or "constant"
+    grad_clip: float = 1.0
+    caption: str = "a photo of a {name}"  # each shot's caption; DataDream: "a {domain }photo of a {name}"
+    resolution: int | None = None  # None → the generator's native size; images: short side resized, random crop
+    gradient_checkpointing: bool = False
+    seed: int = field(default=0, metadata=flag("--seed", "seed (the same seed gives the same adapter)", int))
+    checkpoint_every: int = 100  # save the trainer's state every N steps (resume after a kill); 0: never
+
+    def validate(self) -> None:
+        check_types(self, "lora")
+        for key in ("rank", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"lora.{key} must be ≥ 1, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"lora.max_steps must be ≥ 1 (or null), got {self.max_steps}")
+        for key in ("lr", "alpha", "grad_clip"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"lora.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "warmup_steps", "seed", "checkpoint_every", "scale"):
+            if getattr(self, key) < 0:
+                raise UserError(f"lora.{key} must be ≥ 0, got {getattr(self, key)}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"lora.lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise UserError(f"lora.resolution must be a positive multiple of 8 (or null), got {self.resolution}")
+        if "{name}" not in self.caption:
+            raise UserError(f"lora.caption must contain {{name}}, got {self.caption!r}")
+        try:
+            self.caption.format(name="x")
+        except (KeyError, IndexError, ValueError):
+            raise UserError(f"lora.caption: only {{name}} may be a field, got {self.caption!r}") from None
+        if self.weights is not None:
+            check_lora_weights(self.weights)
+
+
+def check_lora_weights(spec: str) -> None:
+    """A LoRA directory: local, holding diffusers' weights file; peft installed to load it (UserError else)."""
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if not spec.strip() or "://" in spec:
+        raise UserError(f"lora.weights must be a local directory, got {spec!r}", "lora.weights")
+    if not path.is_dir():
+        raise UserError(f"{spec}: no such LoRA directory", "lora.weights")
+    if not (path / LORA_WEIGHTS).is_file():
+        raise UserError(f"{spec}: not a LoRA directory (no {LORA_WEIGHTS})", "lora.weights")
+    require_peft()
+
+
+def require_peft() -> None:
+    """diffusers loads and trains LoRA through peft: an optional extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise UserError("a LoRA needs peft: pip install 'augment[lora]'", "lora")

@@ -80,7 +80,7 @@ def load_sets(synthetic: dict[str, str | Path] | None, labels: LabelSet, *, lear
         if spec is not None:
             if not learned:
                 raise UserError(
-                    f"synthetic {name}={value}: learn: sets are made by fewshot; train takes a DIR", "synthetic"
+                    f"synthetic {name}={value}: {spec.route}: sets are made by fewshot; train takes a DIR", "synthetic"
                 )
             sets.append(spec)
         else:
@@ -115,7 +115,7 @@ def _inputs(dataset: str, labels, synthetic, training, *, learned: bool):
     config = train_config(kind, training)
     for name, value in (synthetic or {}).items():
         check_name(name)
-        parse_learned(name, str(value))  # a learn:PRESET's form and preset
+        parse_learned(name, str(value))  # a learn:/lora:/lora+learn:PRESET's form and preset
     parse_spec(dataset)
     labels = labels if isinstance(labels, LabelSet) else read_label_set(labels)
     for name, value in (synthetic or {}).items():  # the cheap part of each set before the dataset loads

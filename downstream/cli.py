@@ -33,7 +33,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="append", default=[], metavar="NAME=DIR",
                    help="a synthetic set written by `augment generate` (repeatable); fewshot also takes "
                    "NAME=learn:PRESET[+CONFIG.yaml]: for each shot count and trial a guide trained on those shots, "
-                   "tokens learned with it, a set generated")  # fmt: skip
+                   "tokens learned with it, a set generated; NAME=lora:PRESET: a LoRA trained on the generator from "
+                   "those shots, a set generated from plain prompts (DataDream's route); NAME=lora+learn:PRESET: "
+                   "both, the k-shot tokens learned on the adapted generator (needs augment[lora])")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the shot picks and the training of each trial")
     t = p.add_argument_group("training (defaults depend on the dataset: downstream.classifier.default_config)")
     add_fields(t, TrainConfig, "training.")

@@ -92,7 +92,7 @@ def check_grid(
     names = [s.name for s in synthetic]
     if len(set(names)) != len(names):
         raise UserError(f"synthetic names must be distinct, got {names}", "synthetic")
-    check_shots([s for s in synthetic if isinstance(s, LearnedSpec)], grid.shots)
+    check_shots([s for s in synthetic if isinstance(s, LearnedSpec)], grid.shots, out)
     counts = class_counts(dataset.train.labels, len(dataset.classes))
     k = max(grid.shots)
     if k > counts.min():

@@ -29,6 +29,7 @@ LAYERS = {
     "augment.toy": 2,
     "augment.testing": 2,
     "augment.learn": 3,
+    "augment.adapt": 3,
     "augment.generate": 3,
     "augment.metrics": 3,
     "downstream.classifier": 3,
@@ -47,6 +48,7 @@ EXACT_LAYERS = {"augment": 6, "downstream": 6}
 # Stage folders: prefix -> stage name (same rules as LAYERS).
 STAGES = {
     "augment.learn": "learn",
+    "augment.adapt": "adapt",
     "augment.generate": "generate",
     "augment.metrics": "metrics",
     "downstream.classifier": "downstream",

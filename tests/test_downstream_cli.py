@@ -253,6 +253,42 @@ def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots
     assert again[("kshot", 2)]["top1"] == first
 
 
+def test_fewshot_lora_rows_share_one_adapter_per_trial_and_the_combined_row_learns_on_it(tmp_path, monkeypatch):
+    """--synthetic lora=lora:toy+small.yaml --synthetic both=lora+learn:toy+small.yaml: one LoRA per (shots,
+    trial) trained on that trial's shots and shared by both rows; the lora row generates from plain prompts
+    on it, the combined row learns its tokens on it (recorded in their meta) and generates with them."""
+    pytest.importorskip("peft")
+    from augment.models.lora import lora_identity
+
+    labels = tmp_path / "fm3.txt"
+    labels.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
+        "generate:\n  images_per_class: 2\n  shard_size: 2\n  num_inference_steps: 2\n  batch_size: 6\n"
+        "lora:\n  max_steps: 2\n  batch_size: 3\n"
+    )
+    out = tmp_path / "out"
+    argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels), "--synthetic", f"lora=lora:toy+{small}",
+            "--synthetic", f"both=lora+learn:toy+{small}", "--shots", "2", "--trials", "1", "--out", str(out), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    cells = {c["set"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    (adapter,) = (out / "learned" / "_lora").glob("k0002-t0-*")  # one adapter for both rows
+    identity = lora_identity(str(adapter))
+    made = json.loads((adapter / "manifest.json").read_text())["adapt"]
+    assert made["images_per_class"] == [2, 2, 2] and made["steps"] == 2
+    assert cells["lora"]["lora"] == cells["both"]["lora"] == identity
+    assert cells["lora"]["train_images"] == cells["both"]["train_images"] == {"real": 6, "synthetic": 6}
+    assert "guide_top1" not in cells["lora"] and 0 <= cells["both"]["guide_top1"] <= 100
+    (lora_run,) = (out / "learned" / "lora").glob("k0002-t0-*/run")
+    (both_run,) = (out / "learned" / "both").glob("k0002-t0-*/run")
+    assert not (lora_run / "tokens").exists()  # plain prompts
+    meta = json.loads((both_run / "tokens" / "000-t-shirt" / "meta.json").read_text())
+    assert meta["lora"]["identity"] == identity  # learned on the adapted generator
+    for run in (lora_run, both_run):
+        assert json.loads((run / "manifest.json").read_text())["generate"]["lora"]["identity"] == identity
+
+
 def test_learned_set_needs_a_shot_count_and_a_known_preset(tmp_path, capsys):
     labels = tmp_path / "fm3.txt"
     labels.write_text("t-shirt\npullover\n")
@@ -262,6 +298,8 @@ def test_learned_set_needs_a_shot_count_and_a_known_preset(tmp_path, capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main([*base, "--synthetic", "k=learn:toy", "--shots", "0"]) == 2
     assert "needs a shot count ≥ 1" in capsys.readouterr().err
+    assert main([*base, "--synthetic", "k=lora+learn:toy", "--shots", "0"]) == 2
+    assert "k=lora+learn:toy needs a shot count ≥ 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from augment.cli import build_parser as augment_parser
 from augment.cli import main as augment_main
-from augment.config import GenerateConfig, LearnConfig, RunConfig
+from augment.config import SECTIONS, GenerateConfig, LearnConfig, LoraConfig, RunConfig
 from augment.settings import DateOptions
 from downstream.cli import build_parser as downstream_parser
 from downstream.cli import main as downstream_main
@@ -208,10 +208,10 @@ def _fits(value, hint) -> bool:
 
 def _config_cases():
     cases = []
-    for section, cls in (("", RunConfig), ("learn", LearnConfig), ("generate", GenerateConfig)):
+    for section, cls in (("", RunConfig), ("learn", LearnConfig), ("generate", GenerateConfig), ("lora", LoraConfig)):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ("learn", "generate"):
+            if f.name in SECTIONS:
                 continue
             hint = DateOptions if f.name == "refine_options" else hints[f.name]
             cases.append(pytest.param(section, f.name, hint, id=f"{section or 'top'}.{f.name}"))

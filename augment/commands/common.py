@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from augment.commands.options import add_fields, overrides
-from augment.config import RunConfig, list_presets, load_config
+from augment.config import LoraConfig, RunConfig, list_presets, load_config
 from augment.run.workers import Workers
 
 
@@ -22,6 +22,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"preset name from augment/presets ({', '.join(list_presets())})")
     p.add_argument("--config", help="YAML config file (same keys as a preset)")
     add_fields(p, RunConfig, recurse=False)
+    add_fields(p, LoraConfig, "lora.", only=("weights",))  # --lora DIR: an adapter `augment adapt` trained
     add_fields(p, Workers)
     add_progress_argument(p)
     p.add_argument("--plan", action="store_true",

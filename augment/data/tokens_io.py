@@ -90,12 +90,18 @@ def find_tokens_root(tokens: str | Path, labels: LabelSet) -> Path:
     return root
 
 
-def sampling_note(tokens_root: Path, labels: LabelSet, generate) -> str | None:
+def sampling_note(tokens_root: Path, labels: LabelSet, generate, lora: str | None = None) -> str | None:
     """A note when `generate` (a GenerateConfig) samples otherwise than the tokens were learned (sampler, steps,
-    guidance): a token is learned for the sampler it was learned under, and elsewhere it does less well."""
+    guidance), or on another generator adapter than theirs (`lora`: augment.models.lora.lora_identity): a token
+    is learned for the sampler and generator it was learned with, and elsewhere it does less well."""
     from augment.config import ADDED_LATER
 
-    learned = read_meta(tokens_root, labels.classes[0]).get("config")
+    meta = read_meta(tokens_root, labels.classes[0])
+    was = (meta.get("lora") or {}).get("identity")
+    if was != lora:
+        return (f"tokens learned on {'LoRA ' + was if was else 'the generator without a LoRA'}, used "
+                f"{'with LoRA ' + lora if lora else 'without one'}: tokens do best on the generator they were learned on")  # fmt: skip
+    learned = meta.get("config")
     if not learned:
         return None
     differ = []

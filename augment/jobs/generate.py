@@ -27,6 +27,7 @@ from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
 from augment.models.guides import load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
+from augment.models.lora import describe_lora, lora_identity
 from augment.models.prompting import cuts_note, prompt_cuts
 from augment.models.sampling import UNetRows, image_calls, make_scheduler
 from augment.run.manifest import update_manifest
@@ -117,13 +118,15 @@ def generate_set(
         "labels": labels.names(),
         "tokens": None if root is None else tokens_digest(root, labels),
     }
+    if config.lora.weights is not None:  # (left out without one: the hashes of runs made before adapters stay)
+        content["lora"] = {"identity": lora_identity(config.lora.weights), "scale": config.lora.scale}
     if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
         content["guide"] = {"spec": source_identity(loaded_spec(config)), "label_match": config.label_match}
     chash = shards.config_hash(content)
     mine = units[index::count]
     pending = shards.pending_units(out, labels.name, mine, chash, overwrite)
     base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count), "pending": pending,
-            "note": None if root is None else sampling_note(root, labels, g)}  # fmt: skip
+            "note": None if root is None else sampling_note(root, labels, g, lora_identity(config.lora.weights))}  # fmt: skip
     if dry_run:
         done = len(units) - len(shards.pending_units(out, labels.name, units, chash, True))
         return GenerateResult(done_units=done, dry_run=True, **base)
@@ -173,11 +176,13 @@ class GenerationModels:
         if wants_guide:
             guide = load_guide(loaded_spec(config), device, labels.names())
             guide_indices = match_labels(labels, guide, config.label_match).indices
-        pipe = load_generator(config.generator, device, config.dtype)
+        pipe = load_generator(config.generator, device, config.dtype, config.lora)
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
         speed = speed_up(pipe, g.channels_last, g.compile)
         token_map = None if root is None else load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))
         info = {"generator": generator_source(pipe), "speed": speed}
+        if config.lora.weights is not None:
+            info["lora"] = describe_lora(config.lora.weights, config.lora.scale)
         pairs = [((token_map or {}).get(c.position, ""), c.name) for c in labels.classes]
         cut = prompt_cuts(pipe.tokenizer, g.prompts, pairs)
         if cut:

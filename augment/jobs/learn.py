@@ -26,6 +26,7 @@ from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import generator_source, load_generator, text_encoder_fingerprint
 from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
+from augment.models.lora import describe_lora
 from augment.models.prompting import cuts_note, prompt_cuts
 from augment.models.sampling import UNetRows, learner_calls
 from augment.run.manifest import update_manifest
@@ -125,8 +126,10 @@ def learn_groups(
     matched = match_labels(labels, guide, config.label_match)
     if matched.note:
         print(f"augment: note: {matched.note}", file=sys.stderr)
-    pipe = load_generator(config.generator, device, config.dtype)
+    pipe = load_generator(config.generator, device, config.dtype, config.lora)
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
+    if config.lora.weights is not None:  # in every token's meta.json: generation compares it with its own
+        info["lora"] = describe_lora(config.lora.weights, config.lora.scale)
     mine = [c for g in groups for c in planned[g] if not is_learned(out, c)]  # what this process learns
     cut = prompt_cuts(pipe.tokenizer, config.learn.prompts, [(labels.token(c), c.name) for c in mine])
     if cut:
@@ -139,7 +142,8 @@ def learn_groups(
         lock_worker_slot(out, *worker)
         update_manifest(out, "learn", manifest, {"index": worker[0], "count": worker[1], **describe_device(device)})
     learner = TokenLearner(pipe, guide, labels, matched.indices, config.learn, out, info)
-    fingerprint = learn_fingerprint(config.learn, labels, source_identity(guide_spec), info["text_encoder"])
+    adapted = info["text_encoder"] + (f"+{info['lora']['identity']}@{config.lora.scale}" if "lora" in info else "")
+    fingerprint = learn_fingerprint(config.learn, labels, source_identity(guide_spec), adapted)
     learned: dict[int, dict] = {}
     notes: list[str] = []
     counted = UNetRows(pipe.unet)

@@ -55,4 +55,6 @@ def manifest_config(config) -> dict:
     for key in ("generator", "guide", "eval_classifier"):
         if data.get(key):
             data[key] = source_name(data[key])
+    if (data.get("lora") or {}).get("weights"):
+        data["lora"]["weights"] = source_name(data["lora"]["weights"])
     return data

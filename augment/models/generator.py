@@ -18,8 +18,9 @@ NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "require
 _NOTED: set[str] = set()  # dtype notes already shown by this process
 
 
-def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
-    """A StableDiffusionPipeline from a hub id ("CompVis/stable-diffusion-v1-4") or a local directory.
+def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", lora=None):
+    """A StableDiffusionPipeline from a hub id ("CompVis/stable-diffusion-v1-4") or a local directory; `lora`
+    (a LoraConfig whose `weights` is set): that adapter fused in (augment.models.lora).
 
     No safety checker (we make training data, and the checker costs time per image). Missing weights with
     no reachable hub give one clear UserError that says how to point at a local directory instead.
@@ -52,6 +53,10 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
             argument="generator",
         ) from None
     pipe.set_progress_bar_config(disable=True)
+    if lora is not None and lora.weights is not None:
+        from augment.models.lora import apply_lora
+
+        apply_lora(pipe, lora.weights, lora.scale)
     return pipe.to(dev)
 
 

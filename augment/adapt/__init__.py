@@ -1,0 +1,1 @@
+"""Adapting the generator to real images: LoRA on the shots (augment.adapt.lora)."""
