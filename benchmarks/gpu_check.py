@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from augment.models.feature_cache import shallow_rows
     from augment.models.generator import load_generator, resolve_device, resolve_dtype, speed_up
     from augment.models.guides import load_guide
-    from augment.models.sampling import guided_calls, make_scheduler
+    from augment.models.sampling import guided_calls, learner_calls, make_scheduler
     from augment.testing import save_random_pipeline, save_vit_mae_cub
 
     try:
@@ -249,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     base = n / gen["plain (diffusers, full guidance)"]["seconds"]
     for r in gen.values():
         r["images_per_s"] = n / r["seconds"]
+    # what `augment build --plan --rates FILE` turns into time: UNet rows per second at the preset's settings
+    preset = gen[f"augment (cutoff {g.guidance_cutoff}: the preset)"]
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    res["rates"] = {"device": f"{name}, {env['dtype']}, SD-1.4 size at {args.size} px",
+                    "generate_rows_per_s": preset["images_per_s"] * preset["unet_evals_per_image"]}  # fmt: skip
+    if res["learner"]:
+        lcalls, lguided = learner_calls(sched, lc)
+        first = res["learner"][0]
+        res["rates"]["learn_rows_per_s"] = lc.batch_size * (lcalls + lguided) / first["seconds_per_class_step"]
     head = ["path", "steps", "UNet evals/image", "seconds", "images/s", "vs plain", "peak GiB"]
     rows = [[name, args.steps, r["unet_evals_per_image"], r["seconds"], r["images_per_s"],
              f"{r['images_per_s'] / base:.2f}x", gib(r["peak_bytes"])] for name, r in gen.items()]  # fmt: skip

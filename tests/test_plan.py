@@ -83,3 +83,28 @@ def test_the_sd14_cub_plan_matches_a_short_run_of_its_sampler(sd14_narrow_dir, t
     assert learned["shallow_done"] == learned["class_steps_done"] * plan.learn.shallow_per_unit
     assert made["done"] == plan.generate.evaluations == 4 * 8
     assert made["shallow_done"] == 4 * plan.generate.shallow_per_unit > 0
+
+
+def test_measured_rates_turn_the_plan_into_time(tmp_path, capsys):
+    """--rates FILE (benchmarks/gpu_check.py's "rates"): each stage's rows over its rate, for the busiest worker;
+    a file without a positive rate, or --rates without --plan, is one line and exit 2."""
+    rates = tmp_path / "gpu.json"
+    rates.write_text(json.dumps({"rates": {"device": "a test GPU", "generate_rows_per_s": 77.0,
+                                           "learn_rows_per_s": 385.0}}))  # fmt: skip
+    base = ["build", "--preset", "sd14-cub", "--labels", str(ROOT / "manifests" / "cub200.txt"), "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main([*base, "--plan", "--rates", str(rates)]) == 0
+    printed = capsys.readouterr().out
+    # 200 classes × 200 steps × 385 rows / 385 rows/s = 40,000 s; 20,000 images × 77 rows / 77 rows/s = 20,000 s
+    assert "time at the rates measured on a test GPU: learn at most 11.1 h, generate 5.6 h" in printed
+    assert main([*base, "--plan", "--rates", str(rates), "--num-workers", "4", "--worker-index", "0"]) == 0
+    # the busiest worker: 7 groups of at most 32 classes dealt to 4 workers, two get 64 classes: 4,928,000 rows
+    assert "the busiest worker: learn at most 3.6 h, generate 1.4 h" in capsys.readouterr().out
+    plan = plan_run(ROOT / "manifests" / "cub200.txt", load_config("sd14-cub"), rates={"generate_rows_per_s": 1.0})
+    assert plan.seconds() == {"generate": 200 * 100 * 77}
+    rates.write_text(json.dumps({"generate_rows_per_s": 0}))
+    assert main([*base, "--plan", "--rates", str(rates)]) == 2
+    assert "generate_rows_per_s must be a positive number" in capsys.readouterr().err
+    assert main([*base, "--rates", str(rates)]) == 2
+    assert "--rates goes with --plan" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -67,6 +67,8 @@ def test_a_ray_build_with_workers_killed_mid_unit_gives_the_one_process_bytes(
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["generate"]["engine"] == "ray" and len(manifest["generate"]["shards"]) == 6
+    counted = manifest["workers"]["generate"]["0of1"]["unet_evaluations"]  # the actors' counts, summed
+    assert counted["done"] == counted["planned"] == counted["images"] * counted["per_image"] > 0
     assert "generated 12 images in 6 shard(s)" in stdout
 
 

@@ -28,13 +28,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="store_true",
                    help="print the UNet evaluations this would cost, per class, in total and per worker, and exit "
                    "(no model loads, nothing written)")  # fmt: skip
+    p.add_argument("--rates", metavar="FILE",
+                   help="with --plan: a JSON of measured UNet rates on your device (benchmarks/gpu_check.py --out "
+                   "writes one): the plan adds the time they give")  # fmt: skip
 
 
 def print_plan(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     """`--plan`: the run's cost (augment.jobs.plan) on stdout."""
-    from augment.jobs.plan import plan_run
+    from augment.jobs.plan import plan_run, read_rates
 
-    print(plan_run(args.labels, resolve_config(args), workers=workers_from(args), stages=stages).summary())
+    rates = None if args.rates is None else read_rates(args.rates)
+    plan = plan_run(args.labels, resolve_config(args), workers=workers_from(args), stages=stages, rates=rates)
+    print(plan.summary())
     return 0
 
 
@@ -46,6 +51,10 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Defaults ← preset ← config file ← the flags given."""
+    if getattr(args, "rates", None) is not None and not getattr(args, "plan", False):
+        from augment.errors import UserError
+
+        raise UserError("--rates goes with --plan (it turns the plan's counts into time)", "rates")
     return load_config(args.preset, args.config, overrides(args))
 
 

@@ -284,12 +284,16 @@ class UnitActor:
         if self.error is not None:
             raise self.error
         unit, chash = job
+        counts = {"per_image": sum(image_calls(self.models.pipe.scheduler, self.config.generate)), "images": 0,
+                  "done": 0, "shallow_done": 0}  # fmt: skip
         with storage_errors(self.out):
             if not shards.unit_done(self.out, self.labels.name, unit, chash, overwrite=True):
                 shards.remove_stale_tmp(self.out, self.labels.name, [unit])
-                self.models.generate(self.out, self.labels, self.config, [unit], chash)
+                with UNetRows(self.models.pipe.unet) as counted:
+                    self.models.generate(self.out, self.labels, self.config, [unit], chash)
+                counts.update(images=unit.count, done=counted.rows, shallow_done=counted.shallow)
             marker = shards.read_marker(self.out, self.labels.name, unit)
-        return marker, self.models.info
+        return marker, {**self.models.info, "_unet": counts}
 
 
 def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifest, workers, progress) -> dict:
@@ -305,10 +309,16 @@ def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifes
     init = {"labels": labels, "out": str(out), "config": config, "tokens": None if root is None else str(root),
             "score": score}  # fmt: skip
     markers: list[dict] = []
+    counts = {"per_image": 0, "images": 0, "planned": 0, "done": 0, "shallow_done": 0}  # summed over the actors
     with _bar(pending, progress) as bar, ray_session(workers):
 
         def on_done(result: tuple[dict, dict]) -> None:
             marker, info = result
+            unet = info.pop("_unet")
+            for key in ("images", "done", "shallow_done"):
+                counts[key] += unet[key]
+            counts["per_image"] = unet["per_image"]
+            counts["planned"] = counts["images"] * unet["per_image"]
             done[marker["unit"]] = marker
             manifest.update(info)
             markers.append(marker)
@@ -317,7 +327,7 @@ def _run_on_ray(out, labels, config, units, pending, chash, root, score, manifes
         run_actor_pool(UnitActor, init, [(u, chash) for u in pending], workers, on_done)
     _rescan(out, labels, units, chash, done)
     listed = {k: {"sha256": m["sha256"], "count": m["count"]} for k, m in sorted(done.items())}
-    update_manifest(out, "generate", {**manifest, "shards": listed}, slot)
+    update_manifest(out, "generate", {**manifest, "shards": listed}, {**slot, "unet_evaluations": counts})
     complete = _finish(out, labels, units, manifest)
     return {"units": len(markers), "images": sum(m["count"] for m in markers), "seconds": time.time() - t0,
             "complete": complete}  # fmt: skip

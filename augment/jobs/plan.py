@@ -47,6 +47,32 @@ class StagePlan:
     per_worker: list[int] = field(default_factory=list)  # evaluations of each worker's share
 
 
+RATE_KEYS = ("learn_rows_per_s", "generate_rows_per_s")  # UNet rows per second, measured (gpu_check's "rates")
+
+
+def read_rates(path: str | Path) -> dict[str, float]:
+    """Measured rates from a JSON file: {"rates": {...}} as benchmarks/gpu_check.py writes it, or the mapping
+    itself; each of RATE_KEYS present a positive number (UserError otherwise, one line)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--rates {path}: cannot read a JSON file ({type(e).__name__})", "rates") from None
+    rates = data.get("rates", data) if isinstance(data, dict) else None
+    if not isinstance(rates, dict) or not any(k in rates for k in RATE_KEYS):
+        raise UserError(f"--rates {path}: no {' or '.join(RATE_KEYS)} in it", "rates")
+    out = {}
+    for key in RATE_KEYS:
+        if key in rates:
+            v = rates[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+                raise UserError(f"--rates {path}: {key} must be a positive number, got {v!r}", "rates")
+            out[key] = float(v)
+    if isinstance(rates.get("device"), str):
+        out["device"] = rates["device"]  # type: ignore[assignment]
+    return out
+
+
 @dataclass
 class RunPlan:
     classes: int
@@ -54,6 +80,7 @@ class RunPlan:
     learn: StagePlan | None
     generate: StagePlan | None
     notes: list[str] = field(default_factory=list)
+    rates: dict | None = None  # measured UNet rows per second (read_rates): the plan's time estimate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +102,35 @@ class RunPlan:
                 parts = [f"{name} {getattr(self, name).per_worker[i]:,}" for name in ("learn", "generate")
                          if getattr(self, name) is not None]  # fmt: skip
                 lines.append(f"  worker {i}: " + ", ".join(parts))
+        lines += self._times()
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def seconds(self) -> dict[str, float]:
+        """Each stage's time at the measured rates, for its busiest worker (learning: at most)."""
+        out = {}
+        for name in ("learn", "generate"):
+            stage, rate = getattr(self, name), (self.rates or {}).get(f"{name}_rows_per_s")
+            if stage is not None and rate:
+                out[name] = max(stage.per_worker or [stage.evaluations]) / rate
+        return out
+
+    def _times(self) -> list[str]:
+        times = self.seconds()
+        if not times:
+            return []
+        where = f" measured on {self.rates['device']}" if self.rates.get("device") else ""
+        parts = [f"{name} {'at most ' if name == 'learn' else ''}{_duration(s)}" for name, s in times.items()]
+        per = ", the busiest worker" if self.workers > 1 else ""
+        return [f"  time at the rates{where}{per}: " + ", ".join(parts)]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _shallow(p: StagePlan) -> str:
@@ -123,9 +177,11 @@ def plan_run(
     workers: Workers | None = None,
     stages: tuple[str, ...] = ("learn", "generate"),
     tokens: bool = True,
+    rates: dict | None = None,
 ) -> RunPlan:
     """The UNet evaluations `stages` of a run would make (see the module docstring); nothing loads or is
-    written. `tokens=False`: generation from plain prompts (the same count)."""
+    written. `tokens=False`: generation from plain prompts (the same count). `rates` (read_rates): the time
+    they take at those measured rates."""
     import diffusers
 
     labels, workers = as_label_set(labels), workers or Workers()
@@ -166,4 +222,6 @@ def plan_run(
             notes.append(f"generation refines with {g.refine}: its gradient calls are not in the plan")
     if workers.engine == "ray":
         notes.append("--engine ray: Ray hands the units to its workers as they free up; the totals hold")
-    return RunPlan(len(labels), count, learn, generate, notes)
+    if rates:
+        notes.append("time: the rates' device, generator size, dtype and settings are assumed to be this run's")
+    return RunPlan(len(labels), count, learn, generate, notes, rates)
