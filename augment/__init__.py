@@ -8,7 +8,9 @@
     augment.generate_set("manifests/fashion-mnist.txt", "runs/toy", cfg, tokens="runs/toy")
     report = augment.score_set("runs/toy", cfg, reference="fashion-mnist")
 
-`augment.build` does learn + generate; `augment.Workers` says how the units reach workers (this process's
+`augment.adapt_generator(labels, images, out, cfg)` trains a LoRA on the generator from real images (a
+`augment.data.images.Split`; `cfg.lora`), and `cfg.lora.weights = out` fuses it in before learning and
+generating. `augment.build` does learn + generate; `augment.Workers` says how the units reach workers (this process's
 share under torchrun/Slurm, or every unit on a Ray cluster: `Workers(engine="ray")`). Mistakes in the input raise `augment.UserError` (one line) before any model is loaded.
 """
 
@@ -22,6 +24,9 @@ _EXPORTS = {
     "build": "augment.jobs.build",
     "BuildResult": "augment.jobs.build",
     "score_set": "augment.jobs.score",
+    "adapt_generator": "augment.jobs.adapt",
+    "AdaptResult": "augment.jobs.adapt",
+    "LoraConfig": "augment.config",
     "Workers": "augment.run.workers",
     "load_config": "augment.config",
     "RunConfig": "augment.config",

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("benchmarks/gpu_check.py", ["--device", "tpu9"], "unknown device 'tpu9'"),
         ("benchmarks/bench_storage.py", ["--threads", "0"], "--threads must be >= 1"),
         ("benchmarks/bench_cpu_dtypes.py", ["--seconds", "0"], "--seconds must be > 0"),
+        ("benchmarks/bench_lora.py", ["--steps", "0"], "--steps must be >= 1"),
     ],
 )
 def test_benchmark_bad_option_is_one_line_and_exit_2(script, option, message):

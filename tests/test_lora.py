@@ -211,3 +211,23 @@ def test_lora_inputs_are_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(UserError, match=r"augment\[lora\]"):
         require_peft()
+
+
+def test_the_note_names_both_another_adapter_and_another_sampler(tmp_path):
+    from augment.config import GenerateConfig
+    from augment.data.tokens_io import sampling_note, save_token
+    from augment.labels import as_label_set
+
+    labels = as_label_set(_labels(tmp_path))
+    learned = {"config": {"scheduler": "pipeline", "num_inference_steps": 10, "guidance_scale": 4.0},
+               "lora": {"identity": "lora:aaaa"}}  # fmt: skip
+    for c in labels.classes:
+        save_token(tmp_path / "run", c, f"<c{c.position}>", torch.zeros(8), {**learned, "token": f"<c{c.position}>"})
+    same = GenerateConfig(num_inference_steps=10, guidance_scale=4.0)
+    assert sampling_note(tmp_path / "run", labels, same, "lora:aaaa") is None
+    note = sampling_note(tmp_path / "run", labels, GenerateConfig(num_inference_steps=20, guidance_scale=4.0), None)
+    assert note.startswith("tokens learned on LoRA lora:aaaa, used without one; sampling otherwise")
+    assert "num_inference_steps 10 → 20" in note
+    other = sampling_note(tmp_path / "run", labels, same, "lora:bbbb")
+    assert other == ("tokens learned on LoRA lora:aaaa, used with LoRA lora:bbbb: tokens do best on the generator "
+                     "and sampler they were learned with")  # fmt: skip

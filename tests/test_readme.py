@@ -37,6 +37,8 @@ COMMANDS = {
     "ls my_photos > my_classes.txt": ("ls", []),
     "downstream train --dataset imagefolder:my_photos --labels my_classes.txt --save-classifier runs/my-guide": ("run", ["--model", "resnet18", "--model-kwargs", '{"channels": [8, 8, 16, 16], "stem_width": 8}', "--no-pretrained", "--image-size", "32", "--steps", "2", "--no-progress"]),
     "augment build --preset sd21-base --labels my_classes.txt --guide clip:openai/clip-vit-large-patch14 --out runs/mine-clip": ("dry-run", []),
+    "augment adapt --preset sd21-base --labels my_classes.txt --dataset imagefolder:my_photos --shots 4 --out runs/lora": ("run-toy", ["--max-steps", "2", "--no-progress"]),
+    "augment build --preset sd21-base --labels my_classes.txt --guide ckpt:runs/my-guide --lora runs/lora --out runs/mine-lora": ("run-toy", SMALL_BUILD),
     "augment score --shards runs/toy --preset toy --reference fashion-mnist --reference-limit 2000 --out runs/eval-toy.json": ("run", ["--reference-limit", "20", "--no-progress"]),
     "augment generate --preset toy --labels manifests/fashion-mnist.txt --no-tokens --out runs/toy-plain": ("run", SMALL_GENERATE),
     "augment generate --preset toy --labels manifests/fashion-mnist.txt --tokens runs/toy --refine date --refine-step-size 1 --out runs/toy-date": ("run", SMALL_GENERATE),

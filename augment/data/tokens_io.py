@@ -97,13 +97,12 @@ def sampling_note(tokens_root: Path, labels: LabelSet, generate, lora: str | Non
     from augment.config import ADDED_LATER
 
     meta = read_meta(tokens_root, labels.classes[0])
-    was = (meta.get("lora") or {}).get("identity")
-    if was != lora:
-        return (f"tokens learned on {'LoRA ' + was if was else 'the generator without a LoRA'}, used "
-                f"{'with LoRA ' + lora if lora else 'without one'}: tokens do best on the generator they were learned on")  # fmt: skip
-    learned = meta.get("config")
-    if not learned:
-        return None
+    notes = []
+    adapter = (meta.get("lora") or {}).get("identity")
+    if adapter != lora:
+        notes.append(f"tokens learned on {'LoRA ' + adapter if adapter else 'the generator without a LoRA'}, used "
+                     f"{'with LoRA ' + lora if lora else 'without one'}")  # fmt: skip
+    learned = meta.get("config") or {}
     differ = []
     for key in (
         "scheduler",
@@ -114,11 +113,13 @@ def sampling_note(tokens_root: Path, labels: LabelSet, generate, lora: str | Non
         "cache_branch",
     ):
         was, now = learned.get(key, ADDED_LATER.get(key)), getattr(generate, key)
-        if was is not None and was != now:
+        if learned and was is not None and was != now:
             differ.append(f"{key} {was} → {now}")
-    if not differ:
+    if differ:
+        notes.append(f"sampling otherwise than the tokens were learned ({', '.join(differ)})")
+    if not notes:
         return None
-    return f"sampling otherwise than the tokens were learned ({', '.join(differ)}); tokens do best under their own"
+    return "; ".join(notes) + ": tokens do best on the generator and sampler they were learned with"
 
 
 def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: str | None = None) -> dict[int, str]:
