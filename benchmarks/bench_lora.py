@@ -5,7 +5,9 @@ Random weights (speed and memory do not depend on weight values), built offline 
 --generator DIR). DataDream's adapter (rank 16 on the UNet's attention and the text encoder) on random images
 at --size px, --batch-size images per step. Each setting runs in a process of its own, so each peak is its
 own: torch.cuda.max_memory_allocated on CUDA; on the CPU the peak RSS (ru_maxrss) of the whole process, models
-included, and the peak above the RSS after loading. The first step is reported apart (warm-up).
+included, and the peak above the RSS after loading; on every device the bytes autograd saves for backward in the
+first step (each storage once, weights apart: the activation memory; with checkpointing, the sum over the
+blocks recomputed one at a time, an upper bound). The first step is reported apart (warm-up).
 
     python benchmarks/bench_lora.py --size 512 --dtype bf16 --steps 3
     python benchmarks/bench_lora.py --device cuda --dtype bf16 --batch-size 8
@@ -53,17 +55,33 @@ def one(args: argparse.Namespace) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    weights = {p.untyped_storage().data_ptr() for m in (pipe.unet, pipe.text_encoder, pipe.vae) for p in m.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:  # each storage autograd keeps for backward, once; weights apart
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
+            saved.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
     times = []
     for s in range(args.steps):
         t0 = time.perf_counter()
-        trainer.step(s)
+        if s == 0:  # (the first step: counted, not timed against the others)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                trainer.step(s)
+        else:
+            trainer.step(s)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {"checkpointing": args.checkpointing, "first_step_s": round(times[0], 2),
            "step_s": round(float(np.mean(times[1:])) if len(times) > 1 else times[0], 2),
-           "trainable_params": sum(p.numel() for p in trainer.params)}  # fmt: skip
+           "trainable_params": sum(p.numel() for p in trainer.params),
+           "weights_gib": round(sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.text_encoder, pipe.vae)
+                                    for p in m.parameters()) / GIB, 2),
+           "saved_for_backward_gib": round(sum(saved.values()) / GIB, 2)}  # fmt: skip
     if dev.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / GIB, 2)
     else:

@@ -25,7 +25,7 @@ def ms(values: list[float]) -> str:
 
 def main(root: Path) -> None:
     grid = root / "fewshot-lora"
-    cells = json.loads((grid / "results.json").read_text())["cells"]
+    cells = [json.loads(p.read_text()) for p in sorted((grid / "cells").glob("*.json"))]  # (a stopped grid too)
     shots = sorted({c["shots"] for c in cells})
     top1: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
     secs: dict[str, list[float]] = defaultdict(list)

@@ -214,16 +214,22 @@ def test_pretrained_weights_offline_is_one_line_error(inputs, tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
-def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots(tmp_path, monkeypatch):
-    """--synthetic kshot=learn:toy+small.yaml: per (shots ≥ 1, trial) a guide trained on the trial's shots,
-    tokens learned with it and a set generated, cached and resumable; 0 shots: not run."""
+def _small_learned_world(tmp_path, extra: str = ""):
+    """Three Fashion-MNIST classes and a config that makes the grid's learned rows tiny (+ `extra` YAML)."""
     labels = tmp_path / "fm3.txt"
     labels.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
     small = tmp_path / "small.yaml"
     small.write_text(
         "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
-        "generate:\n  images_per_class: 2\n  shard_size: 2\n  num_inference_steps: 2\n  batch_size: 6\n"
+        "generate:\n  images_per_class: 2\n  shard_size: 2\n  num_inference_steps: 2\n  batch_size: 6\n" + extra
     )
+    return labels, small
+
+
+def test_fewshot_learns_a_set_per_shot_count_from_a_guide_trained_on_those_shots(tmp_path, monkeypatch):
+    """--synthetic kshot=learn:toy+small.yaml: per (shots ≥ 1, trial) a guide trained on the trial's shots,
+    tokens learned with it and a set generated, cached and resumable; 0 shots: not run."""
+    labels, small = _small_learned_world(tmp_path)
     out = tmp_path / "out"
     argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels), "--synthetic",
             f"kshot=learn:toy+{small}", "--shots", "0,2", "--trials", "1", "--out", str(out), *TINY]  # fmt: skip
@@ -260,14 +266,7 @@ def test_fewshot_lora_rows_share_one_adapter_per_trial_and_the_combined_row_lear
     pytest.importorskip("peft")
     from augment.models.lora import lora_identity
 
-    labels = tmp_path / "fm3.txt"
-    labels.write_text("0\tt-shirt\n2\tpullover\n4\tcoat\n")
-    small = tmp_path / "small.yaml"
-    small.write_text(
-        "learn:\n  max_steps: 1\n  batch_size: 1\n  num_inference_steps: 2\n"
-        "generate:\n  images_per_class: 2\n  shard_size: 2\n  num_inference_steps: 2\n  batch_size: 6\n"
-        "lora:\n  max_steps: 2\n  batch_size: 3\n"
-    )
+    labels, small = _small_learned_world(tmp_path, "lora:\n  max_steps: 2\n  batch_size: 3\n")
     out = tmp_path / "out"
     argv = ["fewshot", "--dataset", "fashion-mnist", "--labels", str(labels), "--synthetic", f"lora=lora:toy+{small}",
             "--synthetic", f"both=lora+learn:toy+{small}", "--shots", "2", "--trials", "1", "--out", str(out), *TINY]  # fmt: skip
