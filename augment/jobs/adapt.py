@@ -126,17 +126,17 @@ def adapt_generator(
     with bar:
         trainer.run(state, lambda s: _checkpoint(trainer, ckpt, fingerprint, s), report)
     _save(trainer, out)
-    losses = state.losses
+    identity, losses = lora_identity(str(out)), state.losses
     update_manifest(out, "adapt", {
         "fingerprint": fingerprint, "config": manifest_config(config), "generator": generator_source(pipe),
         "labels": labels.names(), "label_file": labels.path, "images": len(images),
         "images_per_class": np.bincount(images.labels, minlength=len(labels)).tolist(),
         "shots": key["shots"], "resolution": trainer.resolution, "steps": trainer.total,
         "loss_first_10": _mean(losses[:10]), "loss_last_10": _mean(losses[-10:]),
-        "identity": lora_identity(str(out)), "weights": LORA_WEIGHTS,
+        "identity": identity, "weights": LORA_WEIGHTS,
     }, {"index": 0, "count": 1, **describe_device(device)})  # fmt: skip
     shutil.rmtree(ckpt, ignore_errors=True)
-    return AdaptResult(out, trainer.total, len(images), time.time() - t0, False, lora_identity(str(out)))
+    return AdaptResult(out, trainer.total, len(images), time.time() - t0, False, identity)
 
 
 def _mean(values: list[float]) -> float | None:

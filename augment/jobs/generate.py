@@ -118,15 +118,16 @@ def generate_set(
         "labels": labels.names(),
         "tokens": None if root is None else tokens_digest(root, labels),
     }
-    if config.lora.weights is not None:  # (left out without one: the hashes of runs made before adapters stay)
-        content["lora"] = {"identity": lora_identity(config.lora.weights), "scale": config.lora.scale}
+    adapter = lora_identity(config.lora.weights)  # (read once: it hashes the adapter's tensors)
+    if adapter is not None:  # (left out without one: the hashes of runs made before adapters stay)
+        content["lora"] = {"identity": adapter, "scale": config.lora.scale}
     if g.refine is not None:  # DATE's images depend on its reward: the guide and how classes map to it
         content["guide"] = {"spec": source_identity(loaded_spec(config)), "label_match": config.label_match}
     chash = shards.config_hash(content)
     mine = units[index::count]
     pending = shards.pending_units(out, labels.name, mine, chash, overwrite)
     base = {"total_units": len(units), "mine_units": len(mine), "worker": (index, count), "pending": pending,
-            "note": None if root is None else sampling_note(root, labels, g, lora_identity(config.lora.weights))}  # fmt: skip
+            "note": None if root is None else sampling_note(root, labels, g, adapter)}  # fmt: skip
     if dry_run:
         done = len(units) - len(shards.pending_units(out, labels.name, units, chash, True))
         return GenerateResult(done_units=done, dry_run=True, **base)
