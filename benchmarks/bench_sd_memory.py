@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="image size in px (default 512)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (default fp32,bf16)")
-    p.add_argument("--architecture", default="sd14", help="sd14, sd21-base, sd21 (default sd14)")
+    p.add_argument("--architecture", default="sd14", help="sd14, sd21-base, sd21, sdxl-base (default sd14)")
     p.add_argument("--quick", action="store_true", help="128 px, fp32 only")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, help="also save the results as JSON here")
@@ -115,11 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     from augment.models.generator import resolve_dtype
+    from augment.models.prompting import text_pairs, unet_forward
     from augment.testing import random_pipeline
+    from augment.testing.sd import HUB_CONFIGS, random_sdxl_pipeline
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tok:
-        pipe = random_pipeline(args.architecture, tok)
+        if args.architecture in HUB_CONFIGS:  # built in the first dtype asked for (fp32 SDXL alone is 10 GiB)
+            first = resolve_dtype(dtypes[0], torch.device("cpu"))
+            pipe = random_sdxl_pipeline(tok, dtype=first, name=args.architecture)
+        else:
+            pipe = random_pipeline(args.architecture, tok)
     guide = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=200).eval()
     print(f"built {args.architecture} with random weights in {time.time() - t0:.0f} s; {size} px, batch 1")
     rows, results = [], []
@@ -129,15 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         pipe.to(dtype=dt)
         guide.to(dtype=torch.float32)  # guides run in fp32 (augment.models.guides)
         PARAMS.clear()
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide):
+        for m in (pipe.unet, pipe.vae, *(te for _, te in text_pairs(pipe)), guide):
             m.requires_grad_(False)
             PARAMS.update(q.untyped_storage().data_ptr() for q in m.parameters())
         x = torch.randn(1, 4, latent, latent, dtype=dt)
-        cond = torch.randn(1, 77, pipe.text_encoder.config.hidden_size, dtype=dt, requires_grad=True)
+        rows_in = 78 if "text_encoder_2" in pipe.components else 77  # SDXL: + the pooled row (encode_prompts)
+        cond = torch.randn(1, rows_in, pipe.unet.config.cross_attention_dim, dtype=dt, requires_grad=True)
         t = torch.tensor(500)
-        unet_call = lambda: pipe.unet(x, t, encoder_hidden_states=cond).sample  # noqa: E731, B023 (used in this iteration)
+        unet_call = lambda: unet_forward(pipe, x, t, cond)  # noqa: E731, B023 (used in this iteration)
         z = x.clone().requires_grad_(True)
-        decode = lambda: pipe.vae.decode(z / 0.18215).sample  # noqa: E731, B023
+        decode = lambda: pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample  # noqa: E731, B023
         img = torch.rand(1, 3, 224, 224, requires_grad=True)
         for ckpt in (False, True):
             for m in (pipe.unet, pipe.vae):

@@ -16,6 +16,10 @@ architecture with random weights (`augment.testing`; speed and memory do not dep
    on a fresh pipeline without `speed_up` (as `augment learn` runs) after an untimed 2-step warm-up: seconds
    per class-step (step seconds / k) and `torch.cuda.max_memory_allocated()` next to `augment.learn.memory`'s
    estimate (`step_bytes` plus the parameter bytes of UNet, VAE, text encoder and guide).
+4. SDXL base (the sdxl-base preset, its architecture built from the hub's config files) at --sdxl-size (default
+   1024): generation images/s (augment's path, 2 classes, the preset's settings but --steps) and one learner step
+   at one class per step, peak next to the estimate with SDXL's footprint. `--skip-sdxl` leaves it out (the quick
+   smoke test does unless `--sdxl`).
 Peaks are absolute (everything allocated, the loaded models included); one pipeline is loaded at a time. On the
 CPU memory is null. Markdown tables on stdout; everything and the environment in one JSON file (`--out`),
 rewritten after each part so that a run cut short keeps what it measured. `--quick`: 64 px, 2 steps, 2 images,
@@ -72,6 +76,51 @@ def free(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def sdxl_part(args, dev, dt, root: Path, labels, guide, indices, per_class: int, warm: bool) -> dict:
+    """Part 4: the sdxl-base preset's generation and one learner step (one class) on SDXL base's architecture."""
+    from augment.config import load_config
+    from augment.data.shards import plan_units
+    from augment.generate.loop import generate_images, generate_units, image_prompt
+    from augment.learn.learner import TokenLearner
+    from augment.learn.memory import footprint, step_bytes
+    from augment.models.generator import load_generator
+    from augment.models.prompting import text_pairs
+    from augment.models.sampling import image_calls
+    from augment.testing import save_random_pipeline
+
+    preset, size = load_config("sdxl-base"), args.sdxl_size
+    g = replace(preset.generate, images_per_class=per_class, shard_size=per_class, num_inference_steps=args.steps,
+                height=size, width=size)  # fmt: skip
+    lc = replace(preset.learn, height=size, width=size, num_inference_steps=args.steps, max_classes_per_step=1)
+    t0 = time.time()
+    sdxl = save_random_pipeline("sdxl-base", root / "sdxl", dtype=dt if dt != torch.float32 else torch.bfloat16)
+    print(f"random SDXL base built in {time.time() - t0:.0f} s", flush=True)
+    pipe = load_generator(str(sdxl), dev, dt)
+    calls, guided = image_calls(pipe.scheduler, g)
+    if warm:
+        short = replace(g, num_inference_steps=2)
+        generate_images(pipe, [image_prompt(g, 0, "", labels.classes[0].name)] * g.batch_size, [0] * g.batch_size,
+                        short)  # fmt: skip
+    units = plan_units(range(2), per_class, per_class, g.seed)
+    m = measure(dev, lambda: generate_units(pipe, labels, None, g, units, root / "sdxl-gen", "gpu-check"))
+    out = {"generation": {**m, "images_per_s": 2 * per_class / m["seconds"], "unet_evals_per_image": calls + guided}}
+    print(f"SDXL generation: {out['generation']['seconds']:.1f} s", flush=True)
+    models = (pipe.unet, pipe.vae, *(te for _, te in text_pairs(pipe)), guide)
+    weights = sum(q.numel() * q.element_size() for m in models for q in m.parameters())
+    learner = TokenLearner(pipe, guide, labels, indices, lc, root / "sdxl-learn")
+    states = [learner.new_state(*e) for e in learner.prepare([labels.classes[-1]])]
+    if warm:
+        learner.losses(states, grad_steps=1)  # untimed: kernels and allocator, no optimiser step
+    m = measure(dev, lambda: learner.step(states))
+    learner.injector.remove()
+    shape = (lc.batch_size, lc.grad_steps, min(lc.decode_batch, lc.batch_size), size, size, pipe.unet.dtype)
+    est = weights + step_bytes(1, *shape, lc.gradient_checkpointing, footprint(pipe))
+    out["learner"] = {**m, "estimate_bytes": est, "weights_bytes": weights,
+                      "peak_over_estimate": None if m["peak_bytes"] is None else m["peak_bytes"] / est}  # fmt: skip
+    print(f"SDXL learner step, 1 class: {m['seconds']:.1f} s", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -82,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", help="learner classes per step, comma-separated (default 1,4,8)")
     p.add_argument("--cache-interval", type=int, default=3, help="the feature-reuse rows' interval (default 3)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row")
+    p.add_argument("--skip-sdxl", action="store_true", help="leave out the SDXL part")
+    p.add_argument("--sdxl", action="store_true", help="with --quick: run the SDXL part too")
+    p.add_argument("--sdxl-size", type=int, help="SDXL image size in px (default 1024; --quick: 64)")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 64 px, 2 steps, 2 images, 1,2 classes, fp32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON file (default gpu_check.json)")
     args = p.parse_args(argv)
-    quick = dict(size=64, steps=2, images=2, classes="1,2", dtype="fp32", skip_compile=True)
-    full = dict(size=512, steps=50, images=64, classes="1,4,8", dtype="bf16", skip_compile=False)
+    quick = dict(size=64, steps=2, images=2, classes="1,2", dtype="fp32", skip_compile=True, sdxl_size=64)
+    full = dict(size=512, steps=50, images=64, classes="1,4,8", dtype="bf16", skip_compile=False, sdxl_size=1024)
+    args.skip_sdxl = args.skip_sdxl or (args.quick and not args.sdxl)
     for key, value in (quick if args.quick else full).items():
         setattr(args, key, value if getattr(args, key) in (None, False) else getattr(args, key))
     warm = not args.quick  # warm-up calls (the quick smoke test's numbers mean nothing anyway)
@@ -132,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     owners = [c.position for c in labels.classes[:2] for _ in range(per_class)]
     b = min(g.batch_size, per_class)
     res = {"settings": {**vars(args), "out": str(args.out), "per_class": per_class, "batch": b}, "environment": env}
-    res.update(generation={}, date=None, learner=[], compile=None, speed_up=None)
+    res.update(generation={}, date=None, learner=[], compile=None, speed_up=None, sdxl=None)
     gen = res["generation"]
 
     def save() -> None:
@@ -243,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             row = run_augment(pipe, g.guidance_cutoff, "compiled")
             gen[f"augment (cutoff {g.guidance_cutoff}, compiled UNet)"] = row
             print(f"compiled UNet: warm-up batch {row['warmup_seconds']:.1f} s", flush=True)
+            del pipe
+            free(dev)
+        if not args.skip_sdxl:
+            res["sdxl"] = sdxl_part(args, dev, dt, root, labels, guide, indices, per_class, warm)
+            free(dev)
+            save()
     res["total_seconds"] = time.time() - t_all
 
     n = len(prompts)
@@ -275,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     if res.get("learner_cached"):
         c = res["learner_cached"]
         print(f"learner step with cache interval {c['cache_interval']}, {c['classes']} class(es): {c['seconds']:.1f} s")
+    if res["sdxl"]:
+        x = res["sdxl"]
+        print(f"\nSDXL base, random weights, {args.sdxl_size} px, {args.steps} steps: generation "
+              f"{x['generation']['images_per_s']:.3f} images/s ({x['generation']['unet_evals_per_image']} UNet "
+              f"evaluations per image); learner step, 1 class: {x['learner']['seconds']:.1f} s, peak "
+              f"{gib(x['learner']['peak_bytes'])} GiB, estimate {gib(x['learner']['estimate_bytes'])} GiB")  # fmt: skip
     print(f"total {res['total_seconds']:.0f} s; results saved to {args.out}")
     save()
     return 0

@@ -63,7 +63,7 @@ def test_vit_mae_cub_guide_classifies_the_mean_pooled_patch_tokens_in_fp32(cub_g
 
 
 def test_presets_learn_under_the_generators_sampler_with_the_original_gradient_placement():
-    for name in ("sd14-cub", "sd14-cub-original", "sd14-imagenet", "sd21-base"):
+    for name in ("sd14-cub", "sd14-cub-original", "sd14-imagenet", "sd21-base", "sdxl-base"):
         cfg = load_config(name)
         assert cfg.learn.scheduler == cfg.generate.scheduler == "pipeline"
         assert cfg.learn.grad_steps == 2 and cfg.learn.gradient_checkpointing and cfg.learn.decode_batch == 1

@@ -30,6 +30,7 @@ COMMANDS = {
     "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("dry-run", []),
     "augment build --preset sd14-imagenet --labels manifests/imagenet1k.txt --out runs/in1k": ("dry-run", []),
     "augment build --preset sd21-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/mine": ("run-toy", SMALL_BUILD),
+    "augment build --preset sdxl-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/sdxl": ("dry-run", []),
     "torchrun --standalone --nproc-per-node 8 -m augment.cli build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "8 GPUs; torchrun is tested in test_resume and test_devices"),
     "srun --ntasks-per-node 8 --gpus-per-node 8 augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "Slurm; its variables are tested in test_devices"),
     'sbatch --array=0-7 --gpus 1 --wrap "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub"': ("skip", "Slurm; a Slurm array's variables are tested in test_devices"),
@@ -166,7 +167,7 @@ def test_the_readme_python_blocks_run(world, labels3):
     toy = world / "runs" / "toy"
     if not (toy / "_info.json").is_file():
         run_command(next(line for line in COMMANDS if "--preset toy --labels" in line), world, labels3)
-    api, loading, mixing = blocks("python")
+    _, api, loading, mixing = blocks("python")  # the first: test_the_readme_sdxl_block_loads_learned_tokens
     api = (
         api.replace('"sd14-cub"', '"toy"')
         .replace("cfg.generate.images_per_class = 500", "cfg.generate.images_per_class = 4; cfg.learn.max_steps = 1")
@@ -195,3 +196,36 @@ def test_the_readme_python_blocks_run(world, labels3):
     exec(compile(mixing.replace("OUT", str(toy)), "README.md (mixing)", "exec"), namespace)
     batch = next(iter(namespace["mixed"]))
     assert batch[0].shape[0] == 64
+
+
+def test_the_readme_sdxl_block_loads_learned_tokens(tmp_path, tokenizer_dir):
+    """The SDXL block as written, on a tiny StableDiffusionXLPipeline saved as a directory (in place of the hub
+    id) with tokens our learner wrote: both rows of every class load, and the pipeline draws with them."""
+    import torch
+
+    from augment.labels import read_label_set
+    from augment.learn.learner import TokenLearner
+    from tests.test_tokens import learn_config
+    from tests.tiny import COLOURS, colour_guide, tiny_sdxl_pipeline
+
+    sdxl = blocks("python")[0]
+    pipe = tiny_sdxl_pipeline(tokenizer_dir)
+    pipe.save_pretrained(str(tmp_path / "sdxl-dir"))
+    (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
+    labels = read_label_set(tmp_path / "colours.txt")
+    TokenLearner(pipe, colour_guide(), labels, [0, 1, 2], learn_config(max_steps=1), tmp_path / "runs" / "sdxl").run()
+    code = (
+        sdxl.replace('"stabilityai/stable-diffusion-xl-base-1.0"', repr(str(tmp_path / "sdxl-dir")))
+        .replace('"runs/sdxl/tokens"', repr(str(tmp_path / "runs" / "sdxl" / "tokens")))
+        .replace("torch.bfloat16", "torch.float32")
+    )
+    namespace: dict = {}
+    exec(compile(code, "README.md (SDXL)", "exec"), namespace)
+    loaded = namespace["pipe"]
+    for c in labels.classes:
+        token = labels.token(c)
+        assert token in loaded.tokenizer.get_vocab() and token in loaded.tokenizer_2.get_vocab()
+        row = loaded.text_encoder_2.get_input_embeddings().weight[loaded.tokenizer_2.convert_tokens_to_ids(token)]
+        ours = pipe.text_encoder_2.get_input_embeddings().weight[pipe.tokenizer_2.convert_tokens_to_ids(token)]
+        torch.testing.assert_close(row, ours)
+    assert namespace["image"].size == (16, 16)

@@ -1,6 +1,8 @@
 """Learned tokens on disk, in diffusers' textual-inversion format.
 
 OUT/tokens/<slug>/learned_embeds.safetensors  {"<token>": tensor[1, dim]}  (pipe.load_textual_inversion)
+                                              SDXL: {"clip_l": [1, 768], "clip_g": [1, 1280]}, diffusers' SDXL
+                                              format (each part loaded with its tokenizer and text encoder)
 OUT/tokens/<slug>/meta.json                   class, token, guide, generator, steps, loss/accuracy history
 On a local OUT a class directory is written under a temporary name and renamed, so it exists only when
 complete; on object storage each file is one whole PUT, meta.json last: a class is learned when both exist.
@@ -32,12 +34,27 @@ def is_learned(out_dir: str | Path, cls: LabelClass) -> bool:
     return (d / WEIGHTS).is_file() and (d / "meta.json").is_file()
 
 
-def save_token(out_dir: str | Path, cls: LabelClass, token: str, vector: torch.Tensor, meta: dict) -> dict:
-    """Write one class's token atomically; returns the meta written."""
+def save_token(
+    out_dir: str | Path,
+    cls: LabelClass,
+    token: str,
+    vector: torch.Tensor,
+    meta: dict,
+    parts: dict[str, int] | None = None,
+) -> dict:
+    """Write one class's token atomically; returns the meta written. `parts` (augment.models.prompting.token_parts):
+    the vector split into named rows (SDXL's clip_l and clip_g) instead of one row named by the token."""
     from safetensors.torch import save
 
     final = token_dir(out_dir, cls)
-    weights = save({token: vector.detach().float().cpu().reshape(1, -1).contiguous()})
+    flat = vector.detach().float().cpu().reshape(-1)
+    if parts is None:
+        rows = {token: flat.reshape(1, -1).contiguous()}
+    else:
+        if sum(parts.values()) != flat.numel():
+            raise ValueError(f"a {flat.numel()}-wide token vector does not split into {parts}")
+        rows = dict(zip(parts, (v.reshape(1, -1).contiguous() for v in flat.split(list(parts.values())))))
+    weights = save(rows)
     meta = {**meta, "sha256": hashlib.sha256(weights).hexdigest()}  # `augment verify`
     if not isinstance(final, Path):  # object storage: the weights, then meta.json (is_learned needs both)
         from augment.run.atomic import write_bytes
@@ -144,7 +161,7 @@ def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: st
         tokens.append(meta["token"])
     if paths:
         try:
-            pipe.load_textual_inversion(paths, token=tokens)
+            _load_into(pipe, paths, tokens)
         except (OSError, ValueError, RuntimeError, KeyError) as e:  # diffusers' and safetensors' own errors
             first = (str(e).splitlines() or [""])[0][:200]
             raise UserError(f"{root}: a token file does not load ({type(e).__name__}: {first}); "
@@ -152,7 +169,24 @@ def load_tokens(pipe, tokens_root: str | Path, labels: LabelSet, fingerprint: st
     return out
 
 
+def _load_into(pipe, paths: list, tokens: list[str]) -> None:
+    """diffusers' textual-inversion loader: the files as they are (one encoder), or for SDXL each file's clip_l
+    row into tokenizer/text_encoder and its clip_g row into tokenizer_2/text_encoder_2, as diffusers documents
+    for SDXL embeddings."""
+    encoder_2 = getattr(pipe, "text_encoder_2", None)
+    if encoder_2 is None:
+        pipe.load_textual_inversion(paths, token=tokens)
+        return
+    files = [_state_dict(p) for p in paths]
+    for name, tokenizer, text_encoder in (("clip_l", pipe.tokenizer, pipe.text_encoder),
+                                          ("clip_g", pipe.tokenizer_2, encoder_2)):  # fmt: skip
+        rows = [f[name] for f in files]  # a KeyError: not an SDXL token file
+        pipe.load_textual_inversion(rows, token=tokens, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
 def _state_dict(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
-    return load(path.read_bytes())
+    if isinstance(path, dict):
+        return path
+    return load(Path(path).read_bytes() if isinstance(path, str) else path.read_bytes())

@@ -90,6 +90,9 @@ def _verify_old_shards(out: Path, report: Report) -> None:
                 report.problems.append(f"{tar}: more than one class in a class-pure shard")
 
 
+SDXL_ROWS = {"clip_l", "clip_g"}  # diffusers' SDXL textual-inversion rows
+
+
 def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
     from safetensors.torch import load
 
@@ -109,12 +112,11 @@ def _verify_tokens(out: Path, learn: dict, report: Report) -> None:
             )
             report.redo.append(f"learn {d.name} (delete {d} first)")
             continue
-        if (
-            list(tensors) != [meta.get("token")]
-            or tensors[meta["token"]].dim() != 2
-            or tensors[meta["token"]].shape[0] != 1
-        ):
-            report.problems.append(f"{weights}: expected one [1, dim] tensor named {meta.get('token')!r}")
+        names = sorted(tensors) if set(tensors) == SDXL_ROWS else [meta.get("token")]  # SDXL: clip_l and clip_g
+        if sorted(tensors) != sorted(names) or any(tensors[k].dim() != 2 or tensors[k].shape[0] != 1 for k in names):
+            report.problems.append(
+                f"{weights}: expected one [1, dim] tensor named {meta.get('token')!r} (or SDXL's clip_l and clip_g)"
+            )
         if "sha256" in meta and hashlib.sha256(weights.read_bytes()).hexdigest() != meta["sha256"]:
             report.problems.append(f"{weights}: sha256 differs from meta.json's (changed after learning)")
         if expected_te and meta.get("text_encoder") not in (None, expected_te):

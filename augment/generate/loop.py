@@ -39,20 +39,25 @@ class PromptCache:
 
     def __init__(self, pipe, guidance_scale: float):
         self.pipe, self.cfg_on = pipe, guidance_scale > 1
-        self.table: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # SD: (cond, uncond); SDXL: (cond, uncond, pooled, uncond pooled), as their encode_prompt returns them
+        self.names = ["prompt_embeds", "negative_prompt_embeds"]
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            self.names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+        self.table: dict[str, tuple[torch.Tensor | None, ...]] = {}
 
     def reset(self) -> None:
         self.table.clear()
 
     @torch.no_grad()
     def embeds(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        device = self.pipe._execution_device
         for p in dict.fromkeys(prompts):
             if p not in self.table:
-                self.table[p] = self.pipe.encode_prompt(p, self.pipe._execution_device, 1, self.cfg_on)
-        out = {"prompt_embeds": torch.cat([self.table[p][0] for p in prompts])}
-        if self.cfg_on:
-            out["negative_prompt_embeds"] = torch.cat([self.table[p][1] for p in prompts])
-        return out
+                self.table[p] = self.pipe.encode_prompt(
+                    prompt=p, device=device, num_images_per_prompt=1, do_classifier_free_guidance=self.cfg_on
+                )
+        return {name: torch.cat([self.table[p][i] for p in prompts])
+                for i, name in enumerate(self.names) if self.cfg_on or "negative" not in name}  # fmt: skip
 
 
 def generate_images(
@@ -90,7 +95,7 @@ def generate_images(
     text = cache.embeds(prompts) if cache is not None else {"prompt": prompts}
     if cfg.guidance_cutoff < 1:
         text["callback_on_step_end"] = GuidanceCutoff(cfg.guidance_cutoff)
-        text["callback_on_step_end_tensor_inputs"] = GuidanceCutoff.tensor_inputs
+        text["callback_on_step_end_tensor_inputs"] = GuidanceCutoff.inputs(pipe)
     reuse = FeatureCache(pipe.unet, cfg.cache_interval, cfg.cache_branch) if cfg.cache_interval > 1 else None
     with torch.no_grad(), reuse or contextlib.nullcontext():  # a fresh cache: one trajectory per pipeline call
         out = pipe(

@@ -24,7 +24,13 @@ from augment.devices import bind_device, describe_device, resolve_device
 from augment.generate.loop import generate_units
 from augment.labels import LabelSet, as_label_set
 from augment.models.fingerprint import manifest_config, source_identity
-from augment.models.generator import generator_source, load_generator, speed_up, text_encoder_fingerprint
+from augment.models.generator import (
+    generator_source,
+    load_generator,
+    require_sd,
+    speed_up,
+    text_encoder_fingerprint,
+)
 from augment.models.guides import load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.lora import describe_lora, lora_identity
@@ -178,6 +184,10 @@ class GenerationModels:
             guide = load_guide(loaded_spec(config), device, labels.names())
             guide_indices = match_labels(labels, guide, config.label_match).indices
         pipe = load_generator(config.generator, device, config.dtype, config.lora)
+        if g.refine is not None:
+            require_sd(pipe, "DATE refinement (--refine date)", "refine")
+        if g.cache_interval > 1:
+            require_sd(pipe, "feature caching (generate.cache_interval)", "cache_interval")
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
         speed = speed_up(pipe, g.channels_last, g.compile)
         token_map = None if root is None else load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))

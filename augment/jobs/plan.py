@@ -33,7 +33,8 @@ from augment.run.workers import Workers
 # The scheduler configs of the presets' hub generators, as their repos hold them (augment/testing/sd_configs,
 # read from the hub files): a plan for them needs neither the network nor the cache.
 KNOWN_SCHEDULERS = {"CompVis/stable-diffusion-v1-4": "sd14", "stabilityai/stable-diffusion-2-1-base": "sd21-base",
-                    "stabilityai/stable-diffusion-2-1": "sd21"}  # fmt: skip
+                    "stabilityai/stable-diffusion-2-1": "sd21",
+                    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl-base"}  # fmt: skip
 
 
 @dataclass
@@ -154,9 +155,12 @@ def scheduler_config(generator: str) -> dict:
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
     if generator in KNOWN_SCHEDULERS:
-        from augment.testing.sd import architecture_config
+        from augment.testing.sd import HUB_CONFIGS, architecture_config, hub_file
 
-        return dict(architecture_config(KNOWN_SCHEDULERS[generator])["scheduler"])
+        name = KNOWN_SCHEDULERS[generator]
+        if name in HUB_CONFIGS:  # the hub's own file, committed
+            return hub_file(name, "scheduler/scheduler_config.json")
+        return dict(architecture_config(name)["scheduler"])
     try:
         from huggingface_hub import hf_hub_download
 

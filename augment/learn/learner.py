@@ -40,7 +40,17 @@ from augment.models.decode import decode_latents
 from augment.models.feature_cache import FeatureCache
 from augment.models.fingerprint import source_name
 from augment.models.guides import Guide
-from augment.models.prompting import EmbeddingInjector, add_placeholder_tokens, encode_prompts, format_prompt
+from augment.models.prompting import (
+    EmbeddingInjector,
+    add_placeholder_tokens,
+    encode_prompts,
+    encode_uncond,
+    format_prompt,
+    set_token_rows,
+    text_pairs,
+    token_parts,
+    unet_forward,
+)
 from augment.models.sampling import guide_noise, guided_calls, make_scheduler, predicted_x0
 from augment.run.storage import out_path
 
@@ -119,7 +129,7 @@ class TokenLearner:
         cond = encode_prompts(pipe, prompts)  # depends on the token rows (grad)
         if self._uncond is None:  # the empty prompt holds no learned token: encoded once, reused every step
             with torch.no_grad():
-                self._uncond = encode_prompts(pipe, [""])
+                self._uncond = encode_uncond(pipe)
         uncond = self._uncond.expand_as(cond)
         targets = torch.tensor([s.guide_index for s in active for _ in range(n)], device=self.guide.mean.device)
         # 2. fresh noise per class and step (or the same noise every step: `noise: fixed`)
@@ -238,11 +248,11 @@ class TokenLearner:
         cond_stream = reuse.stream("cond") if reuse is not None else contextlib.nullcontext()
         if not guided:
             with cond_stream:
-                return self.pipe.unet(x, t, encoder_hidden_states=cond).sample
+                return unet_forward(self.pipe, x, t, cond)
         with torch.no_grad(), uncond_stream:
-            eps_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
+            eps_u = unet_forward(self.pipe, x, t, uncond)
         with cond_stream:
-            eps_c = self.pipe.unet(x, t, encoder_hidden_states=cond).sample
+            eps_c = unet_forward(self.pipe, x, t, cond)
         return guide_noise(eps_u, eps_c, self.cfg.guidance_scale)
 
     # ---------------------------------------------------------------- the whole procedure
@@ -294,11 +304,10 @@ class TokenLearner:
                     active.remove(s)
                     del self.injector.vectors[s.token_id]
                     kept = s.kept(self.cfg.keep)
-                    with torch.no_grad():  # the matrix row now holds the learned vector (for later use)
-                        self.pipe.text_encoder.get_input_embeddings().weight[s.token_id] = kept.to(
-                            self.pipe.text_encoder.dtype
-                        )
-                    results[s.cls.position] = save_token(self.out_dir, s.cls, s.token, kept, self._meta(s))
+                    set_token_rows(self.pipe, s.token_id, kept)  # the matrix row(s) now hold it (for later use)
+                    results[s.cls.position] = save_token(
+                        self.out_dir, s.cls, s.token, kept, self._meta(s), token_parts(self.pipe)
+                    )
                 if checkpoint is not None and every and (queue or active) and steps % every == 0:
                     checkpoint.save(active, queue, self.scaler, self.classes_per_step)
                 if progress:
@@ -356,12 +365,12 @@ class TokenLearner:
         tokens = [self.labels.token(c) for c in classes]
         words = [cfg.init_words.get(c.name, cfg.init_word) for c in classes]
         token_ids, init_vectors = add_placeholder_tokens(pipe, tokens, words)
-        for model in (pipe.unet, pipe.vae, pipe.text_encoder):  # frozen, in eval mode (dropout off); gradient
-            model.eval().requires_grad_(False)  # checkpointing does not depend on the mode (diffusers ≥ 0.32)
+        for model in (pipe.unet, pipe.vae, *(te for _, te in text_pairs(pipe))):  # frozen, in eval mode (dropout
+            model.eval().requires_grad_(False)  # off); gradient checkpointing does not depend on it (diffusers ≥ 0.32)
         if cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             pipe.vae.enable_gradient_checkpointing()
-        self.injector = EmbeddingInjector(pipe.text_encoder)
+        self.injector = EmbeddingInjector(pipe)
         return list(zip(classes, tokens, token_ids, words, init_vectors))
 
     def new_state(self, cls: LabelClass, token: str, token_id: int, word: str, vector: torch.Tensor) -> ClassState:

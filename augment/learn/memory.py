@@ -4,24 +4,41 @@ The learner's gradient path holds, per image, the activations of `grad_steps` co
 VAE decode and the guide run `decode_batch` images at a time (augment.learn.learner), and with gradient
 checkpointing the backward pass recomputes one block at a time. Bytes per 512×512 image in fp32, measured
 on the SD-1.4 architecture with saved-tensor hooks (`python benchmarks/bench_sd_memory.py --size 512`,
-benchmarks/README.md); they scale with the pixel count and the dtype's size (the guide stays fp32). They
-are SD-1.x/2.x-sized UNets' and VAEs' figures: for other generators set an integer instead of auto.
+benchmarks/README.md); they scale with the pixel count and the dtype's size (the guide stays fp32). Two
+footprints: SD-1.x/2.x-sized UNets and SDXL's (its 2.6 B UNet); for other generators set an integer.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 GIB = 1024**3
 REFERENCE_PIXELS = 512 * 512
-# bytes per 512×512 image, fp32; key: gradient checkpointing on
-UNET_CALL = {False: 1.372 * GIB, True: 0.278 * GIB}
-VAE_DECODE = {False: 5.555 * GIB, True: 0.797 * GIB}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes per 512×512 image in fp32 of one architecture's gradient path (keys: gradient checkpointing on)."""
+
+    unet_call: dict
+    vae_decode: dict
+    unet_recompute: float  # the largest checkpointed UNet block, held in backward
+    decode_recompute: float  # the largest checkpointed VAE decoder block
+
+
+# SD-1.4 (the SD-1.x/2.x UNets' size): `bench_sd_memory.py --size 512` in fp32
+SD = Footprint(
+    {False: 1.372 * GIB, True: 0.278 * GIB}, {False: 5.555 * GIB, True: 0.797 * GIB}, 0.500 * GIB, 2.625 * GIB
+)
+# SDXL base: `bench_sd_memory.py --architecture sdxl-base --size 512 --dtypes bf16`, doubled to fp32 (its VAE
+# has SD's layout: the same decode figures; 256 px gives 1/3.8 to 1/4.0 of these: they scale with the pixels)
+SDXL = Footprint(
+    {False: 2.506 * GIB, True: 0.234 * GIB}, {False: 5.554 * GIB, True: 0.796 * GIB}, 0.834 * GIB, 2.626 * GIB
+)
 GUIDE = 0.069 * GIB  # ViT-B/16 at 224 px, any image size
-UNET_RECOMPUTE = 0.500 * GIB  # the largest checkpointed UNet block, held in backward
-DECODE_RECOMPUTE = 2.625 * GIB  # the largest checkpointed VAE decoder block
 HEADROOM = 0.8  # share of the free memory planned for
 MAX_AUTO = 64
 
@@ -35,14 +52,21 @@ def step_bytes(
     width: int,
     dtype: torch.dtype,
     checkpointing: bool,
+    footprint: Footprint = SD,
 ) -> float:
     """Estimated activation bytes of one learner step with `classes` classes (weights not included)."""
+    f = footprint
     scale = height * width / REFERENCE_PIXELS
     size = torch.empty((), dtype=dtype).element_size() / 4
-    unet = classes * batch_size * grad_steps * UNET_CALL[checkpointing] * scale * size
-    decode = decode_batch * (VAE_DECODE[checkpointing] * scale * size + GUIDE)
-    recompute = (UNET_RECOMPUTE + DECODE_RECOMPUTE) * scale * size if checkpointing else 0.0
+    unet = classes * batch_size * grad_steps * f.unet_call[checkpointing] * scale * size
+    decode = decode_batch * (f.vae_decode[checkpointing] * scale * size + GUIDE)
+    recompute = (f.unet_recompute + f.decode_recompute) * scale * size if checkpointing else 0.0
     return unet + decode + recompute
+
+
+def footprint(pipe) -> Footprint:
+    """SDXL's figures for a UNet conditioned on the pooled text and time ids, SD-1.x/2.x's otherwise."""
+    return SDXL if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time" else SD
 
 
 def free_bytes(device: torch.device) -> int:
@@ -68,7 +92,8 @@ def auto_classes_per_step(pipe, cfg, free: int | None = None) -> int:
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     h, w = cfg.height or native, cfg.width or native
     decode_batch = min(cfg.decode_batch, cfg.batch_size)
-    args = (cfg.batch_size, cfg.grad_steps, decode_batch, h, w, pipe.unet.dtype, cfg.gradient_checkpointing)
+    args = (cfg.batch_size, cfg.grad_steps, decode_batch, h, w, pipe.unet.dtype, cfg.gradient_checkpointing,
+            footprint(pipe))  # fmt: skip
     classes = 1
     while classes < MAX_AUTO and step_bytes(classes + 1, *args) <= HEADROOM * free:
         classes += 1

@@ -19,14 +19,13 @@ _NOTED: set[str] = set()  # dtype notes already shown by this process
 
 
 def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", lora=None):
-    """A StableDiffusionPipeline from a hub id ("CompVis/stable-diffusion-v1-4") or a local directory; `lora`
+    """A StableDiffusionPipeline or StableDiffusionXLPipeline (as its model_index.json names it) from a hub id
+    ("CompVis/stable-diffusion-v1-4") or a local directory; `lora`
     (a LoraConfig whose `weights` is set): that adapter fused in (augment.models.lora).
 
     No safety checker (we make training data, and the checker costs time per image). Missing weights with
     no reachable hub give one clear UserError that says how to point at a local directory instead.
     """
-    from diffusers import StableDiffusionPipeline
-
     quiet_libraries()  # library chatter (loading bars, deprecations passed between libraries) is not for users
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
@@ -38,11 +37,9 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     if local.exists() and not (local / "model_index.json").is_file():
         raise UserError(f"{spec}: not a diffusers pipeline directory (no model_index.json)")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else spec,
-            **_dtype_kwarg(dt),
-            **NO_SAFETY_CHECKER,
-        )
+        source = str(local) if local.exists() else spec
+        cls, extra = pipeline_class(source)
+        pipe = cls.from_pretrained(source, **_dtype_kwarg(dt), **extra)
     except (OSError, ValueError) as e:
         if local.exists():
             raise UserError(f"{spec}: cannot load the pipeline ({str(e).splitlines()[0]})") from None
@@ -56,8 +53,32 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     if lora is not None and lora.weights is not None:
         from augment.models.lora import apply_lora
 
+        require_sd(pipe, "--lora (lora.weights)", "lora")
         apply_lora(pipe, lora.weights, lora.scale)
     return pipe.to(dev)
+
+
+SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def pipeline_class(source: str):
+    """(pipeline class, its loading kwargs) from a pipeline's model_index.json (a local directory, or the hub's
+    file: one small download): SD-1.x/2.x without the safety checker; SDXL without the invisible watermark
+    (it would add a dependency and change every image's pixels)."""
+    import diffusers
+
+    name = diffusers.DiffusionPipeline.load_config(source).get("_class_name")
+    if name == "StableDiffusionXLPipeline":
+        return diffusers.StableDiffusionXLPipeline, {"add_watermarker": False}
+    if name != "StableDiffusionPipeline":
+        raise UserError(f"{source}: a {name} checkpoint; augment takes {' and '.join(SUPPORTED)} ones", "generator")
+    return diffusers.StableDiffusionPipeline, NO_SAFETY_CHECKER
+
+
+def require_sd(pipe, what: str, argument: str | None = None) -> None:
+    """One UserError when `pipe` is an SDXL pipeline and `what` is built for SD-1.x/2.x generators only."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise UserError(f"{what} is built for SD-1.x/2.x generators, not SDXL", argument)
 
 
 def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
@@ -116,12 +137,17 @@ def text_encoder_fingerprint(pipe) -> str:
 
     Uses the sign of each of the first 512 rows' means, so the same model loaded in fp32, fp16 or bf16 gives
     the same fingerprint, while another text encoder (SD 1.x CLIP-L vs SD 2.x OpenCLIP-H, or a toy) does not.
+    SDXL's second text encoder counts too (SD-1.x tokens have no row for it).
     """
-    te = pipe.text_encoder.config
-    shape = json.dumps({"hidden": te.hidden_size, "layers": te.num_hidden_layers, "vocab": te.vocab_size})
-    rows = pipe.text_encoder.get_input_embeddings().weight[:512].detach().float().mean(dim=1)
-    signs = "".join("1" if v > 0 else "0" for v in rows.cpu().tolist())
-    return hashlib.sha256((shape + signs).encode()).hexdigest()[:16]
+    text = ""
+    for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):  # SDXL: both (its first is SD-1's CLIP-L)
+        if te is None:
+            continue
+        c = te.config
+        text += json.dumps({"hidden": c.hidden_size, "layers": c.num_hidden_layers, "vocab": c.vocab_size})
+        rows = te.get_input_embeddings().weight[:512].detach().float().mean(dim=1)
+        text += "".join("1" if v > 0 else "0" for v in rows.cpu().tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def generator_source(pipe) -> str:

@@ -84,17 +84,27 @@ class GuidanceCutoff:
     pipeline drops the unconditional half of the prompt embeddings and runs the UNet on the conditional half
     alone (guidance scale 0 = off).
     diffusers' own `SDCFGCutoffCallback` keeps one row of the embeddings (`prompt_embeds[-1:]`), which is
-    wrong for a batch of several prompts; this keeps the whole conditional half."""
+    wrong for a batch of several prompts; this keeps the whole conditional half.
+    SDXL's pipeline also doubles the pooled embeddings and the time ids for guidance (`add_text_embeds`,
+    `add_time_ids`): their conditional halves are kept too, as diffusers' `SDXLCFGCutoffCallback` does."""
 
     tensor_inputs = ["prompt_embeds"]
+    sdxl_inputs = ["prompt_embeds", "add_text_embeds", "add_time_ids"]
 
     def __init__(self, cutoff: float):
         self.cutoff = cutoff
 
+    @classmethod
+    def inputs(cls, pipe) -> list[str]:
+        """The callback's tensor inputs for `pipe`."""
+        return cls.sdxl_inputs if "add_time_ids" in getattr(pipe, "_callback_tensor_inputs", ()) else cls.tensor_inputs
+
     def __call__(self, pipe, step_index: int, timestep, kwargs: dict) -> dict:
         last = guided_calls(pipe.num_timesteps, self.cutoff) - 1
         if step_index == last and pipe.do_classifier_free_guidance:
-            kwargs["prompt_embeds"] = kwargs["prompt_embeds"].chunk(2)[1]
+            for name in self.sdxl_inputs:
+                if name in kwargs:
+                    kwargs[name] = kwargs[name].chunk(2)[1]
             pipe._guidance_scale = 0.0  # the pipeline sets it again at its next call
         return kwargs
 

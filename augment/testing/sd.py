@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 ARCHITECTURES = ("sd14", "sd21-base", "sd21", "sd14-narrow")  # sd14-narrow: SD-1.4 at 1/16 width (bf16 tests)
+# SDXL: built from the hub's own config files, committed byte for byte (augment/testing/hub/NAME/SOURCES.md)
+HUB_CONFIGS = {"sdxl-base": "sdxl-base-1.0"}
 
 
 def architecture_config(name: str) -> dict:
@@ -47,14 +49,61 @@ def random_pipeline(name: str, tokenizer_dir: str | Path, seed: int = 0, dtype: 
 
 
 def save_random_pipeline(name: str, out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
-    """Build `random_pipeline(name)` and save it as a diffusers directory (safetensors, `dtype` on disk)."""
+    """Build `random_pipeline(name)` (or `random_sdxl_pipeline`) and save it as a diffusers directory
+    (safetensors, `dtype` on disk)."""
     out = Path(out_dir)
-    pipe = random_pipeline(name, out / "_tokenizer_src", seed, dtype)
+    if name in HUB_CONFIGS:
+        pipe = random_sdxl_pipeline(out / "_tokenizer_src", seed, dtype, name)
+    else:
+        pipe = random_pipeline(name, out / "_tokenizer_src", seed, dtype)
     pipe.save_pretrained(str(out), safe_serialization=True)
     import shutil
 
     shutil.rmtree(out / "_tokenizer_src", ignore_errors=True)
     return out
+
+
+def hub_file(name: str, path: str) -> dict:
+    """A committed hub config of architecture `name` (HUB_CONFIGS), as JSON."""
+    return json.loads(resources.files("augment.testing").joinpath("hub", HUB_CONFIGS[name], path).read_text())
+
+
+def random_sdxl_pipeline(
+    tokenizer_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, name: str = "sdxl-base"
+):
+    """A StableDiffusionXLPipeline with SDXL base 1.0's architecture (2.6 B UNet, 123 M CLIP-L, 695 M OpenCLIP-bigG
+    with projection, 84 M VAE; Euler scheduler; both tokenizers over the real CLIP BPE vocabulary, the second
+    with SDXL's pad token "!"), every component built from its hub config file, random weights, in `dtype`
+    (built in it: the fp32 copy alone would take 10 GiB)."""
+    import copy
+
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from augment.toy.clip_tokenizer import clip_tokenizer
+
+    index = hub_file(name, "model_index.json")
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        unet = diffusers.UNet2DConditionModel.from_config(hub_file(name, "unet/config.json"))
+        vae = diffusers.AutoencoderKL.from_config(hub_file(name, "vae/config.json"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**hub_file(name, "text_encoder/config.json")))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**hub_file(name, "text_encoder_2/config.json")))
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = getattr(diffusers, index["scheduler"][1]).from_config(hub_file(name, "scheduler/scheduler_config.json"))
+    tokenizer = clip_tokenizer(tokenizer_dir)
+    tokenizer_2 = copy.deepcopy(tokenizer)
+    tokenizer_2.pad_token = hub_file(name, "tokenizer_2/tokenizer_config.json")["pad_token"]
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=index["force_zeros_for_empty_prompt"], add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype=dtype)
 
 
 def save_vit_mae_cub(out_dir: str | Path, labels: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
