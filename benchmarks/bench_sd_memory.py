@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     from augment.models.generator import resolve_dtype
+    from augment.models.hub_files import HUB_CONFIGS
     from augment.models.prompting import text_pairs, unet_forward
     from augment.testing import random_pipeline
-    from augment.testing.sd import HUB_CONFIGS, random_sdxl_pipeline
+    from augment.testing.sd import random_sdxl_pipeline
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tok:

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from augment.cli import main
-from augment.testing.sd import hub_file
+from augment.models.hub_files import hub_file
 from tests.full_size import native_bf16
 
 pytestmark = [pytest.mark.slow, native_bf16]
 
 SMALL = """
-learn: {height: 128, width: 128, num_inference_steps: 3, max_steps: 1, batch_size: 2}
+learn: {height: 128, width: 128, num_inference_steps: 3, max_steps: 1, batch_size: 2, keep: last}
 generate: {height: 128, width: 128, num_inference_steps: 3, images_per_class: 1, shard_size: 1, batch_size: 1}
 """
 
@@ -100,5 +100,10 @@ def test_sdxl_base_preset_builds_through_the_cli_and_tokens_load_into_a_plain_pi
     load_tokens(ours, out, read_label_set(labels))
     with torch.no_grad():
         torch.testing.assert_close(encode_prompts(pipe, prompts), encode_prompts(ours, prompts))
+        # one learner step (keep: last) moved the rows off their init word's ("a", the preset's), in both encoders
+        init = encode_prompts(pipe, [p.replace(t, "a") for p, t in zip(prompts, tokens)])
+        learned = encode_prompts(pipe, prompts)
+        assert not torch.allclose(learned[:, :-1, :768], init[:, :-1, :768])
+        assert not torch.allclose(learned[:, :-1, 768:], init[:, :-1, 768:])
         image = pipe(prompt=prompts[0], num_inference_steps=2, height=64, width=64, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())

@@ -30,7 +30,7 @@ COMMANDS = {
     "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("dry-run", []),
     "augment build --preset sd14-imagenet --labels manifests/imagenet1k.txt --out runs/in1k": ("dry-run", []),
     "augment build --preset sd21-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/mine": ("run-toy", SMALL_BUILD),
-    "augment build --preset sdxl-base --labels my_classes.txt --guide ckpt:runs/my-guide --out runs/sdxl": ("dry-run", []),
+    "augment build --preset sdxl-base --labels manifests/imagenet1k.txt --out runs/sdxl": ("dry-run", []),
     "torchrun --standalone --nproc-per-node 8 -m augment.cli build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "8 GPUs; torchrun is tested in test_resume and test_devices"),
     "srun --ntasks-per-node 8 --gpus-per-node 8 augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub": ("skip", "Slurm; its variables are tested in test_devices"),
     'sbatch --array=0-7 --gpus 1 --wrap "augment build --preset sd14-cub --labels manifests/cub200.txt --out runs/cub"': ("skip", "Slurm; a Slurm array's variables are tested in test_devices"),

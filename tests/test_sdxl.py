@@ -65,10 +65,9 @@ def test_prompt_embeddings_and_sampling_are_the_pipelines(tokenizer_dir):
     torch.testing.assert_close(uncond[:, :-1], neg)
     torch.testing.assert_close(uncond[:, -1, :32], neg_pooled)
 
-    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    reference = pipe(
-        prompt=PROMPTS[0], latents=start.clone(), num_inference_steps=3, guidance_scale=3.0, output_type="latent"
-    ).images
+    start = torch.randn(1, 4, 8, 4, generator=torch.Generator().manual_seed(0))  # 16 px high, 8 wide
+    reference = pipe(prompt=PROMPTS[0], latents=start.clone(), num_inference_steps=3, guidance_scale=3.0, height=16,
+                     width=8, output_type="latent").images  # fmt: skip
     scheduler = make_scheduler(pipe.scheduler)
     scheduler.set_timesteps(3)
     x = start * scheduler.init_noise_sigma
@@ -81,9 +80,26 @@ def test_prompt_embeddings_and_sampling_are_the_pipelines(tokenizer_dir):
     # the time ids matter: another target size moves the prediction
     t = scheduler.timesteps[0]
     plain = unet_forward(pipe, start, t, cond)
-    wide = pipe.unet(start, t, encoder_hidden_states=cond[:, :-1], added_cond_kwargs={
-        "text_embeds": cond[:, -1, :32], "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}).sample  # fmt: skip
-    assert not torch.allclose(plain, wide)
+    swapped = pipe.unet(start, t, encoder_hidden_states=cond[:, :-1], added_cond_kwargs={
+        "text_embeds": cond[:, -1, :32], "time_ids": torch.tensor([[8.0, 16, 0, 0, 8, 16]])}).sample  # fmt: skip
+    assert not torch.allclose(plain, swapped)
+
+
+@torch.no_grad()
+def test_the_pooled_embedding_is_read_at_the_class_token_as_sdxl_reads_it(tokenizer_dir):
+    """SDXL base's encoders say eos_token_id 2 (hub configs; tests/tiny.py copies them): transformers' CLIP then
+    pools at the highest token id, an added class token's position. So the pooled row of "... S_c red" and
+    "... S_c blue" is the same (the causal encoder has not read the name there), and diffusers' pipeline agrees."""
+    pipe = tiny_sdxl_pipeline(tokenizer_dir)
+    assert pipe.text_encoder_2.config.eos_token_id == 2
+    plain = encode_prompts(pipe, ["a photo of red", "a photo of blue"])
+    assert not torch.allclose(plain[0, -1], plain[1, -1])
+    add_placeholder_tokens(pipe, ["<c>"], ["thing"])
+    with_token = encode_prompts(pipe, ["a photo of <c> red", "a photo of <c> blue"])
+    torch.testing.assert_close(with_token[0, -1], with_token[1, -1])
+    _, _, pooled, _ = pipe.encode_prompt(prompt=["a photo of <c> red"], device="cpu", num_images_per_prompt=1,
+                                         do_classifier_free_guidance=False)  # fmt: skip
+    torch.testing.assert_close(with_token[0, -1, :32], pooled[0])
 
 
 def test_tokens_are_learned_in_both_encoders_and_nothing_else_changes(tokenizer_dir, labels, tmp_path):
@@ -154,20 +170,28 @@ def test_generation_uses_the_cached_pooled_embeddings_and_cuts_guidance_as_diffu
     torch.testing.assert_close(torch.from_numpy(cut), torch.from_numpy(reference), rtol=1e-4, atol=1e-4)
 
 
-@torch.no_grad()
-def test_an_fp16_sdxl_vae_decodes_in_fp32(tokenizer_dir):
-    """SDXL's VAE overflows in fp16 (force_upcast in its config): the learner's decode runs a float copy."""
+def test_an_fp16_sdxl_vae_decodes_in_fp32_and_sd_does_not(tokenizer_dir):
+    """SDXL's VAE overflows in fp16 (force_upcast in its config): the learner's decode runs a float copy, the
+    gradient reaching the fp16 latents through it; SD-1.x/2.x decode in fp16 as their pipeline does (diffusers'
+    AutoencoderKL defaults force_upcast to True, but only the SDXL pipeline reads it)."""
     from augment.models.decode import decode_latents
 
     pipe = tiny_sdxl_pipeline(tokenizer_dir)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    reference = decode_latents(pipe, z)
+    with torch.no_grad():
+        reference = decode_latents(pipe, z)
     pipe.vae.to(torch.float16)
-    images = decode_latents(pipe, z.half())
+    leaf = z.half().requires_grad_(True)
+    images = decode_latents(pipe, leaf)
     assert images.dtype == torch.float32 and pipe.vae.dtype == torch.float16
-    torch.testing.assert_close(images, reference, rtol=0, atol=5e-3)  # the latents' fp16 rounding only
-    pipe.vae.config.force_upcast = False
-    assert decode_latents(pipe, z.half()).dtype == torch.float16
+    torch.testing.assert_close(images.detach(), reference, rtol=0, atol=5e-3)  # the latents' fp16 rounding only
+    images.mean().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == torch.float16 and leaf.grad.abs().sum() > 0
+    sd = tiny_pipeline(tokenizer_dir)
+    sd.vae.to(torch.float16)
+    assert sd.vae.config.force_upcast  # AutoencoderKL's default, unread by SD's pipeline
+    with torch.no_grad():
+        assert decode_latents(sd, z.half()).dtype == torch.float16
 
 
 def test_the_memory_model_knows_sdxl(tokenizer_dir):
@@ -175,16 +199,45 @@ def test_the_memory_model_knows_sdxl(tokenizer_dir):
     class per step at 1024 px in bf16 fits a 24 GB GPU with its weights (SDXL base's parameter counts) and an
     fp32 ViT-L guide, and two do not."""
     from augment.config import load_config
-    from augment.learn.memory import GIB, SD, SDXL, footprint, step_bytes
+    from augment.learn.memory import SD, SDXL, footprint, step_bytes
 
     assert footprint(tiny_sdxl_pipeline(tokenizer_dir)) is SDXL and footprint(tiny_pipeline(tokenizer_dir)) is SD
     c = load_config("sdxl-base").learn
     assert (c.height, c.width, c.max_classes_per_step, c.gradient_checkpointing) == (None, None, "auto", True)
     args = (c.batch_size, c.grad_steps, c.decode_batch, 1024, 1024, torch.bfloat16, True)
     one = step_bytes(1, *args, footprint=SDXL)
-    weights = (2.567e9 + 0.123e9 + 0.695e9 + 0.084e9) * 2 + 0.304e9 * 4
-    assert weights + one < 24e9
-    assert step_bytes(2, *args, footprint=SDXL) > 24 * GIB - weights  # two classes do not: auto gives one
+    weights = 3_468_837_867 * 2 + 304e6 * 4  # SDXL base in bf16 (its parameter count), a ViT-L guide in fp32
+    assert weights + one < 24e9  # a 24 GB card (22.35 GiB)
+    assert step_bytes(2, *args, footprint=SDXL) > 24e9 - weights  # two classes do not: auto gives one
+    # fp16 models: SDXL's decode runs in fp32, twice the decode bytes
+    fp16 = (c.batch_size, c.grad_steps, c.decode_batch, 1024, 1024, torch.float16, True, SDXL)
+    assert step_bytes(1, *fp16, torch.float32) - step_bytes(1, *fp16) == pytest.approx(
+        (SDXL.vae_decode[True] + SDXL.decode_recompute) * 4 / 2, rel=1e-9
+    )
+
+
+def test_auto_classes_per_step_reads_the_generators_footprint(tokenizer_dir):
+    """auto_classes_per_step on a (tiny) SDXL pipeline counts SDXL's bytes, on an SD one SD's, at the same
+    settings and free memory; an fp16 SDXL also counts the fp32 decode and its VAE copy."""
+    from augment.config import LearnConfig
+    from augment.learn.memory import SD, SDXL, auto_classes_per_step, step_bytes
+
+    cfg = LearnConfig(batch_size=5, grad_steps=2, decode_batch=1, height=1024, width=1024, gradient_checkpointing=True)
+    free = 60 * 1024**3
+    expect = {}
+    for name, fp in (("sdxl", SDXL), ("sd", SD)):
+        args = (5, 2, 1, 1024, 1024, torch.float32, True, fp)
+        expect[name] = max(k for k in range(1, 65) if k == 1 or step_bytes(k, *args) <= 0.8 * free)
+    assert expect["sdxl"] != expect["sd"]
+    sdxl, sd = tiny_sdxl_pipeline(tokenizer_dir), tiny_pipeline(tokenizer_dir)
+    assert (
+        auto_classes_per_step(sdxl, cfg, free) == expect["sdxl"]
+        and auto_classes_per_step(sd, cfg, free) == expect["sd"]
+    )
+    sdxl.to(torch.float16)
+    args16 = (5, 2, 1, 1024, 1024, torch.float16, True, SDXL)
+    plain16 = max(k for k in range(1, 65) if k == 1 or step_bytes(k, *args16) <= 0.8 * free)
+    assert auto_classes_per_step(sdxl, cfg, free) < plain16  # the fp32 decode counted
 
 
 def _save_tiny_sdxl(tokenizer_dir, path):
@@ -192,9 +245,16 @@ def _save_tiny_sdxl(tokenizer_dir, path):
     return str(path)
 
 
-def test_what_is_not_built_for_sdxl_is_one_line(tokenizer_dir, tmp_path, capsys):
-    """DATE, feature caching, `augment adapt` and `--lora` on an SDXL generator, and a pipeline class augment does
-    not take: one line on stderr, exit 2, before any work."""
+def test_what_is_not_built_for_sdxl_is_one_line(tokenizer_dir, tmp_path, capsys, monkeypatch):
+    """DATE, feature caching, `augment adapt` and `--lora` on an SDXL generator: one line on stderr, exit 2,
+    before any model loads (`build` refuses DATE before learning); a pipeline class that does not fit: one line."""
+    import augment.jobs.adapt
+    import augment.jobs.generate
+    import augment.jobs.learn
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model loaded before the refusal")
+
     from augment.errors import UserError
     from augment.models.generator import load_generator
     from augment.settings import LORA_WEIGHTS, LoraConfig
@@ -203,28 +263,33 @@ def test_what_is_not_built_for_sdxl_is_one_line(tokenizer_dir, tmp_path, capsys)
     labels = tmp_path / "c.txt"
     labels.write_text("0\tt-shirt\n1\ttrouser\n")
     common = ["--preset", "toy", "--labels", str(labels), "--generator", sdxl, "--no-progress"]
+    for module in (augment.jobs.adapt, augment.jobs.generate, augment.jobs.learn):
+        monkeypatch.setattr(module, "load_generator", no_loading)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / LORA_WEIGHTS).write_bytes(b"")
     cases = [
         (["generate", *common, "--no-tokens", "--refine", "date", "--images-per-class", "1"], "DATE refinement"),
         (["generate", *common, "--no-tokens", "--cache-interval", "2", "--images-per-class", "1"], "feature caching"),
+        (["build", *common, "--refine", "date"], "DATE refinement"),
+        (["learn", *common, "--lora", str(lora)], "--lora"),
     ]
     for argv, needle in cases:
         assert main([*argv, "--out", str(tmp_path / "o")]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) >= 1 and needle in err[-1] and "not SDXL" in err[-1] and "Traceback" not in "".join(err)
-    assert not (tmp_path / "o" / "shards").exists()
+    assert not (tmp_path / "o" / "shards").exists() and not (tmp_path / "o" / "tokens").exists()
     pytest.importorskip("peft")
     adapt = ["adapt", *common, "--dataset", "fashion-mnist", "--shots", "1", "--out", str(tmp_path / "a")]
     assert main(adapt) == 2
     assert "augment adapt (the LoRA route) is built for SD-1.x/2.x generators" in capsys.readouterr().err
-    lora = tmp_path / "lora"
-    lora.mkdir()
-    (lora / LORA_WEIGHTS).write_bytes(b"")
-    with pytest.raises(UserError, match="--lora .* not SDXL"):
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="--lora .* not SDXL"):  # the library's loader itself, after the load
         load_generator(sdxl, "cpu", "fp32", LoraConfig(weights=str(lora)))
     index = json.loads((tmp_path / "sdxl" / "model_index.json").read_text())
-    index["_class_name"] = "FluxPipeline"
+    index["_class_name"] = "StableDiffusionPipeline"  # SDXL's parts under SD's name: they do not fit
     (tmp_path / "sdxl" / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(UserError, match="a FluxPipeline checkpoint; augment takes StableDiffusionPipeline and "):
+    with pytest.raises(UserError, match="an SDXL UNet, but its model_index.json names StableDiffusionPipeline"):
         load_generator(sdxl, "cpu", "fp32")
 
 

@@ -110,16 +110,16 @@ def tiny_sdxl_pipeline(tokenizer_dir: Path, seed: int = 0, force_zeros: bool = T
         norm_num_groups=16,
     )
     vae = tiny_vae(force_upcast=True)  # as SDXL's VAE config says
-    te_config = CLIPTextConfig(
+    te_config = CLIPTextConfig(  # the special ids as SDXL base's hub configs say (eos 2: pooled at the top id)
         vocab_size=49408,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
         projection_dim=32,
     )
     text_encoder, text_encoder_2 = CLIPTextModel(te_config), CLIPTextModelWithProjection(te_config)

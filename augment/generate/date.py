@@ -22,6 +22,7 @@ import torch
 
 from augment.config import DateOptions
 from augment.models.decode import decode_latents
+from augment.models.generator import require_sd
 from augment.models.sampling import guide_noise, guided_calls, predicted_x0
 
 
@@ -119,6 +120,7 @@ def sample_date(
     pipeline's scheduler), with DATE updates of the prompt embeddings; N×H×W×3 floats in [0, 1].
     Only the first calls (`guidance_cutoff` of them, as `sampling.guided_calls` counts) use classifier-free
     guidance."""
+    require_sd(pipe, "DATE refinement (--refine date)", "refine")  # its calls are SD-1.x/2.x's
     # 1. Encode the prompts (learned tokens are already in the tokenizer / text encoder)
     device = pipe._execution_device
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -30,7 +30,7 @@ from augment.devices import bind_device, describe_device, resolve_device
 from augment.errors import UserError
 from augment.labels import LabelSet, as_label_set
 from augment.models.fingerprint import manifest_config, source_identity
-from augment.models.generator import generator_source, load_generator, require_sd
+from augment.models.generator import check_sdxl_options, generator_source, load_generator
 from augment.models.hub import check_hub, job_models
 from augment.models.lora import lora_identity
 from augment.run.manifest import read_manifest, update_manifest
@@ -77,6 +77,7 @@ def adapt_generator(
     """Train `config.lora` on `images` (a Split whose labels are positions in `labels`), into OUT."""
     labels, config = as_label_set(labels), config
     config.validate()
+    check_sdxl_options(config, ("adapt",))  # before any model loads
     if config.lora.weights is not None:
         raise UserError("lora.weights is set: adapt trains a new LoRA on the plain generator; unset it", "lora")
     require_peft()
@@ -110,7 +111,7 @@ def adapt_generator(
     if hub_note:
         print(f"augment: note: {hub_note}", file=sys.stderr)
     pipe = load_generator(config.generator, device, config.dtype)
-    require_sd(pipe, "augment adapt (the LoRA route)")
+    check_sdxl_options(config, ("adapt",), pipe)
     out.mkdir(parents=True, exist_ok=True)
     lock_worker_slot(out, 0, 1)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -20,6 +20,7 @@ from augment.errors import UserError
 from augment.jobs.generate import GenerateResult, generate_set
 from augment.jobs.learn import LearnResult, learn_tokens
 from augment.labels import LabelSet, as_label_set
+from augment.models.generator import check_sdxl_options
 from augment.run.storage import converts_storage_errors, out_path
 from augment.run.workers import WAIT_TOKENS, Workers
 
@@ -58,6 +59,7 @@ def build(
     generate this worker's shards. `overwrite` applies to both stages."""
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.validate()  # a bad generate option fails before learning
+    check_sdxl_options(config, ("learn", "generate"))  # so does one that SDXL does not have
     workers.check()
     if not (isinstance(wait_tokens, (int, float)) and math.isfinite(wait_tokens) and wait_tokens >= 0):
         raise UserError(f"wait_tokens must be a finite number of seconds ≥ 0, got {wait_tokens!r}", "wait_tokens")

@@ -25,9 +25,9 @@ from augment.generate.loop import generate_units
 from augment.labels import LabelSet, as_label_set
 from augment.models.fingerprint import manifest_config, source_identity
 from augment.models.generator import (
+    check_sdxl_options,
     generator_source,
     load_generator,
-    require_sd,
     speed_up,
     text_encoder_fingerprint,
 )
@@ -111,6 +111,7 @@ def generate_set(
 
     labels, out, workers, g = as_label_set(labels), out_path(out, "out"), workers or Workers(), config.generate
     config.validate()
+    check_sdxl_options(config, ("generate",))  # before any model loads
     workers.check()
     units = shards.plan_units(range(len(labels)), g.images_per_class, g.shard_size, g.seed)
     root = None if tokens is None else find_tokens_root(tokens, labels)
@@ -184,10 +185,7 @@ class GenerationModels:
             guide = load_guide(loaded_spec(config), device, labels.names())
             guide_indices = match_labels(labels, guide, config.label_match).indices
         pipe = load_generator(config.generator, device, config.dtype, config.lora)
-        if g.refine is not None:
-            require_sd(pipe, "DATE refinement (--refine date)", "refine")
-        if g.cache_interval > 1:
-            require_sd(pipe, "feature caching (generate.cache_interval)", "cache_interval")
+        check_sdxl_options(config, ("generate",), pipe)  # a hub generator not cached before: known now
         pipe.scheduler = make_scheduler(pipe.scheduler, g.scheduler)
         speed = speed_up(pipe, g.channels_last, g.compile)
         token_map = None if root is None else load_tokens(pipe, root, labels, text_encoder_fingerprint(pipe))

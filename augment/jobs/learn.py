@@ -23,7 +23,7 @@ from augment.labels import LabelClass, LabelSet, as_label_set
 from augment.learn.learner import TokenLearner
 from augment.learn.resume import LearnerCheckpoint, checkpoint_path, learn_fingerprint
 from augment.models.fingerprint import manifest_config, source_identity
-from augment.models.generator import generator_source, load_generator, require_sd, text_encoder_fingerprint
+from augment.models.generator import check_sdxl_options, generator_source, load_generator, text_encoder_fingerprint
 from augment.models.guides import check_spec, load_guide, loaded_spec, match_labels
 from augment.models.hub import check_hub, job_models
 from augment.models.lora import describe_lora
@@ -79,6 +79,7 @@ def learn_tokens(
 
     labels, out, workers = as_label_set(labels), out_path(out, "out"), workers or Workers()
     config.validate()
+    check_sdxl_options(config, ("learn",))  # before any model loads
     workers.check()
     index, count = workers.slot()
     check_out(out)
@@ -127,8 +128,7 @@ def learn_groups(
     if matched.note:
         print(f"augment: note: {matched.note}", file=sys.stderr)
     pipe = load_generator(config.generator, device, config.dtype, config.lora)
-    if config.learn.cache_interval > 1:
-        require_sd(pipe, "feature caching (learn.cache_interval)", "cache_interval")
+    check_sdxl_options(config, ("learn",), pipe)  # a hub generator not cached before: known now
     info = {"generator": generator_source(pipe), "text_encoder": text_encoder_fingerprint(pipe)}
     if config.lora.weights is not None:  # in every token's meta.json: generation compares it with its own
         info["lora"] = describe_lora(config.lora.weights, config.lora.scale)

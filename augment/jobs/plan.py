@@ -27,6 +27,7 @@ from augment.errors import UserError
 from augment.jobs.learn import plan_groups
 from augment.labels import LabelSet, as_label_set
 from augment.models.feature_cache import shallow_rows
+from augment.models.generator import check_sdxl_options
 from augment.models.sampling import image_calls, learner_calls
 from augment.run.workers import Workers
 
@@ -155,7 +156,8 @@ def scheduler_config(generator: str) -> dict:
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
     if generator in KNOWN_SCHEDULERS:
-        from augment.testing.sd import HUB_CONFIGS, architecture_config, hub_file
+        from augment.models.hub_files import HUB_CONFIGS, hub_file
+        from augment.testing.sd import architecture_config
 
         name = KNOWN_SCHEDULERS[generator]
         if name in HUB_CONFIGS:  # the hub's own file, committed
@@ -190,6 +192,7 @@ def plan_run(
 
     labels, workers = as_label_set(labels), workers or Workers()
     config.validate()
+    check_sdxl_options(config, stages)  # what the run would refuse, the plan refuses
     workers.check()
     _, count = workers.slot()
     count = 1 if workers.engine == "ray" else count

@@ -53,14 +53,17 @@ def step_bytes(
     dtype: torch.dtype,
     checkpointing: bool,
     footprint: Footprint = SD,
+    decode_dtype: torch.dtype | None = None,
 ) -> float:
-    """Estimated activation bytes of one learner step with `classes` classes (weights not included)."""
+    """Estimated activation bytes of one learner step with `classes` classes (weights not included).
+    `decode_dtype`: the VAE decode's, where it differs from the models' (fp16 SDXL decodes in fp32)."""
     f = footprint
     scale = height * width / REFERENCE_PIXELS
     size = torch.empty((), dtype=dtype).element_size() / 4
+    dsize = size if decode_dtype is None else torch.empty((), dtype=decode_dtype).element_size() / 4
     unet = classes * batch_size * grad_steps * f.unet_call[checkpointing] * scale * size
-    decode = decode_batch * (f.vae_decode[checkpointing] * scale * size + GUIDE)
-    recompute = (f.unet_recompute + f.decode_recompute) * scale * size if checkpointing else 0.0
+    decode = decode_batch * (f.vae_decode[checkpointing] * scale * dsize + GUIDE)
+    recompute = (f.unet_recompute * size + f.decode_recompute * dsize) * scale if checkpointing else 0.0
     return unet + decode + recompute
 
 
@@ -87,13 +90,17 @@ def free_bytes(device: torch.device) -> int:
 
 def auto_classes_per_step(pipe, cfg, free: int | None = None) -> int:
     """The most classes whose step fits in HEADROOM of the free memory (at least 1, at most MAX_AUTO)."""
+    from augment.models.decode import upcasts_decode
+
     device = pipe.unet.device
     free = free_bytes(device) if free is None else free
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     h, w = cfg.height or native, cfg.width or native
     decode_batch = min(cfg.decode_batch, cfg.batch_size)
     args = (cfg.batch_size, cfg.grad_steps, decode_batch, h, w, pipe.unet.dtype, cfg.gradient_checkpointing,
-            footprint(pipe))  # fmt: skip
+            footprint(pipe), torch.float32 if upcasts_decode(pipe) else None)  # fmt: skip
+    if upcasts_decode(pipe):  # the fp32 copy of the VAE (augment.models.decode) is not loaded yet
+        free -= sum(p.numel() * 4 for p in pipe.vae.parameters())
     classes = 1
     while classes < MAX_AUTO and step_bytes(classes + 1, *args) <= HEADROOM * free:
         classes += 1

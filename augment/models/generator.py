@@ -49,6 +49,9 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
             f"--local-dir DIR`) and give DIR as generator",
             argument="generator",
         ) from None
+    if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time" and not hasattr(pipe, "text_encoder_2"):
+        raise UserError(f"{spec}: an SDXL UNet, but its model_index.json names {type(pipe).__name__}; an SDXL "
+                        "checkpoint's names StableDiffusionXLPipeline", "generator")  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     if lora is not None and lora.weights is not None:
         from augment.models.lora import apply_lora
@@ -58,21 +61,72 @@ def load_generator(spec: str, device: str | torch.device = "auto", dtype: str | 
     return pipe.to(dev)
 
 
-SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-
-
 def pipeline_class(source: str):
     """(pipeline class, its loading kwargs) from a pipeline's model_index.json (a local directory, or the hub's
-    file: one small download): SD-1.x/2.x without the safety checker; SDXL without the invisible watermark
-    (it would add a dependency and change every image's pixels)."""
+    file: one small download): an SDXL checkpoint (StableDiffusionXL…) as StableDiffusionXLPipeline, without
+    the invisible watermark (it would add a dependency and change every image's pixels); anything else as
+    StableDiffusionPipeline without the safety checker, as before SDXL (what does not fit is one UserError)."""
     import diffusers
 
-    name = diffusers.DiffusionPipeline.load_config(source).get("_class_name")
-    if name == "StableDiffusionXLPipeline":
+    if _sdxl_name(diffusers.DiffusionPipeline.load_config(source).get("_class_name")):
         return diffusers.StableDiffusionXLPipeline, {"add_watermarker": False}
-    if name != "StableDiffusionPipeline":
-        raise UserError(f"{source}: a {name} checkpoint; augment takes {' and '.join(SUPPORTED)} ones", "generator")
     return diffusers.StableDiffusionPipeline, NO_SAFETY_CHECKER
+
+
+def _sdxl_name(name) -> bool:
+    return isinstance(name, str) and name.startswith("StableDiffusionXL")
+
+
+def is_sdxl_source(spec: str) -> bool | None:
+    """Whether the generator `spec` is SDXL, from its model_index.json alone, without the network: a local
+    directory's, the hub id's in the local cache or committed here (augment/testing/hub); None where none has it
+    (the check waits for the load)."""
+    local = Path(spec).expanduser()
+    try:
+        if local.exists():
+            index = json.loads((local / "model_index.json").read_text())
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "model_index.json")
+            if isinstance(cached, str):
+                index = json.loads(Path(cached).read_text())
+            else:  # a hub repo whose files augment carries (augment/testing/hub), else unknown for now
+                from augment.models.hub_files import HUB_IDS, hub_file
+
+                if spec not in HUB_IDS:
+                    return None
+                index = hub_file(HUB_IDS[spec], "model_index.json")
+    except (OSError, ValueError):
+        return None  # the load says what is wrong
+    return _sdxl_name(index.get("_class_name")) if isinstance(index, dict) else None
+
+
+def sdxl_unsupported(config, stages: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """(what, argument) of each option of RunConfig `config` that the SDXL path does not have, in `stages`
+    (learn, generate, adapt)."""
+    found: list[tuple[str, str | None]] = []
+    if "adapt" in stages:
+        found.append(("augment adapt (the LoRA route)", None))
+    if config.lora.weights is not None and {"learn", "generate"} & set(stages):
+        found.append(("--lora (lora.weights)", "lora"))
+    if "learn" in stages and config.learn.cache_interval > 1:
+        found.append(("feature caching (learn.cache_interval)", "cache_interval"))
+    if "generate" in stages and config.generate.refine is not None:
+        found.append(("DATE refinement (--refine date)", "refine"))
+    if "generate" in stages and config.generate.cache_interval > 1:
+        found.append(("feature caching (generate.cache_interval)", "cache_interval"))
+    return found
+
+
+def check_sdxl_options(config, stages: tuple[str, ...], pipe=None) -> None:
+    """One UserError for the first option of `config` not built for SDXL when the generator is SDXL: known from
+    the loaded `pipe`, or before any model loads from the generator's model_index.json (is_sdxl_source)."""
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None if pipe is not None else is_sdxl_source(config.generator)
+    found = sdxl_unsupported(config, stages) if sdxl else []
+    if found:
+        what, argument = found[0]
+        raise UserError(f"{what} is built for SD-1.x/2.x generators, not SDXL", argument)
 
 
 def require_sd(pipe, what: str, argument: str | None = None) -> None:

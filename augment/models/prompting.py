@@ -127,7 +127,9 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     SDXL (two text encoders): each encoder's penultimate hidden state, concatenated, as diffusers'
     StableDiffusionXLPipeline.encode_prompt computes them; the pooled embedding of the second encoder travels as
     one more row at the end, zero-padded to the width, so the learner's one tensor carries both to
-    `unet_forward`, which splits them again."""
+    `unet_forward`, which splits them again. SDXL base's text encoders say `eos_token_id: 2` (their hub
+    configs), for which transformers' CLIP pools at the highest token id: an added class token's position, not
+    the end of the prompt; diffusers' pipeline reads the same, so learning and generation agree."""
     pairs = text_pairs(pipe)
     if len(pairs) == 1:
         return pairs[0][1](_ids(pairs[0][0], prompts, pairs[0][1].device))[0]
@@ -141,6 +143,9 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     if pooled is None:
         raise UserError("an SDXL generator needs a text encoder with a projection (text_encoder_2) for the pooled "
                         "embedding")  # fmt: skip
+    if pooled.shape[-1] > embeds.shape[-1]:
+        raise UserError(f"the pooled text embedding ({pooled.shape[-1]} wide) is wider than the prompt embedding "
+                        f"({embeds.shape[-1]}): not an SDXL layout augment knows")  # fmt: skip
     row = torch.nn.functional.pad(pooled.to(embeds.dtype), (0, embeds.shape[-1] - pooled.shape[-1]))
     return torch.cat([embeds, row[:, None]], dim=1)
 

@@ -102,8 +102,8 @@ class GuidanceCutoff:
     def __call__(self, pipe, step_index: int, timestep, kwargs: dict) -> dict:
         last = guided_calls(pipe.num_timesteps, self.cutoff) - 1
         if step_index == last and pipe.do_classifier_free_guidance:
-            for name in self.sdxl_inputs:
-                if name in kwargs:
+            for name in self.sdxl_inputs:  # add_time_ids: its rows are all equal (negative = positive size and crop
+                if name in kwargs:  # ids, pipeline_stable_diffusion_xl.py:1148), so any half of them is right
                     kwargs[name] = kwargs[name].chunk(2)[1]
             pipe._guidance_scale = 0.0  # the pipeline sets it again at its next call
         return kwargs

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from augment.models.hub_files import HUB_CONFIGS, hub_file
+
 ARCHITECTURES = ("sd14", "sd21-base", "sd21", "sd14-narrow")  # sd14-narrow: SD-1.4 at 1/16 width (bf16 tests)
-# SDXL: built from the hub's own config files, committed byte for byte (augment/testing/hub/NAME/SOURCES.md)
-HUB_CONFIGS = {"sdxl-base": "sdxl-base-1.0"}
+# SDXL: built from the hub's own config files (augment.models.hub_files)
 
 
 def architecture_config(name: str) -> dict:
@@ -61,11 +62,6 @@ def save_random_pipeline(name: str, out_dir: str | Path, seed: int = 0, dtype: t
 
     shutil.rmtree(out / "_tokenizer_src", ignore_errors=True)
     return out
-
-
-def hub_file(name: str, path: str) -> dict:
-    """A committed hub config of architecture `name` (HUB_CONFIGS), as JSON."""
-    return json.loads(resources.files("augment.testing").joinpath("hub", HUB_CONFIGS[name], path).read_text())
 
 
 def random_sdxl_pipeline(
