@@ -40,6 +40,9 @@ def test_the_wheel_carries_presets_and_toy_weights_and_runs_outside_the_checkout
         "toy/weights/generator/model_index.json",
         "toy/weights/guide/model.safetensors",
         "testing/sd_configs/sd14.json",
+        "presets/sdxl-base.yaml",
+        "testing/hub/sdxl-base-1.0/unet/config.json",  # the hub's files: --plan and the refusals read them
+        "testing/hub/sdxl-base-1.0/tokenizer_2/tokenizer_config.json",
     ):
         assert (site / "augment" / shipped).is_file(), shipped
     labels = tmp_path / "fm.txt"
