@@ -12,9 +12,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = ["real", "plain", "tokens", "kshot", "lora", "both"]
+ORDER = ["real", "plain", "tokens", "kshot", "lora", "both", "lora3", "both3"]  # 3: the adapter at lr 1e-3
 PAIRS = [("lora", "real"), ("lora", "plain"), ("lora", "kshot"), ("both", "real"), ("both", "lora"),
-         ("both", "kshot"), ("kshot", "real")]  # fmt: skip
+         ("both", "kshot"), ("kshot", "real"), ("lora3", "lora"), ("lora3", "kshot"), ("both3", "lora3"),
+         ("both3", "kshot"), ("both3", "both")]  # fmt: skip
 
 
 def ms(values: list[float]) -> str:
@@ -61,7 +62,7 @@ def main(root: Path) -> None:
     for name, run in (("plain", root / "toy-plain"), ("tokens", root / "toy")):
         score = json.loads(Path(f"{run}.score.json").read_text())
         print(f"| {name} | — | {score['macro']['top1']:.1f} | {score['fid']:.1f} | 1 |")
-    for name in ("kshot", "lora", "both"):
+    for name in ("kshot", "lora", "both", "lora3", "both3"):
         for k in shots:
             scores = [
                 json.loads(p.read_text()) for p in sorted((grid / "learned" / name).glob(f"k{k:04d}-t*/run.score.json"))
