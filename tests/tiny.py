@@ -13,6 +13,13 @@ from augment.models.guides import Guide, Preprocess
 from augment.toy.clip_tokenizer import clip_tokenizer
 
 COLOURS = ["red", "green", "blue"]
+TINY_UNET = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+}
 
 
 def tiny_vae(**kw):
@@ -40,11 +47,7 @@ def tiny_pipeline(tokenizer_dir: Path, seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
+        **TINY_UNET,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
@@ -93,11 +96,7 @@ def tiny_sdxl_pipeline(tokenizer_dir: Path, seed: int = 0, force_zeros: bool = T
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
+        **TINY_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
