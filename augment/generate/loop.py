@@ -24,7 +24,7 @@ from augment.data.shards import ShardUnit, encode_image, encode_sample, image_se
 from augment.generate.date import sample_date
 from augment.labels import LabelSet
 from augment.models.feature_cache import FeatureCache
-from augment.models.prompting import format_prompt
+from augment.models.prompting import format_prompt, text_pairs
 from augment.models.sampling import GuidanceCutoff
 
 
@@ -41,7 +41,7 @@ class PromptCache:
         self.pipe, self.cfg_on = pipe, guidance_scale > 1
         # SD: (cond, uncond); SDXL: (cond, uncond, pooled, uncond pooled), as their encode_prompt returns them
         self.names = ["prompt_embeds", "negative_prompt_embeds"]
-        if getattr(pipe, "text_encoder_2", None) is not None:
+        if len(text_pairs(pipe)) == 2:
             self.names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
         self.table: dict[str, tuple[torch.Tensor | None, ...]] = {}
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from augment.models.decode import upcasts_decode
+from augment.models.prompting import is_sdxl
+
 GIB = 1024**3
 REFERENCE_PIXELS = 512 * 512
 
@@ -69,7 +72,7 @@ def step_bytes(
 
 def footprint(pipe) -> Footprint:
     """SDXL's figures for a UNet conditioned on the pooled text and time ids, SD-1.x/2.x's otherwise."""
-    return SDXL if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time" else SD
+    return SDXL if is_sdxl(pipe) else SD
 
 
 def free_bytes(device: torch.device) -> int:
@@ -90,16 +93,15 @@ def free_bytes(device: torch.device) -> int:
 
 def auto_classes_per_step(pipe, cfg, free: int | None = None) -> int:
     """The most classes whose step fits in HEADROOM of the free memory (at least 1, at most MAX_AUTO)."""
-    from augment.models.decode import upcasts_decode
-
     device = pipe.unet.device
     free = free_bytes(device) if free is None else free
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     h, w = cfg.height or native, cfg.width or native
     decode_batch = min(cfg.decode_batch, cfg.batch_size)
+    upcast = upcasts_decode(pipe)
     args = (cfg.batch_size, cfg.grad_steps, decode_batch, h, w, pipe.unet.dtype, cfg.gradient_checkpointing,
-            footprint(pipe), torch.float32 if upcasts_decode(pipe) else None)  # fmt: skip
-    if upcasts_decode(pipe):  # the fp32 copy of the VAE (augment.models.decode) is not loaded yet
+            footprint(pipe), torch.float32 if upcast else None)  # fmt: skip
+    if upcast:  # the fp32 copy of the VAE (augment.models.decode) is not loaded yet
         free -= sum(p.numel() * 4 for p in pipe.vae.parameters())
     classes = 1
     while classes < MAX_AUTO and step_bytes(classes + 1, *args) <= HEADROOM * free:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from augment.models.prompting import is_sdxl
+
 
 def decode_latents(pipe, latents: torch.Tensor, clamp: str = "straight-through") -> torch.Tensor:
     """VAE decode of SD latents (÷ the VAE's scaling factor) to images in [0, 1], clamped as `clamp` says.
@@ -31,8 +33,6 @@ def decode_latents(pipe, latents: torch.Tensor, clamp: str = "straight-through")
 
 def upcasts_decode(pipe) -> bool:
     """Whether `decode_latents` decodes `pipe`'s latents with an fp32 copy of its VAE (SDXL, fp16, force_upcast)."""
-    from augment.models.prompting import is_sdxl
-
     vae = pipe.vae
     return is_sdxl(pipe) and vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
 

@@ -122,17 +122,22 @@ def sdxl_unsupported(config, stages: tuple[str, ...]) -> list[tuple[str, str | N
 def check_sdxl_options(config, stages: tuple[str, ...], pipe=None) -> None:
     """One UserError for the first option of `config` not built for SDXL when the generator is SDXL: known from
     the loaded `pipe`, or before any model loads from the generator's model_index.json (is_sdxl_source)."""
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None if pipe is not None else is_sdxl_source(config.generator)
-    found = sdxl_unsupported(config, stages) if sdxl else []
-    if found:
-        what, argument = found[0]
-        raise UserError(f"{what} is built for SD-1.x/2.x generators, not SDXL", argument)
+    if pipe is not None:
+        for what, argument in sdxl_unsupported(config, stages)[:1]:
+            require_sd(pipe, what, argument)
+    elif is_sdxl_source(config.generator):
+        for what, argument in sdxl_unsupported(config, stages)[:1]:
+            raise UserError(_not_for_sdxl(what), argument)
 
 
 def require_sd(pipe, what: str, argument: str | None = None) -> None:
     """One UserError when `pipe` is an SDXL pipeline and `what` is built for SD-1.x/2.x generators only."""
     if getattr(pipe, "text_encoder_2", None) is not None:
-        raise UserError(f"{what} is built for SD-1.x/2.x generators, not SDXL", argument)
+        raise UserError(_not_for_sdxl(what), argument)
+
+
+def _not_for_sdxl(what: str) -> str:
+    return f"{what} is built for SD-1.x/2.x generators, not SDXL"
 
 
 def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):

@@ -86,7 +86,8 @@ class GuidanceCutoff:
     diffusers' own `SDCFGCutoffCallback` keeps one row of the embeddings (`prompt_embeds[-1:]`), which is
     wrong for a batch of several prompts; this keeps the whole conditional half.
     SDXL's pipeline also doubles the pooled embeddings and the time ids for guidance (`add_text_embeds`,
-    `add_time_ids`): their conditional halves are kept too, as diffusers' `SDXLCFGCutoffCallback` does."""
+    `add_time_ids`): their conditional halves are kept too (diffusers' `SDXLCFGCutoffCallback` cuts the same three,
+    to one row)."""
 
     tensor_inputs = ["prompt_embeds"]
     sdxl_inputs = ["prompt_embeds", "add_text_embeds", "add_time_ids"]
