@@ -36,10 +36,11 @@ from downstream.synthetic import load_synthetic
 
 ROWS = ["kshot", "both", "both3", "lora", "lora3"]
 XFER = "kshot@lora3"  # the k-shot tokens generated with on the lr-1e-3 adapter (research/lora_xfer.sh)
+ROUTED = "routed"  # per class, the k-shot tokens' images or the lr-1e-3 LoRA's: whichever the k-shot guide prefers
 UNIONS = {"kshot+lora": ("kshot", "lora"), "kshot+lora3": ("kshot", "lora3")}
 PAIRS = [("both", "kshot"), ("both", "lora"), ("both3", "kshot"), ("both3", "lora3"), ("lora3", "kshot"),
          (XFER, "kshot"), (XFER, "lora3"), ("kshot+lora", "kshot"), ("kshot+lora", "lora"),
-         ("kshot+lora3", "kshot"), ("kshot+lora3", "lora3")]  # fmt: skip
+         ("kshot+lora3", "kshot"), ("kshot+lora3", "lora3"), (ROUTED, "kshot"), (ROUTED, "lora3")]  # fmt: skip
 HELDOUT = "ckpt:augment/toy/weights/heldout"
 OTHERS = 200  # real training images per class to compare a shot with
 
@@ -47,6 +48,22 @@ OTHERS = 200  # real training images per class to compare a shot with
 def learned_dir(grid: Path, name: str, shots: int, trial: int) -> Path | None:
     found = sorted((grid / "learned" / name).glob(f"k{shots:04d}-t{trial}-*/run"))
     return found[0] if found and (found[0] / "manifest.json").is_file() else None
+
+
+def route(kshot_dir: Path, lora_dir: Path, kshot: Tensors, lora: Tensors, classes: int) -> Tensors | None:
+    """Per class, the set whose images of that class the trial's k-shot guide recognises more often (its top-1
+    in RUN.guide-score.json: `augment score --classifier ckpt:<the trial's guide>`; the k-shot tokens' on a tie):
+    a choice made from the k shots alone."""
+    paths = [Path(f"{d}.guide-score.json") for d in (kshot_dir, lora_dir)]
+    if not all(p.is_file() for p in paths):
+        return None
+    k, lo = (json.loads(p.read_text())["classes"] for p in paths)
+    xs, ys = [], []
+    for c in range(classes):
+        src = lora if lo[c]["top1"] > k[c]["top1"] else kshot
+        xs.append(src.x[src.y == c])
+        ys.append(src.y[src.y == c])
+    return Tensors(torch.cat(xs), torch.cat(ys))
 
 
 def per_class(model, test: Tensors, train, classes: int) -> list[float]:
@@ -107,6 +124,9 @@ def main() -> None:
             xfer = args.runs / "xfer" / f"k{shots:04d}-t{trial}"  # research/lora_xfer.sh's set, if made
             if (xfer / "_info.json").is_file():
                 sets[XFER] = prepare(load_synthetic(XFER, xfer, labels).split, train)
+            routed = route(dirs["kshot"], dirs["lora3"], sets["kshot"], sets["lora3"], n)
+            if routed is not None:
+                sets[ROUTED] = routed
             for u, (a, b) in UNIONS.items():
                 sets[u] = Tensors(
                     torch.cat([sets[a].x[0::2], sets[b].x[1::2]]), torch.cat([sets[a].y[0::2], sets[b].y[1::2]])
