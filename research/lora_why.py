@@ -3,7 +3,7 @@
 For each (shots, trial) whose learned sets are cached in RUNS/fewshot-lora/learned:
 1. seeds: each learned row's downstream classifier retrained with --seeds seeds (seed 0 is the cell's own: the
    cell's top-1 is recorded beside it), per-class top-1 on the test split. Separates what the set costs from the
-   noise of training one classifier. research/lora_xfer.sh's set, where made, is trained on as one more row.
+   noise of training one classifier. research/lora_why_inputs.sh's set, where made, is trained on as one more row.
 2. unions: the set-level combination, half of the k-shot tokens' set (even indices) + half of a LoRA set (odd
    indices), 1000 images as every row, the same real shots and training.
 3. copying: each synthetic image's nearest real image in the held-out classifier's features, among its class's k
@@ -35,7 +35,7 @@ from downstream.grid import REAL, cell_hash
 from downstream.synthetic import load_synthetic
 
 ROWS = ["kshot", "both", "both3", "lora", "lora3"]
-XFER = "kshot@lora3"  # the k-shot tokens generated with on the lr-1e-3 adapter (research/lora_xfer.sh)
+XFER = "kshot@lora3"  # the k-shot tokens generated with on the lr-1e-3 adapter (research/lora_why_inputs.sh)
 ROUTED = "routed"  # per class, the k-shot tokens' images or the lr-1e-3 LoRA's: whichever the k-shot guide prefers
 UNIONS = {"kshot+lora": ("kshot", "lora"), "kshot+lora3": ("kshot", "lora3")}
 PAIRS = [("both", "kshot"), ("both", "lora"), ("both3", "kshot"), ("both3", "lora3"), ("lora3", "kshot"),
@@ -121,7 +121,7 @@ def main() -> None:
                                      for c in range(n)])  # fmt: skip
             others = prepare(data.train.subset(np.sort(others)), train)
             sets = {r: prepare(load_synthetic(r, d, labels).split, train) for r, d in dirs.items()}
-            xfer = args.runs / "xfer" / f"k{shots:04d}-t{trial}"  # research/lora_xfer.sh's set, if made
+            xfer = args.runs / "xfer" / f"k{shots:04d}-t{trial}"  # research/lora_why_inputs.sh's set, if made
             if (xfer / "_info.json").is_file():
                 sets[XFER] = prepare(load_synthetic(XFER, xfer, labels).split, train)
             routed = route(dirs["kshot"], dirs["lora3"], sets["kshot"], sets["lora3"], n)
