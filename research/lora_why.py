@@ -25,6 +25,7 @@ from pathlib import Path
 import _root  # noqa: F401  (the repository on sys.path)
 import numpy as np
 import torch
+from lora_table import ms  # research/, beside this script
 
 from augment.data.datasets import load_dataset, sample_kshot, trial_seed
 from augment.labels import read_label_set
@@ -75,8 +76,9 @@ def features(extractor, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([extractor(x[i : i + 500].float() / 255)[1].double() for i in range(0, len(x), 500)])
 
 
-def copying(extractor, syn: Tensors, shots_x, shots_y, others_x, others_y, classes: int) -> dict:
-    fs, fk, fo = features(extractor, syn.x), features(extractor, shots_x), features(extractor, others_x)
+def copying(extractor, syn: Tensors, fk, shots_y, fo, others_y, classes: int) -> dict:
+    """fk, fo: the shots' and the other real images' features (computed once per trial)."""
+    fs = features(extractor, syn.x)
     nearer, used = 0, []
     for c in range(classes):
         s, k, o = fs[syn.y == c], fk[shots_y == c], fo[others_y == c]
@@ -132,10 +134,14 @@ def main() -> None:
                     torch.cat([sets[a].x[0::2], sets[b].x[1::2]]), torch.cat([sets[a].y[0::2], sets[b].y[1::2]])
                 )
             entry = out.setdefault(key, {})
+            real_features = None  # (shots, others) features, when a set still needs its copying figures
             for name, syn in sets.items():
                 row = entry.setdefault(name, {"runs": {}})
                 if (name in ROWS or name == XFER) and "nearer_a_shot" not in row:
-                    row.update(copying(extractor, syn, real.x, real.y, others.x, others.y, n))
+                    if real_features is None:
+                        real_features = features(extractor, real.x), features(extractor, others.x)
+                    fk, fo = real_features
+                    row.update(copying(extractor, syn, fk, real.y, fo, others.y, n))
                 for s in range(args.seeds):
                     if str(s) in row["runs"]:
                         continue
@@ -192,12 +198,6 @@ def report(out: dict, classes: list[str]) -> None:
                    for t in sorted(trials)] for c in range(len(classes))]  # fmt: skip
             print(f"| {n} | " + " | ".join(f"{statistics.mean(v):+.1f}" for v in pc) + " |")
         print("\n| per class top-1, kshot | " + " | ".join(f"{statistics.mean(statistics.mean(r['per_class'][c] for r in trials[t]['kshot']['runs'].values()) for t in trials):.1f}" for c in range(len(classes))) + " |")  # fmt: skip
-
-
-def ms(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 if __name__ == "__main__":
